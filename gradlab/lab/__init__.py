@@ -1,0 +1,1 @@
+"""The lab: Flax models, initialisers, data, a training loop, plots and experiments."""

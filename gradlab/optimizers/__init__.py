@@ -1,0 +1,1 @@
+"""Named optimizers: chains of atoms ending in the learning-rate atom (one module per family)."""

@@ -1,0 +1,1 @@
+"""Line-search-driven and second-order methods as chainable transformations."""

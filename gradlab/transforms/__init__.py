@@ -1,0 +1,1 @@
+"""First-order atoms: each a factory returning an optax ``GradientTransformation``."""

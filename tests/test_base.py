@@ -1,0 +1,128 @@
+"""The contracts every transformation relies on: hyperparameter policy and tree checks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradlab
+from gradlab import base
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), -1e-12])
+def test_concrete_negative_learning_rate_raises_naming_argument(bad):
+    with pytest.raises(ValueError, match=r"learning_rate must be in \[0, inf\)"):
+        gradlab.scale_by_learning_rate(bad)
+
+
+def test_interval_formatting_and_open_ends():
+    beta = base.UNIT_INTERVAL_OPEN_RIGHT
+    assert str(beta) == "[0, 1)"
+    assert beta.contains(0.0) and beta.contains(0.999) and not beta.contains(1.0)
+    assert not beta.contains(float("nan"))
+    assert str(base.POSITIVE) == "(0, inf)"
+
+
+@pytest.mark.parametrize("value", ["0.1", None, True, b"1"])
+def test_wrong_type_raises_type_error(value):
+    with pytest.raises(TypeError, match="learning_rate"):
+        gradlab.scale_by_learning_rate(value)
+
+
+def test_concrete_array_checked_elementwise():
+    with pytest.raises(ValueError, match="b1"):
+        base.hyperparameter(np.array([0.5, 1.0]), "b1", base.UNIT_INTERVAL_OPEN_RIGHT)
+    ok = jnp.array([0.0, 0.5])
+    assert base.hyperparameter(ok, "b1", base.UNIT_INTERVAL_OPEN_RIGHT) is ok
+
+
+def test_traced_invalid_value_poisons_only_its_lane():
+    def check(b):
+        return base.hyperparameter(b, "b1", base.UNIT_INTERVAL_OPEN_RIGHT) + 0.0
+
+    out = jax.jit(jax.vmap(check))(jnp.array([0.5, 1.0, -0.1, 0.0]))
+    np.testing.assert_array_equal(np.isnan(out), [False, True, True, False])
+    assert out[0] == 0.5 and out[3] == 0.0
+
+
+def test_schedule_outputs_are_poisoned_when_out_of_range():
+    lr = base.hyperparameter(lambda c: 1.0 - 0.5 * c, "learning_rate", base.NONNEGATIVE)
+    assert float(lr(jnp.asarray(1))) == 0.5
+    assert np.isnan(float(lr(jnp.asarray(3))))
+
+
+def test_python_int_becomes_float():
+    assert isinstance(base.hyperparameter(0, "b1", base.UNIT_INTERVAL_OPEN_RIGHT), float)
+
+
+def test_check_order():
+    with pytest.raises(ValueError, match="min_step_size must be <= max_step_size"):
+        base.check_order(2.0, 1.0, "min_step_size", "max_step_size")
+    with pytest.raises(ValueError, match="a must be <= b"):
+        base.check_order(jnp.asarray(2.0), 1.0, "a", "b")  # concrete arrays are checked too
+    # traced values cannot be checked eagerly and must not raise
+    jax.jit(lambda a: base.check_order(a, 1.0, "a", "b") or a)(jnp.asarray(2.0))
+
+
+def test_check_positive_int_is_static():
+    assert base.check_positive_int(3, "memory_size") == 3
+    with pytest.raises(ValueError, match="memory_size"):
+        base.check_positive_int(0, "memory_size")
+    with pytest.raises(TypeError, match="memory_size"):
+        base.check_positive_int(3.0, "memory_size")
+
+
+def test_tree_mismatch_names_path_for_shape():
+    with pytest.raises(base.TreeMismatchError) as info:
+        base.check_tree_match(
+            {"w": jnp.ones(3)}, {"w": jnp.ones((3, 1))}, "state", "grads", owner="adam"
+        )
+    assert info.value.path == "['w']"
+    assert "grads" in str(info.value) and "(3, 1)" in str(info.value)
+
+
+def test_tree_mismatch_names_missing_key():
+    params = {"enc": {"layer0": {"w": 1.0, "b": 2.0}}}
+    grads = {"enc": {"layer0": {"w": 1.0}}}
+    with pytest.raises(base.TreeMismatchError) as info:
+        base.check_tree_match(params, grads, "params", "grads")
+    assert info.value.path == "['enc']['layer0']['b']"
+
+
+def test_tree_mismatch_other_container_type():
+    with pytest.raises(base.TreeMismatchError):
+        base.check_tree_match({"a": 1.0}, [1.0], "params", "grads")
+
+
+def test_none_leaves_match_none():
+    base.check_tree_match({"a": None, "b": jnp.ones(2)}, {"a": None, "b": jnp.ones(2)}, "p", "g")
+
+
+def test_check_state_rejects_foreign_state():
+    tx = gradlab.scale_by_learning_rate(0.1)
+    with pytest.raises(gradlab.StateMismatchError, match="scale_by_learning_rate"):
+        tx.update({"a": jnp.ones(2)}, {"a": jnp.ones(2)})
+
+
+def test_learning_rate_atom_schedule_count_starts_at_zero_and_keeps_dtype():
+    tx = gradlab.scale_by_learning_rate(lambda count: 0.1 / (1.0 + count))
+    params = {"a": jnp.ones(3, jnp.bfloat16)}
+    state = tx.init(params)
+    u1, state = tx.update(params, state)
+    u2, state = tx.update(params, state)
+    assert u1["a"].dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(u1["a"], np.float32), -0.1, rtol=1e-2)
+    np.testing.assert_allclose(np.asarray(u2["a"], np.float32), -0.05, rtol=1e-2)
+    assert int(state.count) == 2
+
+
+def test_zeros_like_is_float32_for_low_precision_params():
+    z = base.zeros_like({"a": jnp.ones(2, jnp.bfloat16), "c": jnp.ones(2, jnp.complex64)})
+    assert z["a"].dtype == jnp.float32 and z["c"].dtype == jnp.complex64
+
+
+def test_global_norm_finite_and_zero_safe():
+    assert float(base.global_norm({})) == 0.0
+    assert float(base.global_norm({"a": jnp.zeros(3, jnp.float16)})) == 0.0
+    g = jax.grad(lambda x: base.global_norm({"a": x}))(jnp.array([3.0, 4.0]))
+    np.testing.assert_allclose(g, [0.6, 0.8], rtol=1e-6)
