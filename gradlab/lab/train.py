@@ -1,0 +1,566 @@
+r"""A small, honest training loop for Flax NNX models and any optax-compatible optimizer.
+
+:func:`train` runs whole epochs as **one compiled function** (``jax.jit`` of a ``lax.scan`` over
+the epoch's mini-batches, buffers donated): a fresh random permutation per epoch, one optimizer
+update per batch, then loss and accuracy on the full training and validation sets (evaluation
+mode: BatchNorm running averages, no dropout), early-stopping bookkeeping and the best
+parameters, all inside the same program. The Python loop only logs, draws the progress bar and
+writes checkpoints.
+
+The optimizer is any ``optax.GradientTransformation``. Transformations that take extra
+arguments (``GradientTransformationExtraArgs``, e.g. reduce-on-plateau) receive
+``value=`` -- the mini-batch loss at the current parameters (``value_from="batch"``) or the
+latest validation loss (``value_from="val"``); ``optax.chain`` forwards it to the links that
+want it and plain transformations ignore it.
+
+Checkpoints (:mod:`gradlab.lab.checkpoint`, msgpack + JSON manifest, no pickle) hold the whole
+:class:`TrainState` -- parameters, BatchNorm statistics, optimizer state, RNG key, epoch and step
+counters, early-stopping state -- plus the history, so ``train(..., checkpoint_dir=d,
+resume=True)`` continues **bit-identically** to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from gradlab.lab import checkpoint as ckpt
+from gradlab.lab.data import Dataset, epoch_indices, resolve_batch_size
+from gradlab.lab.models import ModelParts, apply_model, merge_model, split_model
+
+__all__ = [
+    "TrainState",
+    "History",
+    "TrainResult",
+    "cross_entropy",
+    "squared_error",
+    "make_step",
+    "train",
+]
+
+METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "batch_loss")
+
+
+def cross_entropy(outputs: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example softmax cross-entropy with integer labels."""
+    return optax.softmax_cross_entropy_with_integer_labels(
+        outputs.astype(jnp.float32), labels.astype(jnp.int32)
+    )
+
+
+def squared_error(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-example mean squared error over the output dimensions."""
+    targets = jnp.reshape(targets, outputs.shape).astype(jnp.float32)
+    return jnp.mean(jnp.square(outputs.astype(jnp.float32) - targets), axis=-1)
+
+
+class TrainState(NamedTuple):
+    """Everything a run needs to continue exactly where it stopped (a pytree).
+
+    Attributes:
+      params: trainable parameters (nested dict).
+      model_state: non-trainable model variables (BatchNorm running statistics).
+      opt_state: the optimizer's state.
+      key: raw ``uint32[2]`` PRNG key; epoch ``e`` uses ``fold_in(key, e)``.
+      epoch: completed epochs (int32).
+      step: completed optimizer updates (int32).
+      last_val: latest validation loss (passed as ``value`` with ``value_from="val"``).
+      best_val: best validation loss so far (``inf`` before the first evaluation).
+      best_epoch: epoch of ``best_val`` (-1 when none).
+      bad_epochs: epochs since the last improvement (early-stopping counter).
+      best_params: parameters at ``best_epoch`` (``None`` unless ``restore_best``).
+      best_model_state: model state at ``best_epoch`` (``None`` unless ``restore_best``).
+    """
+
+    params: Any
+    model_state: Any
+    opt_state: Any
+    key: jax.Array
+    epoch: jax.Array
+    step: jax.Array
+    last_val: jax.Array
+    best_val: jax.Array
+    best_epoch: jax.Array
+    bad_epochs: jax.Array
+    best_params: Any = None
+    best_model_state: Any = None
+
+
+@dataclasses.dataclass
+class History:
+    """Per-epoch metrics. Row 0 is the initial model (before any update).
+
+    Every attribute is a 1-D numpy array of the same length: ``epoch``, ``step`` (updates
+    so far), ``examples`` (training examples processed so far), ``train_loss``/``train_acc``
+    (full training set, evaluation mode), ``val_loss``/``val_acc`` (NaN without validation),
+    ``batch_loss`` (mean mini-batch loss during the epoch, NaN in row 0) and ``time`` (seconds
+    of the epoch, including compilation in the first).
+    """
+
+    epoch: np.ndarray
+    step: np.ndarray
+    examples: np.ndarray
+    train_loss: np.ndarray
+    train_acc: np.ndarray
+    val_loss: np.ndarray
+    val_acc: np.ndarray
+    batch_loss: np.ndarray
+    time: np.ndarray
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[dict[str, float]]) -> History:
+        """Build from a list of per-epoch dicts."""
+        fields = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{k: np.asarray([r[k] for r in rows], dtype=np.float64) for k in fields})
+
+    def rows(self) -> list[dict[str, float]]:
+        """The history as a list of per-epoch dicts (JSON-friendly)."""
+        d = self.as_dict()
+        return [{k: d[k][i] for k in d} for i in range(len(self))]
+
+    def as_dict(self) -> dict[str, list[float]]:
+        """``{metric: list}`` of Python floats."""
+        return {f.name: [float(v) for v in getattr(self, f.name)] for f in dataclasses.fields(self)}
+
+    def __len__(self) -> int:
+        return len(self.epoch)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return getattr(self, name)
+
+    def plot(
+        self,
+        metrics: Sequence[str] = ("train_loss", "val_loss"),
+        *,
+        x: str = "epoch",
+        ax: Any = None,
+        label: str | None = None,
+        logy: bool = True,
+    ):
+        """Plot metrics against ``x`` (``"epoch"``, ``"step"`` or ``"examples"``) with matplotlib.
+
+        Returns:
+          The matplotlib ``Axes``.
+        """
+        import matplotlib
+
+        if ax is None:
+            matplotlib.use("Agg", force=False)
+            import matplotlib.pyplot as plt
+
+            _, ax = plt.subplots(figsize=(6, 4))
+        xs = getattr(self, x)
+        for m in metrics:
+            ys = getattr(self, m)
+            if np.all(np.isnan(ys)):
+                continue
+            ax.plot(xs, ys, label=f"{label} {m}" if label else m)
+        ax.set_xlabel(x)
+        if logy and all(m.endswith("loss") for m in metrics):
+            ax.set_yscale("log")
+        ax.legend()
+        return ax
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+      model: the trained ``nnx.Module`` (the model passed in, updated in place).
+      state: the final :class:`TrainState` (parameters, optimizer state, counters).
+      history: the per-epoch :class:`History`.
+      stopped_early: whether early stopping ended the run.
+      status: ``"completed"``, ``"early_stopped"`` or ``"non_finite"`` (training loss became
+        NaN/inf and the run was stopped).
+    """
+
+    model: Any
+    state: TrainState
+    history: History
+    stopped_early: bool
+    status: str
+
+    @property
+    def params(self) -> Any:
+        """The returned parameters (the best ones when ``restore_best``)."""
+        return self.state.params
+
+
+def make_step(
+    graphdef: Any,
+    optimizer: optax.GradientTransformation,
+    loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy,
+):
+    """A pure training step, for users who write their own loop (jit/vmap/scan it freely).
+
+    Returns:
+      ``step(params, model_state, opt_state, x, y, key, **extra) -> (params, model_state,
+      opt_state, loss)``; ``extra`` (e.g. ``value=``) is forwarded to ``optimizer.update``.
+    """
+    opt = optax.with_extra_args_support(optimizer)
+
+    def step(params, model_state, opt_state, x, y, key=None, **extra):
+        def objective(p):
+            out, new_state = apply_model(graphdef, p, model_state, x, train=True, key=key)
+            return jnp.mean(loss_fn(out, y)), new_state
+
+        (loss, new_state), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        updates, opt_state = opt.update(grads, opt_state, params, **extra)
+        params = optax.apply_updates(params, updates)
+        return params, new_state, opt_state, loss
+
+    return step
+
+
+def _as_arrays(x, y):
+    return jnp.asarray(x, jnp.float32), jnp.asarray(y)
+
+
+def _evaluate(graphdef, params, model_state, x, y, loss_fn, classification):
+    out, _ = apply_model(graphdef, params, model_state, x, train=False)
+    loss = jnp.mean(loss_fn(out, y))
+    if classification:
+        acc = jnp.mean((jnp.argmax(out, axis=-1) == y).astype(jnp.float32))
+    else:
+        acc = jnp.asarray(jnp.nan, jnp.float32)
+    return loss.astype(jnp.float32), acc
+
+
+def _build_epoch_fn(graphdef, opt, loss_fn, classification, n, b, value_from, min_delta, has_val):
+    step_fn = make_step(graphdef, opt, loss_fn)
+
+    def epoch_fn(ts: TrainState, x, y, xv, yv):
+        ekey = jax.random.fold_in(ts.key, ts.epoch)
+        idx = epoch_indices(ekey, n, b)
+
+        def body(carry, inp):
+            params, mstate, ostate = carry
+            i, bidx = inp
+            extra = {}
+            if value_from == "val":
+                extra["value"] = ts.last_val
+            xb, yb = x[bidx], y[bidx]
+            dkey = jax.random.fold_in(ekey, i)
+            if value_from == "batch":
+                # value = the mini-batch loss at the current parameters (plateau rules,
+                # line searches), computed by the same forward pass as the gradient.
+                params, mstate, ostate, loss = _step_with_value(
+                    opt, graphdef, loss_fn, params, mstate, ostate, xb, yb, dkey
+                )
+            else:
+                params, mstate, ostate, loss = step_fn(
+                    params, mstate, ostate, xb, yb, dkey, **extra
+                )
+            return (params, mstate, ostate), loss
+
+        steps = idx.shape[0]
+        (params, mstate, ostate), losses = jax.lax.scan(
+            body, (ts.params, ts.model_state, ts.opt_state), (jnp.arange(steps), idx)
+        )
+        tr_loss, tr_acc = _evaluate(graphdef, params, mstate, x, y, loss_fn, classification)
+        if has_val:
+            va_loss, va_acc = _evaluate(graphdef, params, mstate, xv, yv, loss_fn, classification)
+        else:
+            va_loss = va_acc = jnp.asarray(jnp.nan, jnp.float32)
+        epoch = ts.epoch + 1
+        improved = va_loss < ts.best_val - min_delta
+        best_val = jnp.where(improved, va_loss, ts.best_val)
+        best_epoch = jnp.where(improved, epoch, ts.best_epoch)
+        bad = jnp.where(improved, 0, ts.bad_epochs + 1)
+        best_params, best_mstate = ts.best_params, ts.best_model_state
+        if best_params is not None:
+            best_params = jax.tree.map(lambda a, c: jnp.where(improved, a, c), params, best_params)
+            best_mstate = jax.tree.map(lambda a, c: jnp.where(improved, a, c), mstate, best_mstate)
+        new = TrainState(
+            params=params,
+            model_state=mstate,
+            opt_state=ostate,
+            key=ts.key,
+            epoch=epoch,
+            step=ts.step + steps,
+            last_val=va_loss,
+            best_val=best_val,
+            best_epoch=best_epoch,
+            bad_epochs=bad,
+            best_params=best_params,
+            best_model_state=best_mstate,
+        )
+        metrics = {
+            "train_loss": tr_loss,
+            "train_acc": tr_acc,
+            "val_loss": va_loss,
+            "val_acc": va_acc,
+            "batch_loss": jnp.mean(losses.astype(jnp.float32)),
+        }
+        return new, metrics
+
+    return epoch_fn
+
+
+def _step_with_value(opt, graphdef, loss_fn, params, mstate, ostate, x, y, key):
+    def objective(p):
+        out, new_state = apply_model(graphdef, p, mstate, x, train=True, key=key)
+        return jnp.mean(loss_fn(out, y)), new_state
+
+    (loss, new_state), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    updates, ostate = opt.update(grads, ostate, params, value=loss)
+    params = optax.apply_updates(params, updates)
+    return params, new_state, ostate, loss
+
+
+def _resolve_data(data, val):
+    """``(x, y, xv, yv, classification)`` from a Dataset or ``(x, y)`` and the ``val`` option."""
+    if isinstance(data, Dataset):
+        x, y = data.x_train, data.y_train
+        classification = data.is_classification
+        default_val = (data.x_val, data.y_val) if len(data.x_val) else None
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = data
+        classification = np.issubdtype(np.asarray(y).dtype, np.integer)
+        default_val = None
+    else:
+        raise TypeError("data must be a gradlab.lab.Dataset or an (x, y) pair")
+    if isinstance(val, str) and val == "auto":
+        val = default_val
+    elif val is True:
+        if default_val is None:
+            raise ValueError("val=True but the data has no validation split")
+        val = default_val
+    elif val is False:
+        val = None
+    if val is not None and not (isinstance(val, (tuple, list)) and len(val) == 2):
+        raise TypeError("val must be 'auto', True, False, None or an (x_val, y_val) pair")
+    x, y = _as_arrays(x, y)
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
+    xv = yv = None
+    if val is not None:
+        xv, yv = _as_arrays(*val)
+    return x, y, xv, yv, bool(classification)
+
+
+def _host(tree):
+    return jax.tree.map(lambda a: np.asarray(a) if isinstance(a, jax.Array) else a, tree)
+
+
+def train(
+    model: nnx.Module | ModelParts,
+    optimizer: optax.GradientTransformation,
+    data: Dataset | tuple[Any, Any],
+    *,
+    epochs: int = 10,
+    batch_size: int | str | None = 32,
+    val: Any = "auto",
+    loss_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    seed: int = 0,
+    patience: int | None = None,
+    min_delta: float = 0.0,
+    restore_best: bool = False,
+    value_from: Literal["batch", "val"] | None = "batch",
+    stop_on_nonfinite: bool = True,
+    progress: bool = True,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
+    donate: bool = True,
+) -> TrainResult:
+    """Train ``model`` with ``optimizer`` on ``data``, one compiled program per epoch.
+
+    Args:
+      model: an ``nnx.Module`` (e.g. :class:`gradlab.lab.MLP`; updated in place with the final
+        parameters) or :class:`~gradlab.lab.models.ModelParts` from ``split_model``.
+      optimizer: any optax-compatible ``GradientTransformation`` (gradlab's or optax's).
+      data: a :class:`~gradlab.lab.data.Dataset` or an ``(x, y)`` pair. Integer ``y`` means
+        classification (softmax cross-entropy, accuracy), float ``y`` regression (mean squared
+        error).
+      epochs: total number of epochs (a resumed run continues up to this number).
+      batch_size: ``1`` (stochastic GD), ``b`` (mini-batch) or ``"all"``/``None`` (batch GD).
+        Each epoch draws a new permutation and drops its last ``n mod b`` examples so that every
+        batch has the same shape.
+      val: ``"auto"`` (the dataset's validation split, if any), ``True``, ``False``/``None``, or
+        an explicit ``(x_val, y_val)`` pair.
+      loss_fn: per-example loss ``(outputs, targets) -> (batch,)``; default
+        :func:`cross_entropy` or :func:`squared_error`.
+      seed: seed of the permutations and dropout masks.
+      patience: stop when the validation loss has not improved by more than ``min_delta`` for
+        this many epochs (``None`` disables early stopping).
+      min_delta: minimum decrease of the validation loss that counts as an improvement.
+      restore_best: return (and keep) the parameters of the best validation epoch.
+      value_from: what ``optimizer.update`` receives as ``value=``: the mini-batch loss
+        (``"batch"``), the latest validation loss (``"val"``) or nothing (``None``).
+      stop_on_nonfinite: stop when the training loss becomes NaN or infinite
+        (``status="non_finite"``).
+      progress: show a ``tqdm`` progress bar.
+      checkpoint_dir: save the :class:`TrainState` and history here every ``checkpoint_every``
+        epochs and at the end.
+      checkpoint_every: epochs between checkpoints.
+      resume: continue from ``checkpoint_dir`` if it holds a checkpoint (bit-identical to an
+        uninterrupted run with the same arguments).
+      donate: donate the state buffers to the compiled epoch (halves peak memory).
+
+    Returns:
+      A :class:`TrainResult` with the model, the final state and the :class:`History`.
+
+    Raises:
+      ValueError: bad arguments (batch size, epochs, patience without validation data...).
+      gradlab.lab.checkpoint.CheckpointMismatchError: resuming from a checkpoint written for a
+        different model or optimizer (names the key path).
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    if value_from not in ("batch", "val", None):
+        raise ValueError(f"value_from must be 'batch', 'val' or None, got {value_from!r}")
+    if patience is not None and (isinstance(patience, bool) or patience < 1):
+        raise ValueError(f"patience must be a positive int or None, got {patience!r}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every!r}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs a checkpoint_dir")
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(
+            f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}"
+        )
+    x, y, xv, yv, classification = _resolve_data(data, val)
+    has_val = xv is not None
+    if (patience is not None or restore_best or value_from == "val") and not has_val:
+        raise ValueError("patience, restore_best and value_from='val' need validation data")
+    if loss_fn is None:
+        loss_fn = cross_entropy if classification else squared_error
+    n = int(x.shape[0])
+    b = resolve_batch_size(batch_size, n)
+
+    if isinstance(model, ModelParts):
+        graphdef, params, mstate = model
+        module = None
+    elif isinstance(model, nnx.Module):
+        graphdef, params, mstate = split_model(model)
+        module = model
+    else:
+        raise TypeError("model must be an nnx.Module or ModelParts")
+    # Copy: the state is donated to the compiled epoch, the user's arrays must survive.
+    params = jax.tree.map(jnp.array, params)
+    mstate = jax.tree.map(jnp.array, mstate)
+    opt = optax.with_extra_args_support(optimizer)
+
+    init_loss, init_acc = jax.jit(_evaluate, static_argnums=(0, 5, 6))(
+        graphdef, params, mstate, x, y, loss_fn, classification
+    )
+    if has_val:
+        init_vloss, init_vacc = jax.jit(_evaluate, static_argnums=(0, 5, 6))(
+            graphdef, params, mstate, xv, yv, loss_fn, classification
+        )
+    else:
+        init_vloss = init_vacc = jnp.asarray(jnp.nan, jnp.float32)
+    ts = TrainState(
+        params=params,
+        model_state=mstate,
+        opt_state=opt.init(params),
+        key=jax.random.key_data(jax.random.key(seed)),
+        epoch=jnp.zeros((), jnp.int32),
+        step=jnp.zeros((), jnp.int32),
+        last_val=jnp.asarray(init_vloss, jnp.float32),
+        best_val=jnp.asarray(jnp.inf, jnp.float32),
+        best_epoch=jnp.asarray(-1, jnp.int32),
+        bad_epochs=jnp.zeros((), jnp.int32),
+        best_params=jax.tree.map(jnp.array, params) if restore_best else None,
+        best_model_state=jax.tree.map(jnp.array, mstate) if restore_best else None,
+    )
+    rows = [
+        dict(
+            epoch=0.0,
+            step=0.0,
+            examples=0.0,
+            train_loss=float(init_loss),
+            train_acc=float(init_acc),
+            val_loss=float(init_vloss),
+            val_acc=float(init_vacc),
+            batch_loss=math.nan,
+            time=0.0,
+        )
+    ]
+    config = dict(batch_size=b, seed=seed, n=n, value_from=value_from, min_delta=min_delta)
+    if resume and ckpt.checkpoint_exists(checkpoint_dir):
+        ts, meta = ckpt.restore_checkpoint(checkpoint_dir, ts)
+        ts = jax.tree.map(jnp.asarray, ts)
+        rows = list(meta["history"])
+        stored = meta.get("config", {})
+        for k in ("batch_size", "seed", "n"):
+            if stored.get(k) != config[k]:
+                raise ValueError(
+                    f"cannot resume from {checkpoint_dir!r}: it was written with {k}="
+                    f"{stored.get(k)!r}, this call has {k}={config[k]!r}"
+                )
+
+    epoch_fn = _build_epoch_fn(
+        graphdef, opt, loss_fn, classification, n, b, value_from, float(min_delta), has_val
+    )
+    run_epoch = jax.jit(epoch_fn, donate_argnums=(0,) if donate else ())
+
+    def save(state):
+        meta = {"history": rows, "config": config}
+        ckpt.save_checkpoint(checkpoint_dir, state, metadata=meta)
+
+    start = int(ts.epoch)
+    status = "completed"
+    stopped_early = patience is not None and int(ts.bad_epochs) >= patience
+    if stopped_early:
+        status = "early_stopped"
+    bar = None
+    if progress and not stopped_early and start < epochs:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs, initial=start, desc="train", unit="epoch", leave=False)
+    for _ in range(start, 0 if stopped_early else epochs):
+        t0 = time.perf_counter()
+        ts, metrics = run_epoch(ts, x, y, xv, yv)
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        elapsed = time.perf_counter() - t0
+        e, s = int(ts.epoch), int(ts.step)
+        rows.append(
+            dict(epoch=float(e), step=float(s), examples=float(s * b), time=elapsed, **metrics)
+        )
+        if bar is not None:
+            bar.update(1)
+            post = {"loss": f"{metrics['train_loss']:.4g}"}
+            if has_val:
+                post["val"] = f"{metrics['val_loss']:.4g}"
+            bar.set_postfix(post)
+        if stop_on_nonfinite and not math.isfinite(metrics["train_loss"]):
+            status = "non_finite"
+        elif patience is not None and int(ts.bad_epochs) >= patience:
+            status, stopped_early = "early_stopped", True
+        if checkpoint_dir is not None and (
+            e % checkpoint_every == 0 or e == epochs or status != "completed"
+        ):
+            save(ts)
+        if status != "completed":
+            break
+    if bar is not None:
+        bar.close()
+
+    final = ts
+    if restore_best and int(ts.best_epoch) >= 0:
+        final = ts._replace(params=ts.best_params, model_state=ts.best_model_state)
+    if module is not None:
+        trained = merge_model(graphdef, final.params, final.model_state)
+        nnx.update(module, nnx.state(trained))
+        out_model = module
+    else:
+        out_model = merge_model(graphdef, final.params, final.model_state)
+    return TrainResult(
+        model=out_model,
+        state=final,
+        history=History.from_rows(rows),
+        stopped_early=stopped_early,
+        status=status,
+    )

@@ -1,0 +1,143 @@
+r"""Shared arithmetic for the line searches: scale-safe norms and dots, the line, interpolation.
+
+Every search in :mod:`gradlab.linesearch` works on the one-dimensional restriction
+
+.. math:: \varphi(\tau) = f\big(x + \tau\, \hat d\big), \qquad \hat d = d / \lVert d\rVert ,
+
+that is, along the *unit* direction, with :math:`\tau` the length of the displacement. The step
+size reported to the user is :math:`t = \tau / \lVert d\rVert` (so the update is :math:`t\,d`).
+Working with :math:`\hat d` keeps :math:`\varphi'(0) = g^\top \hat d` representable in float32
+when gradients are as small as :math:`10^{-30}` or as large as :math:`10^{30}`, where the raw
+slope :math:`g^\top d = -\lVert g\rVert^2` would under- or overflow. Norms are computed with
+the usual rescaling by :math:`\max_i |v_i|` for the same reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradlab.status import Status
+
+__all__ = [
+    "compute_dtype",
+    "safe_norm",
+    "tree_vdot",
+    "tree_scale",
+    "trial_point",
+    "unit_direction",
+    "cubic_min",
+    "quadratic_min",
+    "FATAL_STATUSES",
+]
+
+#: Status codes after which a solver loop stops (a step that cannot be trusted).
+FATAL_STATUSES = (
+    int(Status.NON_FINITE),
+    int(Status.LINE_SEARCH_FAILED),
+    int(Status.NOT_DESCENT),
+    int(Status.UNBOUNDED),
+)
+
+
+def compute_dtype(*trees: Any) -> jnp.dtype:
+    """float32, or float64 when any leaf of ``trees`` is float64 (x64 solvers)."""
+    for tree in trees:
+        for leaf in jax.tree.leaves(tree):
+            if jnp.result_type(leaf) in (jnp.float64, jnp.complex128):
+                return jnp.dtype(jnp.float64)
+    return jnp.dtype(jnp.float32)
+
+
+def safe_norm(tree: Any, dtype=jnp.float32) -> jax.Array:
+    r"""Euclidean norm of all leaves, rescaled so it neither under- nor overflows.
+
+    .. math:: \lVert v\rVert = m \sqrt{\textstyle\sum_i (v_i/m)^2},\quad m = \max_i |v_i| .
+
+    Zero for an all-zero tree (no NaN), ``inf`` if any entry is infinite, NaN if any is NaN.
+    """
+    leaves = [jnp.abs(jnp.asarray(x)).astype(dtype) for x in jax.tree.leaves(tree)]
+    if not leaves:
+        return jnp.zeros((), dtype)
+    m = jnp.max(jnp.stack([jnp.max(x, initial=0.0) for x in leaves]))
+    safe_m = jnp.where((m > 0) & jnp.isfinite(m), m, 1.0)
+    sq = sum(jnp.sum(jnp.square(x / safe_m)) for x in leaves)
+    return jnp.where(jnp.isfinite(m), safe_m * jnp.sqrt(sq), m)
+
+
+def tree_vdot(a: Any, b: Any, dtype=jnp.float32) -> jax.Array:
+    """:math:`\\sum_\\ell \\langle a_\\ell, b_\\ell\\rangle` over all leaves, in ``dtype``."""
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    if not la:
+        return jnp.zeros((), dtype)
+    return sum(jnp.sum(x.astype(dtype) * y.astype(dtype)) for x, y in zip(la, lb))
+
+
+def tree_scale(s: jax.Array, tree: Any) -> Any:
+    """``s * tree``, each leaf back in its own dtype."""
+    return jax.tree.map(lambda x: (s * x).astype(x.dtype), tree)
+
+
+def trial_point(params: Any, t: jax.Array, direction: Any) -> Any:
+    """``apply_updates(params, t * direction)``: bit-for-bit the point a solver will reach when
+    it applies the update a search returns, so the accepted value is the value there."""
+    return optax.apply_updates(params, tree_scale(t, direction))
+
+
+def unit_direction(direction: Any, grad: Any, dtype) -> tuple[Any, jax.Array, jax.Array, Any]:
+    r"""Normalise a search direction and check its slope.
+
+    Returns:
+      ``(unit, norm, slope, code)`` where ``unit`` is :math:`\hat d = d/\lVert d\rVert` (in
+      ``dtype``), ``norm`` is :math:`\lVert d\rVert`, ``slope`` is :math:`g^\top\hat d`, and
+      ``code`` is ``OK``, ``NON_FINITE`` (NaN/Inf in ``d`` or ``g``) or ``NOT_DESCENT``
+      (:math:`g^\top d \ge 0`, including :math:`d = 0`).
+    """
+    norm = safe_norm(direction, dtype)
+    safe = jnp.where((norm > 0) & jnp.isfinite(norm), norm, 1.0)
+    unit = jax.tree.map(lambda d: d.astype(dtype) / safe, direction)
+    slope = tree_vdot(grad, unit, dtype)
+    finite = jnp.isfinite(norm) & jnp.isfinite(slope)
+    code = jnp.where(
+        finite,
+        jnp.where((slope < 0) & (norm > 0), int(Status.OK), int(Status.NOT_DESCENT)),
+        int(Status.NON_FINITE),
+    ).astype(jnp.int32)
+    return unit, norm, slope, code
+
+
+def cubic_min(a, fa, sa, b, fb, sb):
+    r"""Minimiser of the cubic interpolating :math:`(a, f_a, f'_a)` and :math:`(b, f_b, f'_b)`.
+
+    Nocedal & Wright (2006), eq. (3.59). NaN when the cubic has no minimiser (the caller
+    safeguards).
+    """
+    d1 = sa + sb - 3.0 * (fa - fb) / (a - b)
+    rad = d1 * d1 - sa * sb
+    d2 = jnp.sign(b - a) * jnp.sqrt(jnp.where(rad >= 0, rad, jnp.nan))
+    return b - (b - a) * (sb + d2 - d1) / (sb - sa + 2.0 * d2)
+
+
+def quadratic_min(a, fa, sa, b, fb):
+    """Minimiser of the quadratic through :math:`(a, f_a)` with slope :math:`f'_a`, and ``b``."""
+    h = b - a
+    curv = fb - fa - sa * h
+    return a - sa * h * h / (2.0 * curv)
+
+
+def safeguarded_interpolation(lo, f_lo, s_lo, hi, f_hi, s_hi, margin=0.1):
+    """A trial point strictly inside ``[lo, hi]`` (either order): cubic, else quadratic, else
+    bisection; each candidate must lie at least ``margin`` of the width from both ends."""
+    left, right = jnp.minimum(lo, hi), jnp.maximum(lo, hi)
+    width = right - left
+
+    def inside(t):
+        return jnp.isfinite(t) & (t >= left + margin * width) & (t <= right - margin * width)
+
+    cubic = cubic_min(lo, f_lo, s_lo, hi, f_hi, s_hi)
+    quad = quadratic_min(lo, f_lo, s_lo, hi, f_hi)
+    mid = 0.5 * (lo + hi)
+    return jnp.where(inside(cubic), cubic, jnp.where(inside(quad), quad, mid))

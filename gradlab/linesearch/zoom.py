@@ -1,0 +1,367 @@
+r"""Strong-Wolfe line search by bracketing and zoom (Nocedal & Wright, Algorithms 3.5 and 3.6).
+
+A step :math:`t` along the direction :math:`d` satisfies the *strong Wolfe conditions* when
+
+.. math::
+
+    f(x + t d) \le f(x) + c_1\, t\, \nabla f(x)^\top d
+    \quad\text{and}\quad
+    |\nabla f(x + t d)^\top d| \le c_2\, |\nabla f(x)^\top d| ,
+
+:math:`0 < c_1 < c_2 < 1`. The search first *brackets* an interval that contains such steps
+(growing the trial by safeguarded cubic extrapolation), then *zooms* into it with safeguarded
+cubic, then quadratic, then bisection interpolation. Everything runs in one bounded
+``lax.while_loop`` (at most ``max_linesearch_steps`` evaluations), so it is jittable and
+vmappable.
+
+Failure handling, where the anchors go wrong (reliability notes H1–H4):
+
+* the slope :math:`\nabla f^\top d` is checked first: :math:`\ge 0` is ``NOT_DESCENT``, NaN is
+  ``NON_FINITE``; no trial is made and the step is 0;
+* a NaN/Inf value or gradient at a trial counts as :math:`f = +\infty`: the interval shrinks
+  towards the last good point; when *every* trial is non-finite the search fails
+  (``LINE_SEARCH_FAILED``, step 0) rather than reporting success;
+* when :math:`f` keeps decreasing up to the largest allowed step (``max_learning_rate``, or a
+  displacement of ``max_step_norm``), the search stops there with ``UNBOUNDED``;
+* when the budget runs out, the lowest trial that satisfied sufficient decrease is taken
+  (``OK``, with ``curvature_satisfied=False``); with none, the step is rejected
+  (``LINE_SEARCH_FAILED``, step 0). An uphill step is never returned.
+
+References:
+  Nocedal & Wright, *Numerical Optimization* (2nd ed., 2006), §3.5, Algorithms 3.5–3.6.
+  Wolfe, "Convergence conditions for ascent methods", SIAM Review 11(2), 1969.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradlab import base
+from gradlab.linesearch import common
+from gradlab.status import Status
+
+__all__ = ["ScaleByZoomLinesearchState", "scale_by_zoom_linesearch", "INITIAL_GUESSES"]
+
+_OWNER = "scale_by_zoom_linesearch"
+INITIAL_GUESSES = ("one", "keep", "quadratic")
+
+
+class ScaleByZoomLinesearchState(NamedTuple):
+    """State of :func:`scale_by_zoom_linesearch`.
+
+    ``value`` and ``grad`` are those at the point the last search returned (``params +
+    updates``; the old point when the step was rejected), so a solver loop can reuse them.
+    """
+
+    count: jax.Array  # shape=(), int32: searches run so far (the schedule clock).
+    step_size: jax.Array  # shape=(): accepted t (update = t * d); 0 when rejected.
+    value: jax.Array  # shape=(): f at the accepted point (inf before any search).
+    grad: base.Updates  # gradient at the accepted point.
+    start_value: jax.Array  # shape=(): f at the start of the last search (for "quadratic").
+    curvature_satisfied: jax.Array  # shape=(), bool: the accepted step met strong Wolfe.
+    status: jax.Array  # shape=(), int32: gradlab.status code of the last search.
+    num_fun_evals: jax.Array  # shape=(), int32: cumulative evaluations of value_fn.
+    num_grad_evals: jax.Array  # shape=(), int32: cumulative gradient evaluations.
+
+
+class _Carry(NamedTuple):
+    i: jax.Array  # evaluations so far
+    done: jax.Array
+    zooming: jax.Array
+    tau: jax.Array  # next trial (displacement length along the unit direction)
+    tau_p: jax.Array  # previous bracketing trial
+    f_p: jax.Array
+    s_p: jax.Array
+    tau_lo: jax.Array
+    f_lo: jax.Array
+    s_lo: jax.Array
+    tau_hi: jax.Array
+    f_hi: jax.Array
+    s_hi: jax.Array
+    tau_b: jax.Array  # best point with sufficient decrease (0: none yet)
+    f_b: jax.Array
+    g_b: Any
+    wolfe: jax.Array  # the best point satisfies strong Wolfe (accepted)
+    unbounded: jax.Array
+
+
+def scale_by_zoom_linesearch(
+    max_linesearch_steps: int = 30,
+    max_learning_rate: base.ScalarOrSchedule | None = None,
+    slope_rtol: base.ScalarOrSchedule = 1e-4,
+    curv_rtol: base.ScalarOrSchedule = 0.9,
+    initial_guess_strategy: str = "one",
+    max_step_norm: base.ScalarOrSchedule = 1e10,
+) -> base.GradientTransformationExtraArgs:
+    r"""Scale the direction by a step satisfying the strong Wolfe conditions.
+
+    With :math:`g = \nabla f(x)`, :math:`c_1` = ``slope_rtol`` and :math:`c_2` = ``curv_rtol``,
+    the accepted :math:`t` satisfies
+
+    .. math::
+
+        f(x + t d) \le f(x) + c_1 t\, g^\top d, \qquad
+        |\nabla f(x + t d)^\top d| \le c_2 |g^\top d| .
+
+    Internally the search runs on the unit direction :math:`\hat d = d/\lVert d\rVert` with
+    displacement :math:`\tau = t\lVert d\rVert`, so slopes stay representable in float32 for
+    gradients of size :math:`10^{\pm 30}`.
+
+    The first trial (``initial_guess_strategy``):
+
+    * ``"one"``: :math:`t_0 = 1` (Newton and quasi-Newton directions, whose natural step is 1);
+    * ``"keep"``: the previous accepted :math:`t` (1 on the first search);
+    * ``"quadratic"``: :math:`t_0 = 1.01 \cdot 2 (f_k - f_{k-1}) / g_k^\top d_k` (Nocedal &
+      Wright eq. 3.60: the step of the previous decrease, for steepest descent and nonlinear
+      CG); on the first search :math:`t_0 = 1.01\,\lVert g\rVert / |g^\top \hat d|/\lVert d
+      \rVert`, a displacement of about unit length.
+
+    ``update(updates, state, params, *, value, grad, value_fn, **extra)`` as in
+    :func:`~gradlab.linesearch.scale_by_backtracking_linesearch`; returns :math:`t\,d`.
+
+    Args:
+      max_linesearch_steps: most evaluations per search (static, >= 1).
+      max_learning_rate: largest :math:`t` (``None``: no bound on :math:`t`).
+      slope_rtol: :math:`c_1 \in (0, 1)`.
+      curv_rtol: :math:`c_2 \in (c_1, 1)`; 0.9 for quasi-Newton, about 0.1–0.4 for CG.
+      initial_guess_strategy: ``"one"``, ``"keep"`` or ``"quadratic"`` (static).
+      max_step_norm: largest displacement :math:`\lVert t d\rVert`; a search whose value still
+        decreases there stops with ``UNBOUNDED``.
+
+    Returns:
+      A :class:`~gradlab.base.GradientTransformationExtraArgs`.
+
+    References:
+      Nocedal & Wright (2006), Algorithms 3.5 and 3.6, eqs. (3.59)–(3.60).
+    """
+    max_steps = base.check_positive_int(max_linesearch_steps, "max_linesearch_steps", owner=_OWNER)
+    if initial_guess_strategy not in INITIAL_GUESSES:
+        raise ValueError(
+            f"{_OWNER}: initial_guess_strategy must be one of {INITIAL_GUESSES}, "
+            f"got {initial_guess_strategy!r}"
+        )
+    open_unit = base.Interval(0.0, 1.0, lower_closed=False, upper_closed=False)
+    c1 = base.hyperparameter(slope_rtol, "slope_rtol", open_unit, owner=_OWNER)
+    c2 = base.hyperparameter(curv_rtol, "curv_rtol", open_unit, owner=_OWNER)
+    base.check_order(c1, c2, "slope_rtol", "curv_rtol", owner=_OWNER)
+    t_max = (
+        None
+        if max_learning_rate is None
+        else base.hyperparameter(
+            max_learning_rate, "max_learning_rate", base.POSITIVE, owner=_OWNER
+        )
+    )
+    step_norm_max = base.hyperparameter(
+        max_step_norm, "max_step_norm", base.POSITIVE, owner=_OWNER
+    )
+
+    def init_fn(params):
+        dtype = common.compute_dtype(params)
+        return ScaleByZoomLinesearchState(
+            count=jnp.zeros([], jnp.int32),
+            step_size=jnp.asarray(1.0, dtype),
+            value=jnp.asarray(jnp.inf, dtype),
+            grad=base.zeros_like(params, dtype=None),
+            start_value=jnp.asarray(jnp.inf, dtype),
+            curvature_satisfied=jnp.asarray(False),
+            status=jnp.asarray(int(Status.OK), jnp.int32),
+            num_fun_evals=jnp.zeros([], jnp.int32),
+            num_grad_evals=jnp.zeros([], jnp.int32),
+        )
+
+    def update_fn(
+        updates: base.Updates,
+        state: ScaleByZoomLinesearchState,
+        params: base.Params,
+        *,
+        value: jax.typing.ArrayLike,
+        grad: base.Updates,
+        value_fn: Callable[[Any], jax.Array],
+        **extra: Any,
+    ):
+        del extra
+        base.check_state(state, ScaleByZoomLinesearchState, _OWNER)
+        base.check_tree_match(params, updates, "params", "updates", owner=_OWNER)
+        base.check_tree_match(params, grad, "params", "grad", owner=_OWNER)
+        dtype = state.value.dtype
+        count = state.count
+        c1_t = base.resolve(c1, count, dtype)
+        c2_t = base.resolve(c2, count, dtype)
+        # An invalid traced pair (c1 >= c2) poisons this lane instead of misbehaving silently.
+        c2_t = jnp.where(c1_t < c2_t, c2_t, jnp.nan)
+        grad = jax.tree.map(jnp.asarray, grad)
+        f0 = jnp.asarray(value, dtype)
+        unit, d_norm, s0, code = common.unit_direction(updates, grad, dtype)
+        code = jnp.where(jnp.isfinite(f0) & jnp.isfinite(c2_t), code, int(Status.NON_FINITE))
+        searching = code == int(Status.OK)
+        safe_norm = jnp.where(searching, d_norm, 1.0)
+
+        tau_max = base.resolve(step_norm_max, count, dtype)
+        if t_max is not None:
+            tau_max = jnp.minimum(tau_max, base.resolve(t_max, count, dtype) * safe_norm)
+
+        g_norm = common.safe_norm(grad, dtype)
+        first_guess = 1.01 * g_norm / jnp.abs(s0)  # unit-length displacement for -g
+        if initial_guess_strategy == "one":
+            tau0 = safe_norm
+        elif initial_guess_strategy == "keep":
+            prev = state.step_size
+            tau0 = jnp.where((prev > 0) & jnp.isfinite(prev), prev, 1.0) * safe_norm
+        else:
+            quad = 1.01 * 2.0 * (f0 - state.start_value) / s0
+            usable = (count > 0) & jnp.isfinite(quad) & (quad > 0)
+            tau0 = jnp.where(usable, quad, first_guess)
+        tau0 = jnp.where(jnp.isfinite(tau0) & (tau0 > 0), tau0, 1.0)
+        tau0 = jnp.minimum(tau0, tau_max)
+
+        value_and_grad = jax.value_and_grad(value_fn)
+        eps = jnp.finfo(dtype).eps
+        zero = jnp.zeros([], dtype)
+
+        def cond(c: _Carry):
+            return ~c.done & searching
+
+        def body(c: _Carry):
+            tau = c.tau
+            f, g = value_and_grad(common.trial_point(params, tau / safe_norm, updates))
+            f = jnp.asarray(f, dtype)
+            g = base.cast_like(g, grad)
+            s = common.tree_vdot(g, unit, dtype)
+            finite = jnp.isfinite(f) & jnp.isfinite(s) & base.tree_all_finite(g)
+            f = jnp.where(finite, f, jnp.inf)
+            s = jnp.where(finite, s, 0.0)
+            armijo = finite & (f <= f0 + c1_t * tau * s0)
+            curv = finite & (jnp.abs(s) <= c2_t * jnp.abs(s0))
+
+            # Bracketing phase (Algorithm 3.5).
+            first = c.i == 0
+            br_a = ~armijo | (~first & (f >= c.f_p))
+            br_accept = ~br_a & curv
+            br_c = ~br_a & ~curv & (s >= 0)
+            br_extrap = ~br_a & ~curv & (s < 0)
+            at_max = tau >= tau_max * (1 - 4 * eps)
+            br_unbounded = br_extrap & at_max
+            # Zoom phase (Algorithm 3.6).
+            zm_a = ~armijo | (f >= c.f_lo)
+            zm_accept = ~zm_a & curv
+            zm_flip = ~zm_a & ~curv & (s * (c.tau_hi - c.tau_lo) >= 0)
+
+            z = c.zooming
+            accept = jnp.where(z, zm_accept, br_accept)
+            unbounded = ~z & br_unbounded
+            start_zoom = ~z & (br_a | br_c)
+            # New interval ends.
+            # Bracketing: (a) lo=prev, hi=cur; (c) lo=cur, hi=prev.
+            # Zooming: (a) hi=cur; otherwise hi=lo if flip, then lo=cur.
+            lo_is_cur = jnp.where(z, ~zm_a, br_c)
+            lo_is_prev = ~z & br_a
+            hi_is_cur = jnp.where(z, zm_a, br_a)
+            hi_is_prev = ~z & br_c
+            hi_is_lo = z & zm_flip
+
+            def pick(cur, prev, lo, hi, which_lo):
+                if which_lo:
+                    return jnp.where(lo_is_cur, cur, jnp.where(lo_is_prev, prev, lo))
+                return jnp.where(
+                    hi_is_cur, cur, jnp.where(hi_is_prev, prev, jnp.where(hi_is_lo, lo, hi))
+                )
+
+            tau_lo = pick(tau, c.tau_p, c.tau_lo, c.tau_hi, True)
+            f_lo = pick(f, c.f_p, c.f_lo, c.f_hi, True)
+            s_lo = pick(s, c.s_p, c.s_lo, c.s_hi, True)
+            tau_hi = pick(tau, c.tau_p, c.tau_lo, c.tau_hi, False)
+            f_hi = pick(f, c.f_p, c.f_lo, c.f_hi, False)
+            s_hi = pick(s, c.s_p, c.s_lo, c.s_hi, False)
+            zooming = z | start_zoom
+
+            # Next trial: interpolate inside [lo, hi], or extrapolate beyond tau.
+            interp = common.safeguarded_interpolation(tau_lo, f_lo, s_lo, tau_hi, f_hi, s_hi)
+            cub = common.cubic_min(c.tau_p, c.f_p, c.s_p, tau, f, s)
+            width = tau - c.tau_p
+            lo_ext, hi_ext = tau + 1.1 * width, tau + 4.0 * width
+            ext = jnp.where(jnp.isfinite(cub) & (cub > tau), jnp.clip(cub, lo_ext, hi_ext), hi_ext)
+            ext = jnp.minimum(ext, tau_max)
+            next_tau = jnp.where(zooming, interp, ext)
+
+            better = armijo & (f < c.f_b)
+            take = accept | unbounded | better
+            tau_b = jnp.where(take, tau, c.tau_b)
+            f_b = jnp.where(take, f, c.f_b)
+            g_b = jax.tree.map(lambda a, b: jnp.where(take, a, b), g, c.g_b)
+
+            i = c.i + 1
+            tiny_interval = zooming & (jnp.abs(tau_hi - tau_lo) <= 8 * eps * jnp.maximum(tau_lo, tau_hi))
+            done = accept | unbounded | (i >= max_steps) | tiny_interval
+            return _Carry(
+                i=i,
+                done=done,
+                zooming=zooming,
+                tau=next_tau,
+                tau_p=jnp.where(br_extrap, tau, c.tau_p),
+                f_p=jnp.where(br_extrap, f, c.f_p),
+                s_p=jnp.where(br_extrap, s, c.s_p),
+                tau_lo=tau_lo,
+                f_lo=f_lo,
+                s_lo=s_lo,
+                tau_hi=tau_hi,
+                f_hi=f_hi,
+                s_hi=s_hi,
+                tau_b=tau_b,
+                f_b=f_b,
+                g_b=g_b,
+                wolfe=accept,
+                unbounded=unbounded,
+            )
+
+        carry = _Carry(
+            i=jnp.zeros([], jnp.int32),
+            done=jnp.asarray(False),
+            zooming=jnp.asarray(False),
+            tau=tau0,
+            tau_p=zero,
+            f_p=f0,
+            s_p=s0,
+            tau_lo=zero,
+            f_lo=f0,
+            s_lo=s0,
+            tau_hi=zero,
+            f_hi=f0,
+            s_hi=s0,
+            tau_b=zero,
+            f_b=jnp.asarray(jnp.inf, dtype),
+            g_b=grad,
+            wolfe=jnp.asarray(False),
+            unbounded=jnp.asarray(False),
+        )
+        c = jax.lax.while_loop(cond, body, carry)
+        found = searching & (c.tau_b > 0)
+        tau = jnp.where(found, c.tau_b, zero)
+        step = tau / safe_norm
+        status = jnp.where(
+            ~searching,
+            code,
+            jnp.where(
+                found,
+                jnp.where(c.unbounded, int(Status.UNBOUNDED), int(Status.OK)),
+                int(Status.LINE_SEARCH_FAILED),
+            ),
+        ).astype(jnp.int32)
+        g_new = jax.tree.map(lambda a, b: jnp.where(found, a, b), c.g_b, grad)
+        new_state = ScaleByZoomLinesearchState(
+            count=base.safe_increment(count),
+            step_size=step,
+            value=jnp.where(found, c.f_b, f0),
+            grad=base.cast_like(g_new, state.grad),
+            start_value=f0,
+            curvature_satisfied=found & c.wolfe,
+            status=status,
+            num_fun_evals=state.num_fun_evals + c.i,
+            num_grad_evals=state.num_grad_evals + c.i,
+        )
+        return common.tree_scale(step, updates), new_state
+
+    return base.GradientTransformationExtraArgs(init_fn, update_fn)

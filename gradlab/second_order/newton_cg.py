@@ -1,0 +1,351 @@
+r"""Hessian-free Newton-CG: truncated conjugate gradient on Hessian-vector products.
+
+The Newton system :math:`H_t d = -g_t` is solved approximately by conjugate gradient (CG), each
+CG iteration costing one Hessian-vector product
+
+.. math:: H v = \frac{d}{d\epsilon}\, \nabla f(x + \epsilon v)\Big|_{\epsilon=0}
+   \quad(\texttt{jax.jvp(jax.grad(f), (x,), (v,))}),
+
+so the Hessian is never formed and memory stays :math:`O(d)`: a handful of parameter-shaped
+vectors. CG is *truncated* (Steihaug, Dembo–Eisenstat–Steihaug):
+
+* it stops once :math:`\lVert H z + g\rVert \le \eta_t \lVert g\rVert` with the forcing term
+  :math:`\eta_t = \min(0.5, \sqrt{\lVert g\rVert})` (superlinear convergence; Nocedal & Wright
+  Algorithm 7.1) or a constant :math:`\eta`;
+* it stops when it meets non-positive curvature :math:`p^\top H p \le 0`, returning the iterate
+  built so far (a descent direction). If that happens on the very first iteration, it returns
+  the steepest-descent direction scaled by :math:`\lVert g\rVert^2 / |g^\top H g|` (as scipy
+  does), so an indefinite Hessian never sends Newton-CG towards a saddle or a maximum.
+
+:func:`conjugate_gradient` is the reusable solver (also used matrix-free by Gauss-Newton and
+Levenberg–Marquardt); it works on pytrees and reports an int32 :mod:`gradlab.status` code.
+
+References:
+  Nocedal & Wright, *Numerical Optimization* (2nd ed., 2006), §5.1 and Algorithm 7.1.
+  Steihaug, "The conjugate gradient method and trust regions in large scale optimization",
+  SIAM J. Numer. Anal. 20(3), 1983.
+  Dembo, Eisenstat & Steihaug, "Inexact Newton methods", SIAM J. Numer. Anal. 19(2), 1982.
+  Pearlmutter, "Fast exact multiplication by the Hessian", Neural Computation 6(1), 1994.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradlab import base
+from gradlab.status import Status
+
+__all__ = [
+    "CGResult",
+    "ScaleByNewtonCGState",
+    "conjugate_gradient",
+    "hvp",
+    "newton_cg",
+    "scale_by_newton_cg",
+]
+
+_OWNER = "scale_by_newton_cg"
+
+
+# --------------------------------------------------------------------------------------------
+# Tree arithmetic (every reduction accumulates in the vectors' own, at-least-float32 dtype)
+# --------------------------------------------------------------------------------------------
+
+
+def _vdot(a: Any, b: Any) -> jax.Array:
+    leaves = [jnp.vdot(x.ravel(), y.ravel()).real for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+    return sum(leaves[1:], leaves[0]) if leaves else jnp.zeros((), jnp.float32)
+
+
+def _axpy(alpha: jax.Array, x: Any, y: Any) -> Any:
+    """``y + alpha * x`` leafwise."""
+    return jax.tree.map(lambda xi, yi: yi + alpha.astype(yi.dtype) * xi, x, y)
+
+
+def _scale(alpha: jax.Array, x: Any) -> Any:
+    return jax.tree.map(lambda xi: alpha.astype(xi.dtype) * xi, x)
+
+
+def _compute_dtype(x: Any, state_dtype: Any) -> Any:
+    return jnp.promote_types(jnp.asarray(x).dtype, base.state_dtype_of(state_dtype))
+
+
+def _where(pred: jax.Array, a: Any, b: Any) -> Any:
+    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+# --------------------------------------------------------------------------------------------
+# Hessian-vector product and conjugate gradient
+# --------------------------------------------------------------------------------------------
+
+
+def hvp(value_fn: Callable[[Any], jax.Array], params: Any, v: Any) -> Any:
+    r"""Hessian-vector product :math:`\nabla^2 f(x)\, v` by forward-over-reverse differentiation.
+
+    Costs about two gradient evaluations and :math:`O(d)` memory; ``v`` is a pytree shaped like
+    ``params`` (cast to each leaf's dtype).
+
+    Args:
+      value_fn: :math:`f`, mapping ``params`` to a scalar.
+      params: the point :math:`x`.
+      v: the direction.
+
+    Returns:
+      :math:`\nabla^2 f(x)\, v`, shaped like ``params``.
+    """
+    v = base.cast_like(v, params)
+    return jax.jvp(jax.grad(value_fn), (params,), (v,))[1]
+
+
+class CGResult(NamedTuple):
+    """Outcome of :func:`conjugate_gradient`."""
+
+    x: Any  # the approximate solution (the last iterate with positive curvature).
+    num_matvecs: jax.Array  # int32: products with A computed.
+    status: jax.Array  # int32: CONVERGED, MAX_STEPS, NEGATIVE_CURVATURE or NON_FINITE.
+    curvature: jax.Array  # p^T A p of the last product (for the first-step fallback).
+
+
+def conjugate_gradient(
+    matvec: Callable[[Any], Any],
+    b: Any,
+    *,
+    tol: jax.typing.ArrayLike,
+    max_steps: int,
+) -> CGResult:
+    r"""Truncated conjugate gradient for :math:`A x = b`, :math:`A` symmetric, from :math:`x_0=0`.
+
+    Plain CG (Hestenes–Stiefel) with the Steihaug safeguards: it stops
+
+    * with ``CONVERGED`` when :math:`\lVert b - A x_k\rVert \le` ``tol``;
+    * with ``NEGATIVE_CURVATURE`` when a search direction has :math:`p^\top A p \le
+      \varepsilon\, q_{\max}\, p^\top p` (non-positive curvature up to rounding, where
+      :math:`q_{\max}` is the largest Rayleigh quotient met so far), returning the iterate
+      before that direction; on a singular positive-semidefinite system this is also how CG
+      stops instead of dividing by zero;
+    * with ``NON_FINITE`` when a product or ``b`` is NaN/Inf (``x`` is the last finite iterate);
+    * with ``MAX_STEPS`` after ``max_steps`` products.
+
+    On a consistent singular positive-semidefinite system CG from zero stays in the range of
+    :math:`A` and converges to the minimum-norm solution. Works on pytrees; never raises inside
+    ``jit``/``vmap``.
+
+    Args:
+      matvec: :math:`v \mapsto A v` on pytrees shaped like ``b``.
+      b: the right-hand side.
+      tol: absolute tolerance on the residual norm (may be traced).
+      max_steps: the most products with :math:`A` (static).
+
+    Returns:
+      A :class:`CGResult`.
+    """
+    max_steps = base.check_positive_int(max_steps, "max_steps", owner="conjugate_gradient")
+    x0 = jax.tree.map(jnp.zeros_like, b)
+    rs0 = _vdot(b, b)
+    tol = jnp.asarray(tol, rs0.dtype)
+    eps = jnp.finfo(rs0.dtype).eps
+    status0 = jnp.where(
+        ~jnp.isfinite(rs0),
+        int(Status.NON_FINITE),
+        jnp.where(jnp.sqrt(rs0) <= tol, int(Status.CONVERGED), int(Status.RUNNING)),
+    ).astype(jnp.int32)
+    zero = jnp.zeros((), rs0.dtype)
+    init = (jnp.zeros((), jnp.int32), x0, b, b, rs0, zero, zero, status0)
+
+    def cond(carry):
+        return carry[-1] == int(Status.RUNNING)
+
+    def body(carry):
+        k, x, r, p, rs, qmax, _, _ = carry
+        ap = matvec(p)
+        pap = _vdot(p, ap)
+        pp = _vdot(p, p)
+        nonfinite = ~jnp.isfinite(pap)
+        negative = ~nonfinite & (pap <= eps * qmax * pp)
+        bad = nonfinite | negative
+        alpha = rs / jnp.where(bad, 1.0, pap)
+        x_new = _axpy(alpha, p, x)
+        r_new = _axpy(-alpha, ap, r)
+        rs_new = _vdot(r_new, r_new)
+        nonfinite = nonfinite | (~bad & ~jnp.isfinite(rs_new))
+        bad = bad | nonfinite
+        p_new = _axpy(rs_new / jnp.where(rs > 0, rs, 1.0), p, r_new)
+        k = k + 1
+        status = jnp.select(
+            [nonfinite, negative, jnp.sqrt(rs_new) <= tol, k >= max_steps],
+            [int(Status.NON_FINITE), int(Status.NEGATIVE_CURVATURE), int(Status.CONVERGED),
+             int(Status.MAX_STEPS)],
+            int(Status.RUNNING),
+        ).astype(jnp.int32)
+        qmax = jnp.where(bad, qmax, jnp.maximum(qmax, pap / jnp.where(pp > 0, pp, 1.0)))
+        keep = lambda new, old: _where(bad, old, new)
+        return (k, keep(x_new, x), keep(r_new, r), keep(p_new, p),
+                jnp.where(bad, rs, rs_new), qmax, pap, status)
+
+    k, x, _, _, _, _, curvature, status = jax.lax.while_loop(cond, body, init)
+    return CGResult(x=x, num_matvecs=k, status=status, curvature=curvature)
+
+
+# --------------------------------------------------------------------------------------------
+# The descent
+# --------------------------------------------------------------------------------------------
+
+
+class ScaleByNewtonCGState(NamedTuple):
+    """State of :func:`scale_by_newton_cg`."""
+
+    count: jax.Array  # shape=(), int32: updates taken so far.
+    num_fun_evals: jax.Array  # shape=(), int32: evaluations of value_fn (none: g comes in).
+    num_grad_evals: jax.Array  # shape=(), int32: gradient linearisations (one per update).
+    num_hess_evals: jax.Array  # shape=(), int32: cumulative Hessian-vector products.
+    cg_steps: jax.Array  # shape=(), int32: CG products in the last update.
+    status: jax.Array  # shape=(), int32: last step's gradlab.status code.
+
+
+def scale_by_newton_cg(
+    *,
+    forcing: base.ScalarOrSchedule | None = None,
+    max_cg_steps: int | None = None,
+    state_dtype: Any = None,
+) -> base.GradientTransformationExtraArgs:
+    r"""Hessian-free Newton direction :math:`d_t \approx -H_t^{-1} u_t` by truncated CG.
+
+    A *descent*: it turns the incoming updates :math:`u_t` (the gradient, as a chain receives
+    it) into a direction with the minus sign included, :math:`x_{t+1} = x_t + \alpha_t d_t`;
+    chain it with a line search, or use :func:`newton_cg` for :math:`\alpha_t = 1`. Curvature
+    enters only through Hessian-vector products of ``value_fn`` (one linearisation of
+    :math:`\nabla f` per update, one product per CG iteration), so memory is :math:`O(d)` and
+    the parameters may be any pytree.
+
+    CG solves :math:`H_t d = -u_t` from :math:`d = 0` until
+    :math:`\lVert H_t d + u_t\rVert \le \eta_t \lVert u_t\rVert`, with
+    :math:`\eta_t = \min(0.5, \sqrt{\lVert u_t\rVert})` unless ``forcing`` fixes it. On
+    non-positive curvature it returns the last iterate; on the first iteration, the scaled
+    steepest-descent direction :math:`-\frac{\lVert u\rVert^2}{|u^\top H u|} u`. The step's
+    ``status`` is ``OK``, ``NEGATIVE_CURVATURE`` (curvature was met and handled, the direction
+    is still a descent direction) or ``NON_FINITE`` (a NaN/Inf gradient or product: the update
+    is zero, the parameters stay put).
+
+    Args:
+      forcing: constant relative CG tolerance :math:`\eta \in (0, 1)`, a traced array or a
+        schedule; ``None`` (default) uses :math:`\min(0.5, \sqrt{\lVert u\rVert})`.
+      max_cg_steps: the most Hessian-vector products per update (static); ``None`` means
+        :math:`20 d` as in scipy (CG ends much earlier through the forcing term).
+      state_dtype: dtype of the CG vectors and counters' companions (default float32, or the
+        parameters' dtype when wider).
+
+    Returns:
+      A ``GradientTransformationExtraArgs`` whose ``update`` needs ``params`` and the keyword
+      extra ``value_fn``.
+
+    References:
+      Nocedal & Wright, *Numerical Optimization* (2006), Algorithm 7.1 (line-search Newton-CG).
+      Martens, "Deep learning via Hessian-free optimization", ICML 2010.
+    """
+    if forcing is not None:
+        forcing = base.hyperparameter(
+            forcing, "forcing", base.Interval(0.0, 1.0, False, False), owner=_OWNER
+        )
+    if max_cg_steps is not None:
+        max_cg_steps = base.check_positive_int(max_cg_steps, "max_cg_steps", owner=_OWNER)
+
+    def init_fn(params):
+        z = jnp.zeros([], jnp.int32)
+        return ScaleByNewtonCGState(z, z, z, z, z, jnp.asarray(int(Status.OK), jnp.int32))
+
+    def update_fn(updates, state, params=None, *, value_fn=None, **extra_args):
+        del extra_args
+        base.check_state(state, ScaleByNewtonCGState, _OWNER)
+        if params is None:
+            raise ValueError(f"{_OWNER}: update needs params (the point of the Hessian)")
+        if value_fn is None:
+            raise ValueError(f"{_OWNER}: update needs the keyword extra value_fn=params->loss")
+        base.check_tree_match(params, updates, "params", "updates", owner=_OWNER)
+        leaves = jax.tree.leaves(params)
+        size = int(sum(np.size(x) for x in leaves))
+        steps = max_cg_steps if max_cg_steps is not None else max(1, 20 * size)
+        g = jax.tree.map(lambda u: u.astype(_compute_dtype(u, state_dtype)), updates)
+        gg = _vdot(g, g)
+        gnorm = jnp.sqrt(gg)
+        if forcing is None:
+            eta = jnp.minimum(0.5, jnp.sqrt(gnorm))
+        else:
+            eta = base.resolve(forcing, state.count, gg.dtype)
+        _, hvp_lin = jax.linearize(jax.grad(value_fn), params)
+
+        def matvec(v):
+            hv = hvp_lin(base.cast_like(v, params))
+            return jax.tree.map(lambda h, w: h.astype(w.dtype), hv, v)
+
+        res = conjugate_gradient(
+            matvec, _scale(jnp.asarray(-1.0, gg.dtype), g), tol=eta * gnorm, max_steps=steps
+        )
+        negative = res.status == int(Status.NEGATIVE_CURVATURE)
+        first = negative & (res.num_matvecs == 1)
+        curv = jnp.abs(res.curvature)
+        sd_scale = jnp.where(curv > 0, gg / jnp.where(curv > 0, curv, 1.0), 1.0)
+        direction = _where(first, _scale(-sd_scale, g), res.x)
+        ok = (res.status != int(Status.NON_FINITE)) & base.tree_all_finite(direction)
+        ok = ok & jnp.isfinite(gg)
+        direction = _where(ok, direction, jax.tree.map(jnp.zeros_like, direction))
+        status = jnp.where(
+            ~ok,
+            int(Status.NON_FINITE),
+            jnp.where(negative, int(Status.NEGATIVE_CURVATURE), int(Status.OK)),
+        ).astype(jnp.int32)
+        new_state = ScaleByNewtonCGState(
+            count=base.safe_increment(state.count),
+            num_fun_evals=state.num_fun_evals,
+            num_grad_evals=state.num_grad_evals + 1,
+            num_hess_evals=state.num_hess_evals + res.num_matvecs,
+            cg_steps=res.num_matvecs,
+            status=status,
+        )
+        return base.cast_like(direction, updates), new_state
+
+    return base.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def newton_cg(
+    learning_rate: base.ScalarOrSchedule = 1.0,
+    *,
+    linesearch: base.GradientTransformation | None = None,
+    forcing: base.ScalarOrSchedule | None = None,
+    max_cg_steps: int | None = None,
+    state_dtype: Any = None,
+) -> base.GradientTransformationExtraArgs:
+    r"""Newton-CG: :func:`scale_by_newton_cg` followed by a step size or a line search.
+
+    .. math:: x_{t+1} = x_t + \alpha_t d_t,\qquad H_t d_t \approx -\nabla f(x_t)
+
+    With ``linesearch=None`` the step is :math:`\alpha_t =` ``learning_rate`` (1 is the pure
+    Newton step); otherwise ``linesearch`` (the last link, consuming ``value``, ``grad`` and
+    ``value_fn``) chooses it and ``learning_rate`` is ignored.
+
+    Args:
+      learning_rate: fixed step :math:`\alpha`, when there is no line search.
+      linesearch: a line-search transformation (a chain's last link), or ``None``.
+      forcing: see :func:`scale_by_newton_cg`.
+      max_cg_steps: see :func:`scale_by_newton_cg`.
+      state_dtype: see :func:`scale_by_newton_cg`.
+
+    Returns:
+      A chain ``scale_by_newton_cg -> (learning rate | line search)``; ``update`` needs
+      ``params`` and the extras ``value_fn`` (and ``value``, ``grad`` for a line search).
+    """
+    from gradlab.transforms.learning_rate import scale_by_learning_rate
+
+    descent = scale_by_newton_cg(
+        forcing=forcing, max_cg_steps=max_cg_steps, state_dtype=state_dtype
+    )
+    last = (
+        linesearch
+        if linesearch is not None
+        else scale_by_learning_rate(learning_rate, flip_sign=False)
+    )
+    return base.chain(descent, last)

@@ -1,0 +1,442 @@
+"""``sweep``: many hyperparameter settings x seeds as one compiled, vmapped, sharded program.
+
+The flow of one call:
+
+1. The space becomes a list of settings (grid or random sample); each axis is *traced* (floats,
+   ranges: vmapped) or *static* (strings, booleans, ints, callables: compiled separately).
+2. The optimizer factory is called once per setting on the host with concrete values. A
+   ``ValueError``/``TypeError`` marks that setting ``invalid_hyperparameter``; its lanes get a
+   valid placeholder (the group's first valid values) and their results are discarded.
+3. Settings are grouped by their static values; each group is one compiled program in which the
+   factory is called *inside* the trace with the traced hyperparameters.
+4. A strategy (``vmap``, ``chunked`` or ``loop``; ``auto`` picks) runs every (setting, seed) of
+   the group; a run whose loss or parameters become non-finite is frozen and marked diverged.
+5. The curves and statuses come back as a :class:`~gradlab.sweep.result.SweepResult`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from gradlab.status import Status
+from gradlab.sweep import strategies as strat
+from gradlab.sweep import tasks as tasks_mod
+from gradlab.sweep.program import make_program
+from gradlab.sweep.result import SweepResult
+from gradlab.sweep.space import settings_from
+
+__all__ = ["sweep", "choose_strategy", "AUTO_LOOP_MAX_FLOPS"]
+
+#: On CPU, ``strategy="auto"`` loops over runs when one step of one run costs fewer FLOPs than
+#: this, and vmaps otherwise (see ``docs/sweeps.md`` for the measurements behind it).
+AUTO_LOOP_MAX_FLOPS = 0.0
+
+_TRACE_ERRORS = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerIntegerConversionError,
+    jax.errors.TracerArrayConversionError,
+)
+
+
+def _default_budget(devices: Sequence[Any]) -> int:
+    """Bytes a vmapped chunk may use on one device: half the device memory when JAX reports
+    it (accelerators), 2 GiB otherwise (CPU)."""
+    try:
+        stats = devices[0].memory_stats() or {}
+        limit = int(stats.get("bytes_limit", 0))
+    except Exception:  # pragma: no cover - backend-dependent
+        limit = 0
+    return limit // 2 if limit else 2 << 30
+
+
+def choose_strategy(
+    backend: str, n_runs: int, flops_per_step: float | None, n_devices: int = 1
+) -> str:
+    """The ``auto`` rule: ``vmap`` (chunked under the memory budget) except on CPU for models
+    whose per-run step costs fewer than :data:`AUTO_LOOP_MAX_FLOPS` FLOPs, where a loop over one
+    compiled run is faster; a single run always loops."""
+    if n_runs <= 1 and n_devices <= 1:
+        return "loop"
+    if backend != "cpu" or n_devices > 1:
+        return "vmap"
+    if flops_per_step is not None and flops_per_step < AUTO_LOOP_MAX_FLOPS:
+        return "loop"
+    return "vmap"
+
+
+def _check_factory(factory: Callable, names: Sequence[str]) -> None:
+    if not callable(factory):
+        raise TypeError(f"optimizer must be a callable returning a transformation, got {factory!r}")
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # builtins without a signature: trust the caller
+        return
+    try:
+        sig.bind(**{n: None for n in names})
+    except TypeError as err:
+        raise TypeError(
+            f"the optimizer factory cannot take the space's hyperparameters {list(names)} as "
+            f"keyword arguments: {err}"
+        ) from None
+
+
+def _validate(factory: Callable, setting: Mapping[str, Any]) -> str | None:
+    """Call the factory with concrete values: ``None`` if fine, else the error message."""
+    try:
+        tx = factory(**setting)
+    except (ValueError, TypeError) as err:
+        return f"{type(err).__name__}: {err}"
+    if not (hasattr(tx, "init") and hasattr(tx, "update")):
+        raise TypeError(
+            f"the optimizer factory must return a GradientTransformation, got {type(tx).__name__}"
+        )
+    return None
+
+
+def _group_key(setting: Mapping[str, Any], static: Sequence[str]) -> tuple:
+    key = []
+    for n in static:
+        v = setting[n]
+        try:
+            hash(v)
+            key.append((n, type(v).__name__, v))
+        except TypeError:
+            key.append((n, type(v).__name__, repr(v)))
+    return tuple(key)
+
+
+def _make_task(task, init_fn, loss_fn, data, batch_size) -> tasks_mod.Task:
+    if task is not None:
+        if init_fn is not None or loss_fn is not None or data is not None:
+            raise ValueError("pass either task= or init_fn/loss_fn/data, not both")
+        if not isinstance(task, tasks_mod.Task):
+            raise TypeError(f"task must be a gradlab.sweep.tasks.Task, got {type(task).__name__}")
+        return task
+    if init_fn is None or loss_fn is None or data is None:
+        raise ValueError("sweep needs task= or all of init_fn=, loss_fn= and data=")
+    return tasks_mod.custom(init_fn, loss_fn, data, batch_size=batch_size)
+
+
+def _default_eval_every(steps: int) -> int:
+    want = max(1, steps // 20)
+    for k in range(want, 0, -1):
+        if steps % k == 0:
+            return k
+    return 1
+
+
+def _seeds(seeds: int | Sequence[int]) -> list[int]:
+    if isinstance(seeds, bool):
+        raise TypeError("seeds must be an int (a count) or a sequence of ints")
+    if isinstance(seeds, (int, np.integer)):
+        if seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {seeds}")
+        return list(range(int(seeds)))
+    out = [int(s) for s in seeds]
+    if not out:
+        raise ValueError("seeds is empty")
+    if len(set(out)) != len(out):
+        raise ValueError(f"seeds must be distinct, got {out}")
+    return out
+
+
+def _progress_bar(progress: bool | None, total: int):
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="step", desc="sweep", unit_scale=True, leave=True)
+
+
+def sweep(
+    optimizer: Callable[..., optax.GradientTransformation],
+    space: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    *,
+    seeds: int | Sequence[int] = 1,
+    task: tasks_mod.Task | None = None,
+    init_fn: Callable | None = None,
+    loss_fn: Callable | None = None,
+    data: Any = None,
+    batch_size: int | None = None,
+    steps: int = 1000,
+    eval_every: int | None = None,
+    samples: int | None = None,
+    sample_seed: int = 0,
+    target: tuple[str, float] | float | bool | None = None,
+    strategy: str = "auto",
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    devices: Sequence[Any] | None = None,
+    progress: bool | None = None,
+) -> SweepResult:
+    """Train one model per (setting, seed) as a few compiled programs and tabulate the results.
+
+    Args:
+      optimizer: factory ``(**hyperparameters) -> GradientTransformation`` (any optax-compatible
+        transformation), called with one keyword per key of ``space``. Traced hyperparameters
+        arrive as JAX scalars, so schedule arguments are sweepable like optimizer arguments:
+        ``lambda lr, decay: gradlab.sgd(gradlab.exponential_decay(lr, 100, decay))``.
+      space: ``{name: axis}`` (lists, :func:`~gradlab.sweep.space.loguniform`,
+        :func:`~gradlab.sweep.space.uniform`, :func:`~gradlab.sweep.space.choice`, scalars), or
+        an explicit list of settings.
+      seeds: number of seeds (0, 1, ...) or the seeds themselves; a seed fixes the
+        initialisation, the mini-batch order and dropout masks, and is shared across settings.
+      task: what to train (:func:`~gradlab.sweep.tasks.mlp_classifier`,
+        :func:`~gradlab.sweep.tasks.custom`). Or give ``init_fn``, ``loss_fn``, ``data`` (and
+        ``batch_size``) directly, as for :func:`~gradlab.sweep.tasks.custom`.
+      steps: optimizer steps per run.
+      eval_every: steps between evaluations (must divide ``steps``; default about
+        ``steps / 20``). Runs are also evaluated before the first step.
+      samples: draw this many random settings from the space instead of the full grid.
+      sample_seed: seed of the random search.
+      target: ``(metric, threshold)`` for the ``steps_to_target`` column; a number applies to
+        the task's primary metric; ``False`` disables it; ``None`` uses the task's default.
+      strategy: ``"auto"``, ``"vmap"``, ``"chunked"`` or ``"loop"`` (see ``docs/sweeps.md``).
+      chunk_size: runs per vmapped chunk (``"chunked"``); default from ``memory_budget``.
+      memory_budget: bytes per device a chunk may use (default: half the device memory on
+        accelerators, 2 GiB on CPU).
+      devices: devices to shard the runs over (default ``jax.devices()``: every device of every
+        host after ``jax.distributed.initialize()``).
+      progress: show a progress bar (default: when stderr is a terminal).
+
+    Returns:
+      A :class:`~gradlab.sweep.result.SweepResult`.
+    """
+    t_start = time.perf_counter()
+    if strategy not in strat.STRATEGIES:
+        raise ValueError(f"strategy must be one of {strat.STRATEGIES}, got {strategy!r}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    steps = int(steps)
+    eval_every = _default_eval_every(steps) if eval_every is None else eval_every
+    if isinstance(eval_every, bool) or not isinstance(eval_every, (int, np.integer)):
+        raise TypeError(f"eval_every must be an int, got {eval_every!r}")
+    if eval_every < 1 or steps % eval_every:
+        raise ValueError(f"eval_every must be >= 1 and divide steps={steps}, got {eval_every}")
+    n_evals = steps // int(eval_every)
+    the_task = _make_task(task, init_fn, loss_fn, data, batch_size)
+    settings, traced = settings_from(space, samples=samples, sample_seed=sample_seed)
+    names = list(settings[0])
+    static = [n for n in names if n not in traced]
+    seed_list = _seeds(seeds)
+    _check_factory(optimizer, names)
+    devices = list(jax.devices() if devices is None else devices)
+    backend = devices[0].platform
+
+    if target is None:
+        target = the_task.target
+    elif target is False:
+        target = None
+    elif isinstance(target, (int, float)) and not isinstance(target, bool):
+        target = (the_task.primary, float(target))
+    elif isinstance(target, tuple) and len(target) == 2:
+        target = (str(target[0]), float(target[1]))
+    else:
+        raise TypeError(f"target must be (metric, threshold), a number or False, got {target!r}")
+
+    n_settings, n_seeds = len(settings), len(seed_list)
+    n_runs = n_settings * n_seeds
+    messages = [""] * n_runs
+    invalid = np.zeros(n_settings, bool)
+    for i, s in enumerate(settings):
+        msg = _validate(optimizer, s)
+        if msg is not None:
+            invalid[i] = True
+            messages[i * n_seeds : (i + 1) * n_seeds] = [msg] * n_seeds
+
+    groups: dict[tuple, list[int]] = {}
+    for i, s in enumerate(settings):
+        groups.setdefault(_group_key(s, static), []).append(i)
+    work = [(idx, list(traced)) for idx in groups.values()]
+
+    curves: dict[str, np.ndarray] = {}
+    diverged = np.zeros(n_runs, bool)
+    diverged_at = np.full(n_runs, -1, np.int32)
+    used: list[dict[str, Any]] = []
+    total = int((~invalid).sum()) * n_seeds * steps
+    bar = _progress_bar(progress, total)
+    try:
+        while work:
+            idx, traced_here = work.pop(0)
+            valid = [i for i in idx if not invalid[i]]
+            if not valid:
+                continue
+            try:
+                out, info = _run_group(
+                    optimizer,
+                    the_task,
+                    settings,
+                    idx,
+                    invalid,
+                    traced_here,
+                    seed_list,
+                    n_evals=n_evals,
+                    eval_every=int(eval_every),
+                    strategy=strategy,
+                    chunk_size=chunk_size,
+                    memory_budget=memory_budget,
+                    devices=devices,
+                    backend=backend,
+                    progress=bar,
+                )
+            except _TRACE_ERRORS as err:
+                if not traced_here:
+                    raise
+                warnings.warn(
+                    f"the optimizer factory could not be traced with hyperparameters "
+                    f"{traced_here} as arrays ({type(err).__name__}); compiling each setting "
+                    "separately instead (mark such axes choice(..., traced=False), or use "
+                    "gradlab's traceable optimizers and schedules)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                work = [([i], []) for i in idx] + work
+                continue
+            runs = np.asarray([i * n_seeds + j for i in idx for j in range(n_seeds)])
+            for k, v in out.curves.items():
+                if k not in curves:
+                    curves[k] = np.full((n_runs, n_evals + 1), np.nan, np.float32)
+                curves[k][runs] = v
+            diverged[runs] = out.diverged
+            diverged_at[runs] = out.diverged_at
+            used.append(info)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    status = np.where(diverged, int(Status.NON_FINITE), int(Status.OK)).astype(np.int32)
+    for i in np.flatnonzero(invalid):
+        sl = slice(i * n_seeds, (i + 1) * n_seeds)
+        status[sl] = int(Status.INVALID_HYPERPARAMETER)
+        diverged_at[sl] = -1
+        for v in curves.values():
+            v[sl] = np.nan
+    if not curves:  # every setting invalid: still report the task's metric names
+        shapes = jax.eval_shape(
+            lambda: the_task.evaluate(*the_task.init(jax.random.PRNGKey(0)), the_task.data)
+        )
+        curves = {k: np.full((n_runs, n_evals + 1), np.nan, np.float32) for k in shapes}
+    info = {
+        "task": the_task.name,
+        "task_config": dict(the_task.config),
+        "optimizer": getattr(optimizer, "__qualname__", repr(optimizer)),
+        "steps": steps,
+        "eval_every": int(eval_every),
+        "traced": list(traced),
+        "static": static,
+        "backend": backend,
+        "devices": len(devices),
+        "groups": used,
+        "wall_time_s": time.perf_counter() - t_start,
+        "jax_version": jax.__version__,
+    }
+    return SweepResult(
+        names=names,
+        settings=settings,
+        seeds=seed_list,
+        steps=np.arange(n_evals + 1) * int(eval_every),
+        curves=curves,
+        status=status,
+        diverged_at=diverged_at,
+        messages=messages,
+        primary=the_task.primary,
+        target=target,
+        info=info,
+    )
+
+
+def _run_group(
+    optimizer,
+    task,
+    settings,
+    idx,
+    invalid,
+    traced,
+    seed_list,
+    *,
+    n_evals,
+    eval_every,
+    strategy,
+    chunk_size,
+    memory_budget,
+    devices,
+    backend,
+    progress,
+):
+    """Run every (setting, seed) of one static group; returns the outputs and a summary."""
+    placeholder = next(settings[i] for i in idx if not invalid[i])
+    static_hp = {k: v for k, v in settings[idx[0]].items() if k not in traced}
+    n_seeds = len(seed_list)
+    hp = {}
+    for name in traced:
+        col = [(placeholder if invalid[i] else settings[i])[name] for i in idx]
+        dtype = np.float32 if any(isinstance(v, float) for v in col) else np.int32
+        hp[name] = np.repeat(np.asarray(col, dtype), n_seeds)
+    keys = np.stack([np.asarray(jax.random.PRNGKey(s)) for s in seed_list] * len(idx))
+    keys = keys.reshape(len(idx), n_seeds, -1).reshape(len(idx) * n_seeds, -1)
+    n_runs = len(idx) * n_seeds
+
+    def program(evals_per_call: int):
+        return make_program(
+            task, optimizer, static_hp, eval_every=eval_every, evals_per_call=evals_per_call
+        )
+
+    chosen = strategy
+    if strategy == "auto":
+        chosen = choose_strategy(backend, n_runs, task.flops_per_step, len(devices))
+    t0 = time.perf_counter()
+    if chosen == "loop":
+        local = [d for d in devices if d.process_index == jax.process_index()] or devices
+        out = strat.run_loop(
+            program,
+            hp,
+            keys,
+            task.data,
+            n_evals=n_evals,
+            steps_per_eval=eval_every,
+            devices=local,
+            progress=progress,
+        )
+        size = 1
+    else:
+        size = n_runs
+        if chunk_size is not None:
+            size = min(int(chunk_size), n_runs)
+        elif chosen == "chunked" or strategy == "auto":
+            budget = memory_budget or _default_budget(devices)
+            d = len(devices)
+            # cheap estimate first (state only); XLA's memory analysis when it may matter
+            per_run = strat.per_run_bytes(program(1), hp, keys[0], task.data, temporaries=False)
+            if chosen == "chunked" or per_run * n_runs > budget * d // 4:
+                per_run = strat.per_run_bytes(program(1), hp, keys[0], task.data)
+            size = min(n_runs, max(1, budget // max(per_run, 1)) * d)
+        out = strat.run_batched(
+            program,
+            hp,
+            keys,
+            task.data,
+            n_evals=n_evals,
+            steps_per_eval=eval_every,
+            chunk_size=max(1, size),
+            devices=devices,
+            progress=progress,
+        )
+    info = {
+        "static": {k: repr(v) for k, v in static_hp.items()},
+        "runs": n_runs,
+        "strategy": chosen,
+        "chunk_size": int(size),
+        "seconds": time.perf_counter() - t0,
+    }
+    return out, info

@@ -1,0 +1,132 @@
+"""The pure per-run training program that every execution strategy vmaps, maps or loops.
+
+One run is ``(hyperparameters, seed key) -> curves``. The optimizer is built *inside* the
+traced function from (possibly traced) hyperparameters, so a vmap over the hyperparameters is
+one compiled program. Each step is isolated: when the loss or the new parameters are not
+finite, the step is rejected with ``jnp.where`` and the run is frozen for good and flagged
+(``diverged``), at the cost of its own lane only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradlab import base
+
+
+class RunState(NamedTuple):
+    """Carry of one run between steps (all leaves get a leading run axis under vmap)."""
+
+    params: Any
+    model_state: Any
+    opt_state: Any
+    key: jax.Array  # the run's data/dropout stream
+    step: jax.Array  # int32: steps taken
+    diverged: jax.Array  # bool: frozen after a non-finite loss or parameter
+    diverged_at: jax.Array  # int32: the step that failed (-1 if none)
+
+
+def _mask_diverged(metrics: Mapping[str, jax.Array], diverged: jax.Array) -> dict:
+    return {k: jnp.where(diverged, jnp.nan, jnp.asarray(v, jnp.float32)) for k, v in metrics.items()}
+
+
+class Program(NamedTuple):
+    """``init(hp, key, data) -> (state, metrics0)``; ``advance(state, hp, data) -> (state, m)``.
+
+    ``advance`` runs ``evals_per_call`` evaluation intervals of ``eval_every`` steps inside
+    ``lax.scan`` and returns the metrics stacked along a leading axis.
+    """
+
+    init: Callable
+    advance: Callable
+    step: Callable  # one training step (state, hp, data) -> state, for cost estimates
+
+
+def make_program(
+    task: Any,
+    factory: Callable[..., optax.GradientTransformation],
+    static_hp: Mapping[str, Any],
+    *,
+    eval_every: int,
+    evals_per_call: int,
+) -> Program:
+    """Build the pure single-run functions for one group of settings (one static config)."""
+    static_hp = dict(static_hp)
+
+    def make_opt(hp):
+        return factory(**static_hp, **hp)
+
+    def init(hp, seed_key, data):
+        k_init, k_run = jax.random.split(seed_key)
+        params, model_state = task.init(k_init)
+        opt_state = make_opt(hp).init(params)
+        state = RunState(
+            params=params,
+            model_state=model_state,
+            opt_state=opt_state,
+            key=k_run,
+            step=jnp.zeros((), jnp.int32),
+            diverged=jnp.zeros((), bool),
+            diverged_at=jnp.full((), -1, jnp.int32),
+        )
+        return state, _mask_diverged(task.evaluate(params, model_state, data), state.diverged)
+
+    def train_step(state: RunState, hp, data, opt) -> RunState:
+        k_batch, k_loss = jax.random.split(jax.random.fold_in(state.key, state.step))
+        batch = task.get_batch(data, k_batch, state.step)
+
+        def loss_of(p):
+            return task.loss(p, state.model_state, batch, k_loss)
+
+        (loss, model_state), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+        if isinstance(opt, base.GradientTransformationExtraArgs):
+            updates, opt_state = opt.update(
+                grads,
+                state.opt_state,
+                state.params,
+                value=loss,
+                grad=grads,
+                value_fn=lambda p: loss_of(p)[0],
+            )
+        else:
+            updates, opt_state = opt.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & base.tree_all_finite(params)
+        accept = finite & ~state.diverged
+        newly = ~finite & ~state.diverged
+
+        def keep(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(accept, n, o), new, old)
+
+        return RunState(
+            params=keep(params, state.params),
+            model_state=keep(model_state, state.model_state),
+            opt_state=keep(opt_state, state.opt_state),
+            key=state.key,
+            step=state.step + 1,
+            diverged=state.diverged | newly,
+            diverged_at=jnp.where(newly, state.step, state.diverged_at),
+        )
+
+    def advance(state, hp, data):
+        opt = make_opt(hp)
+
+        def one_step(s, _):
+            return train_step(s, hp, data, opt), None
+
+        def interval(s, _):
+            s, _ = jax.lax.scan(one_step, s, None, length=eval_every)
+            metrics = task.evaluate(s.params, s.model_state, data)
+            return s, _mask_diverged(metrics, s.diverged)
+
+        return jax.lax.scan(interval, state, None, length=evals_per_call)
+
+    def step(state, hp, data):
+        return train_step(state, hp, data, make_opt(hp))
+
+    return Program(init=init, advance=advance, step=step)

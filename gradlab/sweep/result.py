@@ -1,0 +1,410 @@
+"""Sweep results: per-run curves and status, a per-setting table, plots, safe save/load.
+
+Runs are ordered setting-major: run ``r`` is setting ``r // n_seeds`` with seed
+``seeds[r % n_seeds]``. Files are a single ``.npz`` holding the numeric arrays plus a JSON
+manifest (stored as UTF-8 bytes); they are read with ``allow_pickle=False``, so a file can
+never execute code when loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from gradlab.status import Status
+
+__all__ = ["SweepResult", "Table", "status_label", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+
+_LABELS = {
+    int(Status.OK): "ok",
+    int(Status.NON_FINITE): "diverged",
+    int(Status.INVALID_HYPERPARAMETER): "invalid_hyperparameter",
+}
+
+
+def status_label(code: int) -> str:
+    """``ok``, ``diverged`` or ``invalid_hyperparameter`` for a run's status code."""
+    return _LABELS.get(int(code), Status(int(code)).label)
+
+
+def maximise(metric: str) -> bool:
+    """Whether larger is better for ``metric`` (accuracies); losses are minimised."""
+    return "acc" in metric
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        if math.isnan(v):
+            return "nan"
+        if v == 0 or 1e-3 <= abs(v) < 1e5:
+            return f"{v:.4g}"
+        return f"{v:.3e}"
+    return str(v)
+
+
+class Table:
+    """Rows of a sweep table; ``str()`` renders aligned plain text, :meth:`to_pandas` a frame."""
+
+    def __init__(self, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]):
+        self.columns = list(columns)
+        self.rows = [dict(r) for r in rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.rows[i]
+
+    def render(self, max_rows: int | None = None) -> str:
+        """Aligned text (numbers right-aligned), at most ``max_rows`` rows."""
+        rows = self.rows if max_rows is None else self.rows[:max_rows]
+        cells = [[_fmt(r.get(c)) for c in self.columns] for r in rows]
+        widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(self.columns)]
+        numeric = [
+            all(isinstance(r.get(c), (int, float, np.number)) or r.get(c) is None for r in rows)
+            for c in self.columns
+        ]
+
+        def line(values):
+            return "  ".join(
+                v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)
+            ).rstrip()
+
+        out = [line(self.columns), line(["-" * w for w in widths])]
+        out += [line(row) for row in cells]
+        if max_rows is not None and len(self.rows) > max_rows:
+            out.append(f"... {len(self.rows) - max_rows} more rows")
+        return "\n".join(out)
+
+    def __str__(self) -> str:
+        return self.render()
+
+    __repr__ = __str__
+
+    def to_pandas(self):
+        """A ``pandas.DataFrame`` (needs pandas, an optional dependency)."""
+        try:
+            import pandas as pd
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            raise ImportError("Table.to_pandas needs pandas: pip install pandas") from err
+        return pd.DataFrame(self.rows, columns=self.columns)
+
+
+class SweepResult:
+    """Everything a sweep measured.
+
+    Attributes:
+      names: hyperparameter names (the space's keys).
+      settings: one dict per setting (hyperparameter values).
+      seeds: the seeds; each setting ran once per seed.
+      steps: ``(E,)`` step numbers of the evaluations (0 = before training).
+      curves: ``{metric: (R, E) array}`` per run; NaN after a run diverged and for invalid runs.
+      status: ``(R,)`` int status codes (:class:`gradlab.status.Status`).
+      diverged_at: ``(R,)`` step of the first non-finite loss/parameter, ``-1`` if none.
+      messages: ``(R,)`` strings (why a hyperparameter was invalid).
+      primary: metric ranked by :attr:`best`; ``target``: ``(metric, threshold)`` or ``None``.
+      info: run facts (task, optimizer, strategy, devices, wall time).
+    """
+
+    def __init__(
+        self,
+        *,
+        names: Sequence[str],
+        settings: Sequence[Mapping[str, Any]],
+        seeds: Sequence[int],
+        steps: np.ndarray,
+        curves: Mapping[str, np.ndarray],
+        status: np.ndarray,
+        diverged_at: np.ndarray,
+        messages: Sequence[str],
+        primary: str,
+        target: tuple[str, float] | None = None,
+        info: Mapping[str, Any] | None = None,
+    ):
+        self.names = list(names)
+        self.settings = [dict(s) for s in settings]
+        self.seeds = [int(s) for s in seeds]
+        self.steps = np.asarray(steps)
+        self.curves = {k: np.asarray(v) for k, v in curves.items()}
+        self.status = np.asarray(status, np.int32)
+        self.diverged_at = np.asarray(diverged_at, np.int32)
+        self.messages = [str(m) for m in messages]
+        self.primary = primary if primary in self.curves else next(iter(self.curves), primary)
+        self.target = tuple(target) if target is not None else None
+        self.info = dict(info or {})
+
+    # ---------------------------------------------------------------- structure
+    @property
+    def num_runs(self) -> int:
+        return len(self.settings) * len(self.seeds)
+
+    def run_setting(self, r: int) -> int:
+        return r // len(self.seeds)
+
+    def run_seed(self, r: int) -> int:
+        return self.seeds[r % len(self.seeds)]
+
+    def runs_of(self, i: int) -> slice:
+        """Run indices of setting ``i``."""
+        n = len(self.seeds)
+        return slice(i * n, (i + 1) * n)
+
+    def labels(self) -> list[str]:
+        """A run status label per run."""
+        return [status_label(c) for c in self.status]
+
+    # ---------------------------------------------------------------- statistics
+    def final(self, metric: str) -> np.ndarray:
+        """``(R,)`` last evaluation of ``metric`` (NaN for diverged or invalid runs)."""
+        return self.curves[metric][:, -1]
+
+    def best_value(self, metric: str) -> np.ndarray:
+        """``(R,)`` best evaluation of ``metric`` over the run (before any divergence)."""
+        c = self.curves[metric]
+        with np.errstate(all="ignore"), _quiet():
+            return np.nanmax(c, axis=1) if maximise(metric) else np.nanmin(c, axis=1)
+
+    def steps_to_target(self, metric: str | None = None, threshold: float | None = None):
+        """``(R,)`` first evaluated step where ``metric`` reached ``threshold`` (``-1`` never)."""
+        if metric is None or threshold is None:
+            if self.target is None:
+                raise ValueError("no target: pass metric and threshold")
+            metric, threshold = self.target
+        c = self.curves[metric]
+        with np.errstate(invalid="ignore"):
+            hit = c >= threshold if maximise(metric) else c <= threshold
+        first = np.argmax(hit, axis=1)
+        return np.where(hit.any(axis=1), self.steps[first], -1).astype(np.int64)
+
+    def _setting_status(self, i: int) -> str:
+        codes = self.status[self.runs_of(i)]
+        n = len(codes)
+        if np.all(codes == int(Status.INVALID_HYPERPARAMETER)):
+            return "invalid_hyperparameter"
+        bad = int(np.sum(codes == int(Status.NON_FINITE)))
+        if bad:
+            return "diverged" if bad == n else f"diverged {bad}/{n}"
+        return "ok"
+
+    def table(self, *, per_seed: bool = False, sort_by: str | None = None) -> Table:
+        """One row per setting (seeds averaged), or per run with ``per_seed=True``.
+
+        Columns: the hyperparameters, then for each loss metric its final and best value, the
+        final accuracies, ``steps_to_target`` (median over seeds; ``None`` when not reached by
+        at least half of them), and ``status``. With several seeds, ``<primary>_std`` is the
+        standard deviation of the primary metric's final value over seeds.
+
+        Args:
+          per_seed: one row per run instead of per setting.
+          sort_by: a column to sort by (ascending for losses, descending for accuracies;
+            NaN last).
+        """
+        metrics = list(self.curves)
+        losses = [m for m in metrics if not maximise(m)]
+        accs = [m for m in metrics if maximise(m)]
+        finals = {m: self.final(m) for m in metrics}
+        bests = {m: self.best_value(m) for m in losses}
+        stt = self.steps_to_target() if self.target is not None else None
+        columns = list(self.names) + (["seed"] if per_seed else [])
+        for m in losses:
+            columns += [f"final_{m}", f"best_{m}"]
+        columns += [f"final_{m}" for m in accs]
+        if not per_seed and len(self.seeds) > 1 and self.primary in finals:
+            columns.append(f"{self.primary}_std")
+        if stt is not None:
+            columns.append("steps_to_target")
+        columns.append("status")
+        rows = []
+        if per_seed:
+            for r in range(self.num_runs):
+                row = dict(self.settings[self.run_setting(r)])
+                row["seed"] = self.run_seed(r)
+                for m in losses:
+                    row[f"final_{m}"] = float(finals[m][r])
+                    row[f"best_{m}"] = float(bests[m][r])
+                for m in accs:
+                    row[f"final_{m}"] = float(finals[m][r])
+                if stt is not None:
+                    row["steps_to_target"] = None if stt[r] < 0 else int(stt[r])
+                row["status"] = status_label(self.status[r])
+                rows.append(row)
+        else:
+            for i, setting in enumerate(self.settings):
+                sl = self.runs_of(i)
+                row = dict(setting)
+                with _quiet():
+                    for m in losses:
+                        row[f"final_{m}"] = float(np.nanmean(finals[m][sl]))
+                        row[f"best_{m}"] = float(np.nanmean(bests[m][sl]))
+                    for m in accs:
+                        row[f"final_{m}"] = float(np.nanmean(finals[m][sl]))
+                    if f"{self.primary}_std" in columns:
+                        row[f"{self.primary}_std"] = float(np.nanstd(finals[self.primary][sl]))
+                if stt is not None:
+                    s = np.where(stt[sl] < 0, np.inf, stt[sl]).astype(float)
+                    med = float(np.median(s))
+                    row["steps_to_target"] = None if math.isinf(med) else int(round(med))
+                row["status"] = self._setting_status(i)
+                rows.append(row)
+        if sort_by is not None:
+            if sort_by not in columns:
+                raise ValueError(f"sort_by must be one of {columns}, got {sort_by!r}")
+            sign = -1.0 if maximise(sort_by) else 1.0
+
+            def key(row):
+                v = row.get(sort_by)
+                if isinstance(v, (int, float)) and not math.isnan(float(v)):
+                    return (0, sign * float(v))
+                return (1, 0.0)
+
+            rows.sort(key=key)
+        return Table(columns, rows)
+
+    def to_pandas(self, **kwargs):
+        """The :meth:`table` as a ``pandas.DataFrame``."""
+        return self.table(**kwargs).to_pandas()
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The setting whose seeds' mean final primary metric is best, among settings where
+        every run finished ``ok`` (``None`` if there is none): a table row, plus ``index``."""
+        vals = self.final(self.primary)
+        ok = self.status == int(Status.OK)
+        best_i, best_v = None, None
+        sign = -1.0 if maximise(self.primary) else 1.0
+        for i in range(len(self.settings)):
+            sl = self.runs_of(i)
+            if not ok[sl].all():
+                continue
+            v = sign * float(np.mean(vals[sl]))
+            if math.isnan(v):
+                continue
+            if best_v is None or v < best_v:
+                best_i, best_v = i, v
+        if best_i is None:
+            return None
+        row = self.table().rows[best_i]
+        row["index"] = best_i
+        return row
+
+    def __repr__(self) -> str:
+        counts = {}
+        for label in self.labels():
+            counts[label] = counts.get(label, 0) + 1
+        return (
+            f"SweepResult({len(self.settings)} settings x {len(self.seeds)} seeds, "
+            f"{len(self.steps) - 1} evaluations, status {counts})"
+        )
+
+    # ---------------------------------------------------------------- plots
+    def plot(self, path: str | os.PathLike | None = None, *, metric: str | None = None):
+        """Curves of ``metric`` (seed mean per setting) and a heatmap of its final value.
+
+        The heatmap's axes are the first two hyperparameters with more than one value (the
+        best over the other axes); with one such axis it is a line of final value vs that
+        hyperparameter. Returns the matplotlib figure (saved to ``path`` when given).
+        """
+        from gradlab.sweep.plots import plot_result
+
+        return plot_result(self, path, metric=metric)
+
+    # ---------------------------------------------------------------- files
+    def save(self, path: str | os.PathLike) -> str:
+        """Write one ``.npz`` file (arrays + JSON manifest; no pickle). Returns the path."""
+        path = os.fspath(path)
+        if not path.endswith(".npz"):
+            path += ".npz"
+        manifest = {
+            "format": "gradlab.sweep",
+            "version": FORMAT_VERSION,
+            "names": self.names,
+            "settings": [{k: _jsonable(v) for k, v in s.items()} for s in self.settings],
+            "seeds": self.seeds,
+            "messages": self.messages,
+            "primary": self.primary,
+            "target": list(self.target) if self.target is not None else None,
+            "info": _jsonable(self.info),
+            "metrics": list(self.curves),
+        }
+        arrays = {f"curve__{k}": v for k, v in self.curves.items()}
+        arrays.update(steps=self.steps, status=self.status, diverged_at=self.diverged_at)
+        blob = np.frombuffer(json.dumps(manifest).encode("utf-8"), dtype=np.uint8)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "wb") as f:
+            np.savez(f, manifest=blob, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SweepResult:
+        """Read a file written by :meth:`save`.
+
+        Raises:
+          ValueError: the file is not a gradlab sweep file (including any file that would need
+            pickle to load: it is refused, never executed).
+        """
+        try:
+            with np.load(os.fspath(path), allow_pickle=False) as z:
+                files = {k: z[k] for k in z.files}
+        except (OSError, EOFError) as err:
+            raise ValueError(f"{path}: not a gradlab sweep file ({err})") from err
+        if "manifest" not in files or files["manifest"].dtype != np.uint8:
+            raise ValueError(f"{path}: not a gradlab sweep file (no manifest)")
+        manifest = json.loads(files["manifest"].tobytes().decode("utf-8"))
+        if manifest.get("format") != "gradlab.sweep":
+            raise ValueError(f"{path}: not a gradlab sweep file")
+        if int(manifest.get("version", 0)) > FORMAT_VERSION:
+            raise ValueError(f"{path}: written by a newer gradlab (format {manifest['version']})")
+        target = manifest.get("target")
+        return cls(
+            names=manifest["names"],
+            settings=manifest["settings"],
+            seeds=manifest["seeds"],
+            steps=files["steps"],
+            curves={m: files[f"curve__{m}"] for m in manifest["metrics"]},
+            status=files["status"],
+            diverged_at=files["diverged_at"],
+            messages=manifest["messages"],
+            primary=manifest["primary"],
+            target=(target[0], float(target[1])) if target else None,
+            info=manifest.get("info", {}),
+        )
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return repr(v)
+
+
+class _quiet:
+    """Silence numpy's all-NaN slice warnings (diverged runs are expected)."""
+
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)

@@ -1,0 +1,206 @@
+"""Execution strategies: one vmapped program, vmapped chunks under a memory budget, or a loop.
+
+All three run the same pure per-run :class:`~gradlab.sweep.program.Program`; they differ only in
+how runs are batched:
+
+* ``"vmap"``: every run of a group in one ``jit(vmap(...))`` program, the run axis sharded over
+  the devices (padded to a multiple of the device count).
+* ``"chunked"``: the same program on chunks of at most ``chunk_size`` runs, one after the other
+  (one compilation: every chunk is padded to the same size).
+* ``"loop"``: one compiled single-run program called once per run (runs are dispatched
+  round-robin over the local devices, so they overlap when there are several).
+
+The training state is donated between calls, the steps run inside ``lax.scan`` and the
+evaluations are taken inside the scan too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from gradlab.sweep.program import Program
+
+__all__ = ["STRATEGIES", "run_batched", "run_loop", "to_host", "per_run_bytes"]
+
+STRATEGIES = ("auto", "vmap", "chunked", "loop")
+
+
+def to_host(x: Any) -> np.ndarray:
+    """A (possibly multi-host, sharded) array as a full numpy array on this host."""
+    if jax.process_count() > 1:  # pragma: no cover - needs several hosts
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def _take(tree: Any, idx: np.ndarray) -> Any:
+    return jax.tree.map(lambda a: np.asarray(a)[idx], tree)
+
+
+class _Output:
+    """Collects per-run metrics of a group into ``{metric: (R, E)}`` host arrays."""
+
+    def __init__(self, n_runs: int):
+        self.n = n_runs
+        self.curves: dict[str, np.ndarray] = {}
+        self.diverged = np.zeros(n_runs, bool)
+        self.diverged_at = np.full(n_runs, -1, np.int32)
+
+    def put(self, runs: np.ndarray, metrics: dict, diverged, diverged_at) -> None:
+        for k, v in metrics.items():
+            v = to_host(v)
+            if k not in self.curves:
+                self.curves[k] = np.full((self.n, v.shape[-1]), np.nan, np.float32)
+            self.curves[k][runs] = v[: len(runs)]
+        self.diverged[runs] = to_host(diverged)[: len(runs)]
+        self.diverged_at[runs] = to_host(diverged_at)[: len(runs)]
+
+
+def _concat_metrics(first: dict, rest: Sequence[dict], axis: int) -> dict:
+    return {
+        k: jnp.concatenate([jnp.expand_dims(first[k], axis)] + [m[k] for m in rest], axis=axis)
+        for k in first
+    }
+
+
+def run_batched(
+    make_program: Callable[[int], Program],
+    hp: dict[str, np.ndarray],
+    keys: np.ndarray,
+    data: Any,
+    *,
+    n_evals: int,
+    steps_per_eval: int,
+    chunk_size: int,
+    devices: Sequence[Any],
+    progress: Any = None,
+) -> _Output:
+    """Run ``R`` runs in vmapped chunks of ``chunk_size`` (a multiple of ``len(devices)``)."""
+    n_runs = int(keys.shape[0])
+    d = len(devices)
+    chunk_size = max(d, int(math.ceil(chunk_size / d)) * d)
+    n_chunks = int(math.ceil(n_runs / chunk_size))
+    # balance the chunks (less padding), keeping a multiple of the device count
+    chunk_size = int(math.ceil(n_runs / n_chunks / d)) * d
+    evals_per_call = _evals_per_call(n_evals, steps_per_eval, chunk_size)
+    n_calls = n_evals // evals_per_call
+    prog = make_program(evals_per_call)
+
+    mesh = Mesh(np.asarray(devices), ("runs",))
+    run_sh = NamedSharding(mesh, PartitionSpec("runs"))
+    rep = NamedSharding(mesh, PartitionSpec())
+    init = jax.jit(
+        jax.vmap(prog.init, in_axes=(0, 0, None)),
+        in_shardings=(run_sh, run_sh, rep),
+        out_shardings=run_sh,
+    )
+    advance = jax.jit(
+        jax.vmap(prog.advance, in_axes=(0, 0, None)),
+        in_shardings=(run_sh, run_sh, rep),
+        out_shardings=run_sh,
+        donate_argnums=0,
+    )
+    data = jax.device_put(data, rep)
+    out = _Output(n_runs)
+    for c in range(n_chunks):
+        runs = np.arange(c * chunk_size, min((c + 1) * chunk_size, n_runs))
+        lanes = np.concatenate([runs, np.full(chunk_size - len(runs), runs[0])])
+        hp_c = jax.device_put(_take(hp, lanes), run_sh)
+        keys_c = jax.device_put(np.asarray(keys)[lanes], run_sh)
+        state, m0 = init(hp_c, keys_c, data)
+        rest = []
+        for _ in range(n_calls):
+            state, m = advance(state, hp_c, data)
+            rest.append(m)
+            if progress is not None:
+                jax.block_until_ready(state.step)
+                progress.update(len(runs) * evals_per_call * steps_per_eval)
+        out.put(runs, _concat_metrics(m0, rest, axis=1), state.diverged, state.diverged_at)
+    return out
+
+
+def run_loop(
+    make_program: Callable[[int], Program],
+    hp: dict[str, np.ndarray],
+    keys: np.ndarray,
+    data: Any,
+    *,
+    n_evals: int,
+    steps_per_eval: int,
+    devices: Sequence[Any],
+    progress: Any = None,
+) -> _Output:
+    """Run each run alone with one compiled single-run program (round-robin over devices)."""
+    n_runs = int(keys.shape[0])
+    prog = make_program(n_evals)
+    init = jax.jit(prog.init)
+    advance = jax.jit(prog.advance, donate_argnums=0)
+    datas = [jax.device_put(data, dev) for dev in devices]
+    out = _Output(n_runs)
+    pending = []
+
+    def finish(item):
+        r, m0, state, m = item
+        metrics = _concat_metrics(m0, [m], axis=0)
+        out.put(
+            np.asarray([r]),
+            {k: v[None] for k, v in metrics.items()},
+            state.diverged[None],
+            state.diverged_at[None],
+        )
+        if progress is not None:
+            progress.update(n_evals * steps_per_eval)
+
+    for r in range(n_runs):
+        i = r % len(devices)
+        hp_r = jax.device_put({k: v[r] for k, v in hp.items()}, devices[i])
+        key_r = jax.device_put(np.asarray(keys)[r], devices[i])
+        state, m0 = init(hp_r, key_r, datas[i])
+        state, m = advance(state, hp_r, datas[i])
+        pending.append((r, m0, state, m))
+        if len(pending) >= len(devices):  # keep every device busy, then wait for the oldest
+            finish(pending.pop(0))
+    for item in pending:
+        finish(item)
+    return out
+
+
+def _evals_per_call(n_evals: int, steps_per_eval: int, runs: int) -> int:
+    """Evaluation intervals per compiled call: ~10 calls per chunk (progress), never < 1k
+    run-steps per call (dispatch overhead), and a divisor of ``n_evals`` (one compilation)."""
+    want = max(1, n_evals // 10)
+    while want < n_evals and want * steps_per_eval * runs < 1000:
+        want += 1
+    for k in range(want, n_evals + 1):
+        if n_evals % k == 0:
+            return k
+    return n_evals
+
+
+def per_run_bytes(
+    prog: Program, hp: dict, key: Any, data: Any, *, temporaries: bool = True
+) -> int:
+    """Bytes one run needs in a vmapped program: its state (kept, donated and updated: x3)
+    plus, with ``temporaries``, the scratch space of one training step from XLA's memory
+    analysis (this compiles the single-run step once)."""
+    hp0 = {k: jnp.asarray(v[0]) for k, v in hp.items()}
+    state, _ = jax.eval_shape(prog.init, hp0, key, data)
+    state_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state))
+    temp = 0
+    if not temporaries:
+        return int(3 * state_bytes)
+    try:
+        compiled = jax.jit(prog.step).lower(state, hp0, data).compile()
+        analysis = compiled.memory_analysis()
+        temp = int(getattr(analysis, "temp_size_in_bytes", 0) or 0)
+    except Exception:  # pragma: no cover - memory analysis is backend-dependent
+        temp = 0
+    return int(3 * state_bytes + temp)

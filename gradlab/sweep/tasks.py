@@ -1,0 +1,300 @@
+"""What a sweep trains: a :class:`Task` bundles pure ``init``/``loss``/``get_batch``/``evaluate``.
+
+Two ready-made builders:
+
+* :func:`mlp_classifier` -- a Flax NNX :class:`~gradlab.lab.models.MLP` on one of the lab's
+  datasets (scikit-learn's embedded digits by default), used functionally (``nnx.split`` /
+  ``merge``) so a training step is a pure, vmappable function.
+* :func:`custom` -- your own ``init_fn(key) -> params`` and ``loss_fn(params, batch) -> loss``
+  on a pytree of arrays.
+
+Mini-batches are drawn without replacement, a fresh permutation per epoch, from a stream keyed
+by the run's seed only: every setting that shares a seed sees the same batches in the same order
+(common random numbers, so differences between settings are not sampling noise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+__all__ = ["Task", "custom", "mlp_classifier", "DATASETS"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A training problem in pure-function form.
+
+    Attributes:
+      name: short name shown in tables and plots.
+      init: ``key -> (params, model_state)``; ``model_state`` holds non-trained variables
+        (BatchNorm statistics) and may be an empty dict.
+      loss: ``(params, model_state, batch, key) -> (loss, new_model_state)`` in training mode.
+      get_batch: ``(data, key, step) -> batch``.
+      evaluate: ``(params, model_state, data) -> {metric: scalar}``, called every
+        ``eval_every`` steps. Names containing ``"acc"`` are maximised, the others minimised.
+      data: pytree of arrays passed (replicated, not vmapped) to the compiled program.
+      primary: the metric :attr:`SweepResult.best` ranks by.
+      target: default ``(metric, threshold)`` for the "steps to target" column, or ``None``.
+      config: JSON-serialisable description (saved with results).
+      flops_per_step: rough forward+backward FLOPs of one step of one run (``None`` = unknown),
+        used by ``strategy="auto"``.
+    """
+
+    name: str
+    init: Callable
+    loss: Callable
+    get_batch: Callable
+    evaluate: Callable
+    data: Any
+    primary: str = "train_loss"
+    target: tuple[str, float] | None = None
+    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    flops_per_step: float | None = None
+
+
+def _epoch_batch(x_len: int, batch_size: int | None) -> Callable:
+    """Index sampler: per-epoch permutation, ``steps_per_epoch = n // batch_size``."""
+    if batch_size is None or batch_size >= x_len:
+        return lambda key, step: None
+    per_epoch = x_len // batch_size
+
+    def indices(key, step):
+        epoch, within = jnp.divmod(step, per_epoch)
+        perm = jax.random.permutation(jax.random.fold_in(key, epoch), x_len)
+        return jax.lax.dynamic_slice(perm, (within * batch_size,), (batch_size,))
+
+    return indices
+
+
+def _check_batch_size(batch_size: Any, n: int) -> int | None:
+    if batch_size is None or batch_size == "all":
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+        raise TypeError(f"batch_size must be an int or None (full batch), got {batch_size!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return None if batch_size >= n else int(batch_size)
+
+
+def custom(
+    init_fn: Callable[[jax.Array], Any],
+    loss_fn: Callable[[Any, Any], jax.Array],
+    data: Any,
+    *,
+    val_data: Any = None,
+    batch_size: int | None = None,
+    metrics_fn: Callable[[Any, Any], Mapping[str, jax.Array]] | None = None,
+    name: str = "custom",
+    target: tuple[str, float] | None = None,
+) -> Task:
+    """A task from your own functions.
+
+    Args:
+      init_fn: ``key -> params`` (any pytree of float arrays).
+      loss_fn: ``(params, batch) -> scalar loss``; ``batch`` has ``data``'s structure with the
+        leading (example) axis cut to ``batch_size``.
+      data: training data, a pytree of arrays sharing a leading example axis.
+      val_data: optional validation data with the same structure.
+      batch_size: mini-batch size; ``None`` trains on all of ``data`` every step.
+      metrics_fn: optional ``(params, batch) -> {name: scalar}`` extra metrics (accuracy, ...),
+        reported for train and validation data as ``train_<name>`` / ``val_<name>``.
+      name: name shown in results.
+      target: default ``(metric, threshold)`` for "steps to target".
+
+    Returns:
+      A :class:`Task` whose metrics are ``train_loss`` (on all of ``data``), ``val_loss`` when
+      ``val_data`` is given, and the ``metrics_fn`` entries.
+    """
+    data = jax.tree.map(jnp.asarray, data)
+    leaves = jax.tree.leaves(data)
+    if not leaves:
+        raise ValueError("custom: data has no arrays")
+    n = int(leaves[0].shape[0])
+    for leaf in leaves:
+        if leaf.ndim == 0 or leaf.shape[0] != n:
+            raise ValueError("custom: every data array needs the same leading (example) axis")
+    bs = _check_batch_size(batch_size, n)
+    sampler = _epoch_batch(n, bs)
+    bundle = {"train": data}
+    if val_data is not None:
+        bundle["val"] = jax.tree.map(jnp.asarray, val_data)
+
+    def init(key):
+        return init_fn(key), {}
+
+    def loss(params, model_state, batch, key):
+        del key
+        return loss_fn(params, batch), model_state
+
+    def get_batch(d, key, step):
+        idx = sampler(key, step)
+        if idx is None:
+            return d["train"]
+        return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), d["train"])
+
+    def evaluate(params, model_state, d):
+        out = {"train_loss": loss_fn(params, d["train"])}
+        if metrics_fn is not None:
+            out.update({f"train_{k}": v for k, v in metrics_fn(params, d["train"]).items()})
+        if "val" in d:
+            out["val_loss"] = loss_fn(params, d["val"])
+            if metrics_fn is not None:
+                out.update({f"val_{k}": v for k, v in metrics_fn(params, d["val"]).items()})
+        return out
+
+    return Task(
+        name=name,
+        init=init,
+        loss=loss,
+        get_batch=get_batch,
+        evaluate=evaluate,
+        data=bundle,
+        primary="val_loss" if val_data is not None else "train_loss",
+        target=target,
+        config={"task": name, "batch_size": bs, "n_train": n},
+    )
+
+
+def _load(dataset: str, seed: int):
+    from gradlab.lab import data as lab_data
+
+    loaders = {
+        "digits": lab_data.load_digits,
+        "moons": lab_data.make_moons,
+        "spirals": lab_data.make_spirals,
+        "blobs": lab_data.make_blobs,
+    }
+    if dataset not in loaders:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(loaders)}")
+    return loaders[dataset](seed=seed)
+
+
+DATASETS = ("digits", "moons", "spirals", "blobs")
+
+
+def mlp_classifier(
+    dataset: Any = "digits",
+    widths: tuple[int, ...] = (64,),
+    *,
+    batch_size: int | None = 128,
+    activation: str = "relu",
+    batch_norm: bool = False,
+    dropout: float = 0.0,
+    data_seed: int = 0,
+    target_accuracy: float | None = 0.95,
+) -> Task:
+    """A Flax NNX MLP classifier trained with softmax cross-entropy.
+
+    Args:
+      dataset: a name in :data:`DATASETS` (``"digits"``: scikit-learn's embedded 8x8 digits,
+        1437 train / 360 validation images, standardised) or a
+        :class:`gradlab.lab.data.Dataset`.
+      widths: hidden-layer widths.
+      batch_size: mini-batch size; ``None`` for full-batch gradient descent.
+      activation, batch_norm, dropout: passed to :class:`gradlab.lab.models.MLP`.
+      data_seed: seed of the train/validation split (the same for every run).
+      target_accuracy: default threshold of the "steps to target" column (validation
+        accuracy), or ``None``.
+
+    Returns:
+      A :class:`Task` with metrics ``train_loss``, ``train_accuracy``, ``val_loss``,
+      ``val_accuracy`` (full train and validation sets, evaluation mode).
+    """
+    from flax import nnx
+
+    from gradlab.lab import models
+
+    ds = _load(dataset, data_seed) if isinstance(dataset, str) else dataset
+    if not getattr(ds, "num_classes", 0):
+        raise ValueError("mlp_classifier needs a classification dataset (num_classes > 0)")
+    widths = tuple(int(w) for w in widths)
+    x_train = np.asarray(ds.x_train, np.float32)
+    n, d = x_train.shape
+    k = int(ds.num_classes)
+    bs = _check_batch_size(batch_size, n)
+    sampler = _epoch_batch(n, bs)
+
+    def build(key):
+        return models.MLP(
+            d,
+            widths,
+            k,
+            activation=activation,
+            batch_norm=batch_norm,
+            dropout=dropout,
+            rngs=nnx.Rngs(params=key),
+        )
+
+    # The graph definition is static: build it once from an abstract model.
+    abstract = nnx.eval_shape(lambda: build(jax.random.PRNGKey(0)))
+    graphdef, _, _ = models.split_model(abstract)
+
+    data = {
+        "x_train": jnp.asarray(x_train),
+        "y_train": jnp.asarray(ds.y_train, jnp.int32),
+        "x_val": jnp.asarray(ds.x_val, jnp.float32),
+        "y_val": jnp.asarray(ds.y_val, jnp.int32),
+    }
+
+    def init(key):
+        _, params, state = models.split_model(build(key))
+        return params, state
+
+    def xent(logits, y):
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    def loss(params, model_state, batch, key):
+        x, y = batch
+        logits, new_state = models.apply_model(
+            graphdef, params, model_state, x, train=True, key=key if dropout > 0 else None
+        )
+        return xent(logits, y), new_state
+
+    def get_batch(dat, key, step):
+        idx = sampler(key, step)
+        if idx is None:
+            return dat["x_train"], dat["y_train"]
+        return jnp.take(dat["x_train"], idx, axis=0), jnp.take(dat["y_train"], idx, axis=0)
+
+    def evaluate(params, model_state, dat):
+        out = {}
+        for split in ("train", "val"):
+            logits, _ = models.apply_model(graphdef, params, model_state, dat[f"x_{split}"])
+            y = dat[f"y_{split}"]
+            out[f"{split}_loss"] = xent(logits, y)
+            out[f"{split}_accuracy"] = jnp.mean(jnp.argmax(logits, -1) == y)
+        return out
+
+    sizes = (d, *widths, k)
+    matmul = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    name = dataset if isinstance(dataset, str) else "dataset"
+    return Task(
+        name=f"mlp_classifier({name})",
+        init=init,
+        loss=loss,
+        get_batch=get_batch,
+        evaluate=evaluate,
+        data=data,
+        primary="val_loss",
+        target=("val_accuracy", float(target_accuracy)) if target_accuracy else None,
+        config={
+            "task": "mlp_classifier",
+            "dataset": name,
+            "widths": list(widths),
+            "batch_size": bs,
+            "activation": activation,
+            "batch_norm": bool(batch_norm),
+            "dropout": float(dropout),
+            "data_seed": int(data_seed),
+            "n_train": int(n),
+        },
+        # forward (2 flops per MAC) + backward (twice the forward) on one batch.
+        flops_per_step=6.0 * (bs or n) * matmul,
+    )

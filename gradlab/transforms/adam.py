@@ -1,0 +1,230 @@
+r"""The Adam family: Adam (with its bias-correction and epsilon variants), Nadam and AdaMax."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradlab import base
+from gradlab.transforms import rms
+
+__all__ = [
+    "BIAS_CORRECTIONS",
+    "ScaleByAdamState",
+    "ScaleByAdamaxState",
+    "scale_by_adam",
+    "scale_by_adamax",
+]
+
+#: Values of ``bias_correction`` accepted by :func:`scale_by_adam`.
+BIAS_CORRECTIONS = ("both", "first", "second", "none")
+
+
+class ScaleByAdamState(NamedTuple):
+    """State of :func:`scale_by_adam`."""
+
+    count: jax.Array  # shape=(), dtype=jnp.int32: number of updates taken so far.
+    mu: base.Updates  # first moment m_t, in mu_dtype (default: state_dtype).
+    nu: base.Updates  # second moment v_t, in state_dtype.
+
+
+class ScaleByAdamaxState(NamedTuple):
+    """State of :func:`scale_by_adamax`."""
+
+    count: jax.Array  # shape=(), dtype=jnp.int32.
+    mu: base.Updates  # first moment m_t.
+    nu: base.Updates  # exponentially weighted infinity norm u_t.
+
+
+def scale_by_adam(
+    b1: base.ScalarOrSchedule = 0.9,
+    b2: base.ScalarOrSchedule = 0.999,
+    eps: base.ScalarOrSchedule = 1e-8,
+    eps_root: base.ScalarOrSchedule = 0.0,
+    mu_dtype: Any = None,
+    *,
+    nesterov: bool = False,
+    bias_correction: str = "both",
+    eps_in_sqrt: bool = False,
+    state_dtype: Any = None,
+) -> base.GradientTransformation:
+    r"""Adam's scaling: a bias-corrected first moment over the root of the second moment.
+
+    .. math::
+
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \qquad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2, \\
+        \hat m_t = \frac{m_t}{1-\beta_1^t}, \qquad \hat v_t = \frac{v_t}{1-\beta_2^t}, \qquad
+        u_t = \frac{\hat m_t}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon}
+
+    with $m_0 = v_0 = 0$. Variants (static switches):
+
+    * ``bias_correction``: ``"both"`` (Kingma & Ba, the default), ``"first"`` (only $\hat m$),
+      ``"second"`` (only $\hat v$) or ``"none"`` ($\hat m = m$, $\hat v = v$: the textbook's
+      "simple Adam").
+    * ``eps_in_sqrt=True``: $u_t = \hat m_t / \sqrt{\hat v_t + \epsilon_{root} + \epsilon}$
+      (Goodfellow et al. Alg. 8.7 and the "simple Adam" slide put $\epsilon$ inside).
+    * ``nesterov=True`` (Nadam, optax semantics): $\hat m_t$ is replaced by
+      $\beta_1 m_t / (1-\beta_1^{t+1}) + (1-\beta_1) g_t / (1-\beta_1^t)$ (without Dozat's
+      momentum schedule or extra $\beta_2$ factor, like ``optax.nadam``).
+
+    The bias corrections $1-\beta^t$ and the denominator are computed in float32 (or the
+    state dtype if wider), so bfloat16 state cannot round $1-\beta^t$ to 0 (optax #328) and a
+    float16 zero gradient gives a zero update, not $0/0$ (optax #1754). When the denominator is
+    exactly 0 (possible only with $\epsilon = \epsilon_{root} = 0$) the update is 0.
+    ``eps_root > 0`` keeps the derivative of the update with respect to the gradient finite at
+    $g = 0$ (meta-learning, optax #882).
+
+    Args:
+      b1: $\beta_1 \in [0, 1)$.
+      b2: $\beta_2 \in [0, 1)$.
+      eps: $\epsilon \ge 0$, outside the square root (unless ``eps_in_sqrt``).
+      eps_root: $\epsilon_{root} \ge 0$, inside the square root.
+      mu_dtype: dtype of $m$ only (optax's argument); defaults to ``state_dtype``.
+      nesterov: Nadam's look-ahead first moment.
+      bias_correction: one of :data:`BIAS_CORRECTIONS`.
+      eps_in_sqrt: put ``eps`` inside the square root as well.
+      state_dtype: dtype of every moment (float32 by default, whatever the params).
+
+    Returns:
+      A ``GradientTransformation`` with state :class:`ScaleByAdamState`.
+
+    References:
+      Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015.
+      Dozat, *Incorporating Nesterov Momentum into Adam*, ICLR workshop 2016.
+    """
+    owner = "scale_by_adam"
+    b1 = base.hyperparameter(b1, "b1", base.UNIT_INTERVAL_OPEN_RIGHT, owner=owner)
+    b2 = base.hyperparameter(b2, "b2", base.UNIT_INTERVAL_OPEN_RIGHT, owner=owner)
+    eps = base.hyperparameter(eps, "eps", base.NONNEGATIVE, owner=owner)
+    eps_root = base.hyperparameter(eps_root, "eps_root", base.NONNEGATIVE, owner=owner)
+    nesterov = rms.check_bool(nesterov, "nesterov", owner)
+    eps_in_sqrt = rms.check_bool(eps_in_sqrt, "eps_in_sqrt", owner)
+    bias_correction = rms.check_choice(bias_correction, "bias_correction", BIAS_CORRECTIONS, owner)
+    correct_m = bias_correction in ("both", "first")
+    correct_v = bias_correction in ("both", "second")
+    sdt = rms.check_state_dtype(state_dtype, owner)
+    mdt = sdt if mu_dtype is None else rms.check_state_dtype(mu_dtype, owner, "mu_dtype")
+    cdt = jnp.promote_types(rms.compute_dtype(sdt), rms.compute_dtype(mdt))
+
+    def init_fn(params):
+        return ScaleByAdamState(
+            count=jnp.zeros([], jnp.int32),
+            mu=rms.zeros(params, mdt),
+            nu=rms.zeros(params, sdt, real=True),
+        )
+
+    def update_fn(updates, state, params=None):
+        del params
+        base.check_state(state, ScaleByAdamState, owner)
+        rms.check_updates(updates, state.nu, owner)
+        beta1, one_m_b1 = rms.resolve_decay(b1, state.count, cdt)
+        beta2, one_m_b2 = rms.resolve_decay(b2, state.count, cdt)
+        e = base.resolve(eps, state.count, cdt)
+        e_root = base.resolve(eps_root, state.count, cdt)
+        count_inc = base.safe_increment(state.count)
+        bc1 = rms.debias_factor(beta1, count_inc) if correct_m else None
+        bc2 = rms.debias_factor(beta2, count_inc) if correct_v else None
+        bc1_next = (
+            rms.debias_factor(beta1, base.safe_increment(count_inc))
+            if (correct_m and nesterov)
+            else None
+        )
+
+        def leaf(g, mu, nu):
+            gc = rms.to_dtype(g, cdt)
+            m = one_m_b1 * gc + beta1 * rms.to_dtype(mu, cdt)
+            v = one_m_b2 * rms.abs_sq(gc) + beta2 * rms.to_dtype(nu, cdt)
+            if nesterov:
+                if correct_m:
+                    m_hat = beta1 * (m / bc1_next) + one_m_b1 * (gc / bc1)
+                else:
+                    m_hat = beta1 * m + one_m_b1 * gc
+            else:
+                m_hat = m / bc1 if correct_m else m
+            v_hat = v / bc2 if correct_v else v
+            if eps_in_sqrt:
+                den = jnp.sqrt(v_hat + e_root + e)
+            else:
+                den = jnp.sqrt(v_hat + e_root) + e
+            u = rms.safe_divide(m_hat, den)
+            return u.astype(g.dtype), rms.to_dtype(m, mdt), v.astype(sdt)
+
+        out, mu, nu = rms.tree_unzip(updates, jax.tree.map(leaf, updates, state.mu, state.nu), 3)
+        return out, ScaleByAdamState(count=count_inc, mu=mu, nu=nu)
+
+    return base.GradientTransformation(init_fn, update_fn)
+
+
+def scale_by_adamax(
+    b1: base.ScalarOrSchedule = 0.9,
+    b2: base.ScalarOrSchedule = 0.999,
+    eps: base.ScalarOrSchedule = 1e-8,
+    *,
+    bias_correction: bool = True,
+    state_dtype: Any = None,
+) -> base.GradientTransformation:
+    r"""AdaMax's scaling: Adam with the infinity norm in place of the second moment.
+
+    .. math::
+
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \qquad
+        u_t = \max(\beta_2 u_{t-1},\ |g_t| + \epsilon), \qquad
+        \Delta_t = \frac{m_t}{(1-\beta_1^t)\,u_t}
+
+    with $m_0 = u_0 = 0$ (optax's semantics, $\epsilon$ added inside the max; the infinity
+    norm needs no bias correction). ``bias_correction=False`` drops the $1-\beta_1^t$ factor.
+    A zero denominator (only with $\epsilon = 0$ and zero gradients) gives a zero update.
+
+    Args:
+      b1: $\beta_1 \in [0, 1)$.
+      b2: $\beta_2 \in [0, 1)$.
+      eps: $\epsilon \ge 0$.
+      bias_correction: correct the first moment.
+      state_dtype: dtype of both moments (float32 by default).
+
+    Returns:
+      A ``GradientTransformation`` with state :class:`ScaleByAdamaxState`.
+
+    References:
+      Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015, §7.1.
+    """
+    owner = "scale_by_adamax"
+    b1 = base.hyperparameter(b1, "b1", base.UNIT_INTERVAL_OPEN_RIGHT, owner=owner)
+    b2 = base.hyperparameter(b2, "b2", base.UNIT_INTERVAL_OPEN_RIGHT, owner=owner)
+    eps = base.hyperparameter(eps, "eps", base.NONNEGATIVE, owner=owner)
+    correct_m = rms.check_bool(bias_correction, "bias_correction", owner)
+    sdt = rms.check_state_dtype(state_dtype, owner)
+    cdt = rms.compute_dtype(sdt)
+
+    def init_fn(params):
+        return ScaleByAdamaxState(
+            count=jnp.zeros([], jnp.int32),
+            mu=rms.zeros(params, sdt),
+            nu=rms.zeros(params, sdt, real=True),
+        )
+
+    def update_fn(updates, state, params=None):
+        del params
+        base.check_state(state, ScaleByAdamaxState, owner)
+        rms.check_updates(updates, state.nu, owner)
+        beta1, one_m_b1 = rms.resolve_decay(b1, state.count, cdt)
+        beta2, one_m_b2 = rms.resolve_decay(b2, state.count, cdt)
+        e = base.resolve(eps, state.count, cdt)
+        count_inc = base.safe_increment(state.count)
+        bc1 = rms.debias_factor(beta1, count_inc) if correct_m else None
+
+        def leaf(g, mu, nu):
+            gc = rms.to_dtype(g, cdt)
+            m = one_m_b1 * gc + beta1 * rms.to_dtype(mu, cdt)
+            v = jnp.maximum(jnp.abs(gc) + e, beta2 * rms.to_dtype(nu, cdt))
+            m_hat = m / bc1 if correct_m else m
+            u = rms.safe_divide(m_hat, v)
+            return u.astype(g.dtype), rms.to_dtype(m, sdt), v.astype(sdt)
+
+        out, mu, nu = rms.tree_unzip(updates, jax.tree.map(leaf, updates, state.mu, state.nu), 3)
+        return out, ScaleByAdamaxState(count=count_inc, mu=mu, nu=nu)
+
+    return base.GradientTransformation(init_fn, update_fn)

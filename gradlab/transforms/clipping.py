@@ -1,0 +1,126 @@
+r"""Gradient clipping: elementwise (:func:`clip`) and by global norm (:func:`clip_by_global_norm`).
+
+Both take their threshold as a number, an array or a schedule (so their state carries a step
+count). Non-finite input is never turned into *new* NaNs:
+
+* :func:`clip` maps :math:`\pm\infty` to :math:`\pm\delta` (finite) and leaves NaN as NaN.
+* :func:`clip_by_global_norm` leaves updates whose global norm is not finite (an inf or NaN
+  entry) **unchanged**, so the inf stays an inf that :func:`gradlab.transforms.finite_guard.
+  apply_if_finite` (anywhere in the chain) rejects; ``optax.clip_by_global_norm`` instead
+  turns one inf coordinate into NaN and zeroes all others. A *finite* tree whose sum of
+  squares overflows float32 is still clipped correctly (the norm is then recomputed with
+  rescaling).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradlab import base
+
+__all__ = ["ClipState", "clip", "clip_by_global_norm", "robust_global_norm"]
+
+
+class ClipState(NamedTuple):
+    """State of :func:`clip` and :func:`clip_by_global_norm`."""
+
+    count: jax.Array  # int32 scalar: updates taken so far (evaluates a threshold schedule).
+
+
+def clip(max_delta: base.ScalarOrSchedule) -> base.GradientTransformation:
+    r"""Clip every update entry to :math:`[-\delta, \delta]`.
+
+    .. math:: u_i = \min(\max(g_i, -\delta), \delta)
+
+    Args:
+      max_delta: :math:`\delta \ge 0`; number, array or schedule.
+    """
+    max_delta = base.hyperparameter(max_delta, "max_delta", owner="clip")
+
+    def init_fn(params):
+        del params
+        return ClipState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        del params
+        base.check_state(state, ClipState, "clip")
+        delta = base.resolve(max_delta, state.count)
+
+        def leaf(g):
+            d = delta.astype(jnp.promote_types(g.dtype, jnp.float32))
+            return jnp.clip(g.astype(d.dtype), -d, d).astype(g.dtype)
+
+        updates = jax.tree.map(leaf, updates)
+        return updates, ClipState(count=base.safe_increment(state.count))
+
+    return base.GradientTransformation(init_fn, update_fn)
+
+
+def robust_global_norm(tree) -> jax.Array:
+    r"""Global Euclidean norm in float32 that does not overflow for finite inputs.
+
+    Computes :math:`\sqrt{\sum g_i^2}` directly; only when that overflows (or is not finite)
+    it recomputes :math:`m \sqrt{\sum (g_i/m)^2}` with :math:`m = \max |g_i|`. The result is
+    ``inf``/``nan`` exactly when some entry is. Zero trees give 0.
+    """
+    leaves = [jnp.abs(x).astype(jnp.float32) for x in jax.tree.leaves(tree)]
+    if not leaves:
+        return jnp.zeros([], jnp.float32)
+    sumsq = sum(jnp.sum(jnp.square(x)) for x in leaves)
+
+    def rescaled(_):
+        m = jnp.max(jnp.stack([jnp.max(x, initial=0.0) for x in leaves]))
+        safe = jnp.where(jnp.isfinite(m) & (m > 0), m, 1.0)
+        scaled = jnp.sqrt(sum(jnp.sum(jnp.square(x / safe)) for x in leaves))
+        return jnp.where(jnp.isfinite(m) & (m > 0), m * scaled, m)
+
+    return jax.lax.cond(jnp.isfinite(sumsq), lambda _: jnp.sqrt(sumsq), rescaled, None)
+
+
+def clip_by_global_norm(max_norm: base.ScalarOrSchedule) -> base.GradientTransformation:
+    r"""Rescale the whole update tree so that its global norm is at most :math:`c`.
+
+    .. math:: u = g \cdot \min\!\left(1, \frac{c}{\lVert g \rVert_2}\right)
+
+    computed in float32 and returned in each leaf's dtype. Finite at zero gradients for every
+    :math:`c \ge 0` (including :math:`c = 0`, optax PR #1752). When :math:`\lVert g\rVert` is
+    not finite the updates pass through unchanged (see the module docstring): wrap the chain in
+    :func:`gradlab.transforms.finite_guard.apply_if_finite` to reject such steps.
+
+    Args:
+      max_norm: :math:`c \ge 0`; number, array or schedule.
+
+    Raises:
+      ValueError: a concrete negative or NaN ``max_norm``.
+
+    References:
+      Pascanu, Mikolov & Bengio, `On the difficulty of training recurrent neural networks
+      <https://arxiv.org/abs/1211.5063>`_, 2013.
+    """
+    owner = "clip_by_global_norm"
+    max_norm = base.hyperparameter(max_norm, "max_norm", owner=owner)
+
+    def init_fn(params):
+        del params
+        return ClipState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        del params
+        base.check_state(state, ClipState, owner)
+        c = base.resolve(max_norm, state.count)
+        norm = robust_global_norm(updates)
+        trigger = jnp.isfinite(norm) & (norm > c)
+        scale = jnp.where(trigger, c / jnp.where(trigger, norm, 1.0), 1.0)
+        scale = jnp.where(jnp.isnan(c), jnp.nan, scale)  # a poisoned traced max_norm
+
+        def leaf(g):
+            cdt = jnp.promote_types(g.dtype, jnp.float32)
+            return (g.astype(cdt) * scale.astype(cdt)).astype(g.dtype)
+
+        updates = jax.tree.map(leaf, updates)
+        return updates, ClipState(count=base.safe_increment(state.count))
+
+    return base.GradientTransformation(init_fn, update_fn)

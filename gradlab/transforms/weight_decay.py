@@ -1,0 +1,77 @@
+r"""Decoupled weight decay: :func:`add_decayed_weights` (optax's name and semantics)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradlab import base
+
+__all__ = ["AddDecayedWeightsState", "add_decayed_weights"]
+
+
+class AddDecayedWeightsState(NamedTuple):
+    """State of :func:`add_decayed_weights`."""
+
+    count: jax.Array  # int32 scalar: updates taken so far (evaluates a schedule).
+
+
+def add_decayed_weights(
+    weight_decay: base.ScalarOrSchedule = 0.0,
+    mask: Any | Callable[[base.Params], Any] | None = None,
+) -> base.GradientTransformation:
+    r"""Add :math:`\lambda\theta` to the updates (decoupled weight decay).
+
+    .. math:: u = g + \lambda_t\, \theta
+
+    Placed after the momentum/adaptive atoms and before the learning-rate atom, the decay is
+    *decoupled* from the gradient statistics (AdamW, SGDW): the final step is
+    :math:`-\eta_t(\hat u + \lambda_t \theta)`. Placed first in a chain it is plain L2
+    regularisation of the loss instead. Computed in float32, returned in the update's dtype.
+
+    Args:
+      weight_decay: :math:`\lambda \ge 0`; number, array or schedule.
+      mask: a pytree of booleans with the params' structure (or a prefix of it), or a
+        callable ``params -> such a tree``; only leaves marked ``True`` are decayed (typically
+        not biases and norm scales). Uses ``optax.masked``.
+
+    Raises:
+      ValueError: a concrete negative/NaN ``weight_decay``, or ``update`` called without
+        ``params``.
+      TreeMismatchError: ``updates`` and ``params`` differ in structure or leaf shape.
+
+    References:
+      Loshchilov & Hutter, `Decoupled weight decay regularization
+      <https://arxiv.org/abs/1711.05101>`_, 2019.
+    """
+    owner = "add_decayed_weights"
+    weight_decay = base.hyperparameter(weight_decay, "weight_decay", owner=owner)
+
+    def init_fn(params):
+        del params
+        return AddDecayedWeightsState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        base.check_state(state, AddDecayedWeightsState, owner)
+        if params is None:
+            raise ValueError(
+                f"{owner} needs the current params: call update(updates, state, params)"
+            )
+        base.check_tree_match(params, updates, "params", "updates", owner=owner)
+        wd = base.resolve(weight_decay, state.count)
+
+        def leaf(u, p):
+            cdt = jnp.promote_types(jnp.promote_types(u.dtype, p.dtype), jnp.float32)
+            return (u.astype(cdt) + wd.astype(cdt) * p.astype(cdt)).astype(u.dtype)
+
+        updates = jax.tree.map(leaf, updates, params)
+        return updates, AddDecayedWeightsState(count=base.safe_increment(state.count))
+
+    tx = base.GradientTransformation(init_fn, update_fn)
+    if mask is not None:
+        return optax.masked(tx, mask)
+    return tx

@@ -1,0 +1,302 @@
+"""Tests for gradlab.lab.train and gradlab.lab.checkpoint (resume is bit-identical)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from gradlab.lab import checkpoint as ckpt
+from gradlab.lab import data as lab_data
+from gradlab.lab.models import MLP, split_model
+from gradlab.lab.train import TrainState, train
+
+try:
+    from gradlab.optimizers.adaptive import adam as gl_adam
+except ImportError:  # pragma: no cover - written by another helper
+    gl_adam = None
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Shared between this process and the resume subprocess: identical model, optimizer and data.
+SETUP = textwrap.dedent(
+    """
+    import optax
+    from flax import nnx
+    from gradlab.lab import data as lab_data
+    from gradlab.lab.models import MLP
+
+    def setup():
+        d = lab_data.make_moons(160, seed=0)
+        m = MLP(2, [16, 16], 2, batch_norm=True, dropout=0.1, rngs=nnx.Rngs(0))
+        opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2))
+        return m, opt, d
+    """
+)
+_ns: dict = {}
+exec(SETUP, _ns)
+setup = _ns["setup"]
+
+
+def _bitwise_equal(a, b):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        x, y = np.asarray(x), np.asarray(y)
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert x.tobytes() == y.tobytes()
+
+
+def test_train_digits_reduces_loss_and_reports_metrics():
+    d = lab_data.load_digits(seed=0)
+    m = MLP(64, [32], 10, rngs=nnx.Rngs(0))
+    before = np.asarray(m.out.kernel[...]).copy()
+    r = train(m, optax.adam(3e-3), d, epochs=3, batch_size=64, progress=True)
+    h = r.history
+    assert len(h) == 4 and list(h.epoch) == [0, 1, 2, 3]
+    assert h.train_loss[-1] < 0.5 * h.train_loss[0]
+    assert h.val_acc[-1] > 0.8 and 0 <= h.train_acc.min() <= h.train_acc.max() <= 1
+    assert np.isnan(h.batch_loss[0]) and np.all(np.isfinite(h.batch_loss[1:]))
+    steps = len(d.x_train) // 64
+    np.testing.assert_array_equal(h.step, [0, steps, 2 * steps, 3 * steps])
+    np.testing.assert_array_equal(h.examples, h.step * 64)
+    assert r.status == "completed" and not r.stopped_early
+    # The model passed in was updated in place.
+    assert not np.allclose(before, np.asarray(m.out.kernel[...]))
+    ax = h.plot()
+    assert len(ax.lines) == 2
+
+
+def test_resume_is_bit_identical_across_processes(tmp_path):
+    m, opt, d = setup()
+    straight = train(m, opt, d, epochs=4, batch_size=32, progress=False)
+    m, opt, d = setup()
+    ck = str(tmp_path / "ck")
+    half = train(m, opt, d, epochs=2, batch_size=32, checkpoint_dir=ck, progress=False)
+    assert int(half.state.epoch) == 2
+    # Resume in a fresh Python process: nothing shared but the checkpoint directory.
+    script = SETUP + textwrap.dedent(
+        f"""
+        from gradlab.lab.train import train
+        m, opt, d = setup()
+        r = train(m, opt, d, epochs=4, batch_size=32, checkpoint_dir={ck!r}, resume=True,
+                  progress=False)
+        assert int(r.state.epoch) == 4
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed, meta = ckpt.restore_checkpoint(ck, straight.state)
+    _bitwise_equal(resumed.params, straight.state.params)
+    _bitwise_equal(resumed.model_state, straight.state.model_state)  # BatchNorm statistics
+    _bitwise_equal(resumed.opt_state, straight.state.opt_state)
+    _bitwise_equal(resumed, straight.state)  # RNG key, counters, early-stopping state
+    hist = meta["history"]
+    assert [row["epoch"] for row in hist] == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal([row["val_loss"] for row in hist], straight.history.val_loss)
+
+
+def test_resume_in_process_continues_history(tmp_path):
+    m, opt, d = setup()
+    ck = str(tmp_path / "ck")
+    train(m, opt, d, epochs=1, batch_size=32, checkpoint_dir=ck, progress=False)
+    m2, opt2, _ = setup()
+    r = train(m2, opt2, d, epochs=2, batch_size=32, checkpoint_dir=ck, resume=True, progress=False)
+    assert list(r.history.epoch) == [0, 1, 2]
+    manifest = json.load(open(os.path.join(ck, "manifest.json")))
+    assert manifest["format"] == "gradlab-checkpoint"
+    assert not any(name.endswith((".pkl", ".pickle")) for name in os.listdir(ck))
+    # A different batch size cannot resume silently.
+    with pytest.raises(ValueError):
+        train(m2, opt2, d, epochs=3, batch_size=16, checkpoint_dir=ck, resume=True, progress=False)
+
+
+def test_checkpoint_refuses_a_different_model_with_the_path(tmp_path):
+    m, opt, d = setup()
+    ck = str(tmp_path / "ck")
+    train(m, opt, d, epochs=1, batch_size=32, checkpoint_dir=ck, progress=False)
+    wider = MLP(2, [16, 17], 2, batch_norm=True, dropout=0.1, rngs=nnx.Rngs(0))
+    with pytest.raises(ckpt.CheckpointMismatchError) as e:
+        train(wider, opt, d, epochs=2, batch_size=32, checkpoint_dir=ck, resume=True)
+    assert "hidden/1/kernel" in e.value.path or "norms/1" in e.value.path
+
+
+def test_checkpoint_dtype_shape_structure_and_corruption(tmp_path):
+    tree = {"w": jnp.ones((3, 2)), "s": optax.adam(1e-3).init({"w": jnp.ones((3, 2))})}
+    d = str(tmp_path / "c")
+    ckpt.save_checkpoint(d, tree, metadata={"note": "x"})
+    back, meta = ckpt.restore_checkpoint(d, tree)
+    assert meta == {"note": "x"} and type(back["s"][0]).__name__ == "ScaleByAdamState"
+    _bitwise_equal(back, tree)
+    bf16 = {"w": jnp.ones((3, 2), jnp.bfloat16), "s": tree["s"]}
+    with pytest.raises(ckpt.CheckpointMismatchError) as e:
+        ckpt.restore_checkpoint(d, bf16)
+    assert e.value.path == "w"
+    with pytest.raises(ckpt.CheckpointMismatchError) as e:
+        ckpt.restore_checkpoint(d, {"w": jnp.ones((2, 3)), "s": tree["s"]})
+    assert e.value.path == "w"
+    with pytest.raises(ckpt.CheckpointMismatchError) as e:
+        ckpt.restore_checkpoint(d, {"w": tree["w"], "s": optax.sgd(0.1).init(tree)})
+    assert e.value.path.startswith("s/")
+    # A pickle payload in place of the data is refused (checksum), never unpickled.
+    import pickle
+
+    with open(os.path.join(d, "state.msgpack"), "wb") as f:
+        f.write(pickle.dumps({"w": 1}))
+    with pytest.raises(ckpt.CheckpointError):
+        ckpt.restore_checkpoint(d, tree)
+    with pytest.raises(ckpt.CheckpointError):
+        ckpt.restore_checkpoint(str(tmp_path / "missing"), tree)
+
+
+def test_early_stopping_and_restore_best():
+    d = lab_data.make_blobs(120, seed=1, spread=3.0)
+    m = MLP(2, [8], 3, rngs=nnx.Rngs(0))
+    r = train(m, optax.sgd(0.0), d, epochs=20, batch_size="all", patience=2, progress=False)
+    # lr = 0: epoch 1 sets the best, epochs 2 and 3 do not improve -> stop after epoch 3.
+    assert r.status == "early_stopped" and r.stopped_early and len(r.history) == 4
+    m = MLP(2, [8], 3, rngs=nnx.Rngs(0))
+    r = train(m, optax.sgd(3.0), d, epochs=8, batch_size=8, restore_best=True, progress=False)
+    best = int(np.nanargmin(r.history.val_loss[1:])) + 1
+    assert int(r.state.best_epoch) == best
+    logits = r.model(jnp.asarray(d.x_val))
+    val = optax.softmax_cross_entropy_with_integer_labels(logits, d.y_val).mean()
+    np.testing.assert_allclose(float(val), r.history.val_loss[best], rtol=1e-5)
+
+
+def _recorder():
+    """An extra-args transformation that stores the ``value`` it was given."""
+
+    def init(params):
+        return jnp.zeros((), jnp.float32)
+
+    def update(updates, state, params=None, *, value=None, **extra):
+        return updates, jnp.asarray(value, jnp.float32)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+@pytest.mark.parametrize("value_from", ["batch", "val"])
+def test_value_forwarded_to_extra_args_transformations(value_from):
+    d = lab_data.make_moons(100, seed=0)
+    m = MLP(2, [8], 2, rngs=nnx.Rngs(0))
+    opt = optax.chain(optax.sgd(0.1), _recorder())
+    r = train(m, opt, d, epochs=3, batch_size="all", value_from=value_from, progress=False)
+    seen = float(r.state.opt_state[1])
+    if value_from == "batch":  # one full batch per epoch: the loss of the last step
+        assert seen == np.float32(r.history.batch_loss[-1])
+    else:  # the validation loss at the end of the previous epoch
+        assert seen == np.float32(r.history.val_loss[-2])
+
+
+def test_reduce_on_plateau_with_validation_loss():
+    from gradlab.transforms.plateau import reduce_on_plateau
+
+    d = lab_data.make_moons(100, seed=0)
+    m = MLP(2, [8], 2, rngs=nnx.Rngs(0))
+    opt = optax.chain(optax.sgd(0.0), reduce_on_plateau(factor=0.5, patience=1))
+    r = train(m, opt, d, epochs=4, batch_size="all", value_from="val", progress=False)
+    assert float(r.state.opt_state[1].scale) < 1.0  # lr 0 -> flat validation loss -> reduced
+
+
+def test_gradlab_optimizer_and_regression():
+    if gl_adam is None:
+        pytest.skip("gradlab.optimizers.adaptive.adam not available")
+    d = lab_data.make_regression(128, degree=2, seed=0)
+    m = MLP(1, [16], 1, activation="tanh", rngs=nnx.Rngs(0))
+    r = train(m, gl_adam(1e-2), d, epochs=5, batch_size=16, progress=False)
+    assert np.isnan(r.history.train_acc).all()
+    assert r.history.train_loss[-1] < 0.3 * r.history.train_loss[0]
+
+
+def test_non_finite_stops_the_run():
+    d = lab_data.make_moons(100, seed=0)
+    m = MLP(2, [8], 2, rngs=nnx.Rngs(0))
+    r = train(m, optax.sgd(1e30), d, epochs=5, batch_size="all", progress=False)
+    assert r.status == "non_finite" and len(r.history) < 6
+
+
+def test_bad_arguments():
+    d = lab_data.make_moons(40, seed=0)
+    m = MLP(2, [4], 2, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError):
+        train(m, optax.sgd(0.1), d, batch_size=1000)
+    with pytest.raises(ValueError):
+        train(m, optax.sgd(0.1), d, val=None, patience=2)
+    with pytest.raises(ValueError):
+        train(m, optax.sgd(0.1), d, resume=True)
+    with pytest.raises(ValueError):
+        train(m, optax.sgd(0.1), d, value_from="epoch")
+    with pytest.raises(TypeError):
+        train(m, "adam", d)
+
+
+def _interop_tx():
+    return gl_adam(1e-2) if gl_adam is not None else optax.adam(1e-2)
+
+
+def test_nnx_optimizer_interop():
+    d = lab_data.make_moons(100, seed=0)
+    m = MLP(2, [16], 2, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(m, _interop_tx(), wrt=nnx.Param)
+    x, y = jnp.asarray(d.x_train), jnp.asarray(d.y_train)
+
+    def loss_fn(model):
+        return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+
+    @nnx.jit
+    def step(model, optimizer):
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    first = float(step(m, optimizer))
+    for _ in range(30):
+        last = float(step(m, optimizer))
+    assert last < 0.7 * first
+
+
+def test_linen_train_state_interop():
+    import flax.linen as nn
+    from flax.training import train_state
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(2)(nn.tanh(nn.Dense(16)(x)))
+
+    d = lab_data.make_moons(100, seed=0)
+    x, y = jnp.asarray(d.x_train), jnp.asarray(d.y_train)
+    net = Net()
+    params = net.init(jax.random.key(0), x)["params"]
+    state = train_state.TrainState.create(apply_fn=net.apply, params=params, tx=_interop_tx())
+
+    @jax.jit
+    def step(state):
+        def loss_fn(p):
+            logits = state.apply_fn({"params": p}, x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        return state.apply_gradients(grads=grads), loss
+
+    state, first = step(state)
+    for _ in range(30):
+        state, last = step(state)
+    assert float(last) < 0.7 * float(first)
+
+
+def test_train_state_is_a_pytree_of_the_model_parts():
+    m, opt, d = setup()
+    parts = split_model(m)
+    r = train(parts, opt, d, epochs=1, batch_size=32, progress=False)
+    assert isinstance(r.state, TrainState)
+    assert jax.tree.structure(r.state.params) == jax.tree.structure(parts.params)
