@@ -345,7 +345,7 @@ def quadratic(kappa: float = 10.0, angle: float = 0.0) -> Problem:
         start=_arr([-2.5, 1.0]),
         xlim=(-3.0, 3.0),
         ylim=(-1.5, 1.5),
-        formula=r"\tfrac12 (x^2 + \kappa y^2)",
+        formula=r"\frac{1}{2}(x^2 + \kappa y^2)",
         learning_rates={
             "sgd": 1.8 * eta,
             "momentum": 0.5 * eta,

@@ -192,9 +192,7 @@ def test_lookahead_matches_algorithm_8_3_with_schedules():
         thetas.append(theta)
         lookaheads.append(theta + alpha(t + 1) * v)
 
-    tx = nesterov_lookahead(
-        lambda c: 0.2 / (1.0 + 0.05 * c), lambda c: 0.5 + 0.4 * (1 - 0.9**c)
-    )
+    tx = nesterov_lookahead(lambda c: 0.2 / (1.0 + 0.05 * c), lambda c: 0.5 + 0.4 * (1 - 0.9**c))
     a32, b32 = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
 
     def step(carry, _):
@@ -204,9 +202,7 @@ def test_lookahead_matches_algorithm_8_3_with_schedules():
         return (phi, s), (phi, mom.nesterov_base_params(phi, s))
 
     phi0 = jnp.linspace(-2.0, 2.0, 6)
-    _, (phis, bases) = jax.jit(
-        lambda p: jax.lax.scan(step, (p, tx.init(p)), None, length=40)
-    )(phi0)
+    _, (phis, bases) = jax.jit(lambda p: jax.lax.scan(step, (p, tx.init(p)), None, length=40))(phi0)
     np.testing.assert_allclose(phis, np.stack(lookaheads), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(bases, np.stack(thetas), rtol=1e-5, atol=1e-5)
 
@@ -247,9 +243,7 @@ ATOMS = {
     "sutskever": lambda **k: mom.sutskever_momentum(
         k.get("learning_rate", 0.1), k.get("momentum", 0.9)
     ),
-    "damped": lambda **k: mom.damped_momentum(
-        k.get("learning_rate", 0.1), k.get("momentum", 0.9)
-    ),
+    "damped": lambda **k: mom.damped_momentum(k.get("learning_rate", 0.1), k.get("momentum", 0.9)),
     "lookahead": lambda **k: mom.scale_by_nesterov_lookahead(
         k.get("learning_rate", 0.1), k.get("momentum", 0.9)
     ),

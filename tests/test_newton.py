@@ -28,6 +28,11 @@ def rosenbrock(x):
     return jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
 
 
+def first_update(tx, grads, params, **extra):
+    """``tx.update`` from a fresh state, compiled (eager dispatch of lax loops is slow)."""
+    return jax.jit(lambda g, p: tx.update(g, tx.init(p), p, **extra))(grads, params)
+
+
 def run_unit_steps(tx, f, x0, steps):
     """``steps`` updates with unit step (one compiled scan); returns iterates and statuses."""
 
@@ -75,13 +80,14 @@ def test_hvp_agrees_with_dense_hessian_on_quadratic_and_large_logsumexp():
     quad = lambda x: 0.5 * x @ (a @ x) + jnp.sum(jnp.sin(x))
     x = jnp.asarray(rng.normal(size=6), jnp.float32)
     v = jnp.asarray(rng.normal(size=6), jnp.float32)
-    np.testing.assert_allclose(hvp(quad, x, v), jax.hessian(quad)(x) @ v, rtol=1e-5, atol=1e-5)
+    out, dense = jax.jit(lambda x, v: (hvp(quad, x, v), jax.hessian(quad)(x) @ v))(x, v)
+    np.testing.assert_allclose(out, dense, rtol=1e-5, atol=1e-5)
     lse = jax.nn.logsumexp
     x_big = jnp.array([1000.0, 0.0, -3.0])
     v3 = jnp.array([1.0, -2.0, 0.5])
-    out = hvp(lse, x_big, v3)
+    out, dense = jax.jit(lambda x, v: (hvp(lse, x, v), jax.hessian(lse)(x) @ v))(x_big, v3)
     assert np.all(np.isfinite(out))
-    np.testing.assert_allclose(out, jax.hessian(lse)(x_big) @ v3, atol=1e-5)
+    np.testing.assert_allclose(out, dense, atol=1e-5)
 
 
 def test_cg_solves_spd_system_on_pytrees():
@@ -132,7 +138,7 @@ def test_newton_one_unit_step_lands_on_quadratic_minimum_pytree():
     f = lambda p: 0.5 * (join(p) - c) @ (a @ (join(p) - c))
     params = {"a": jnp.zeros(2), "b": jnp.ones((3, 1))}
     tx = newton()
-    upd, state = tx.update(jax.grad(f)(params), tx.init(params), params, value_fn=f)
+    upd, state = first_update(tx, jax.grad(f)(params), params, value_fn=f)
     new = jax.tree.map(jnp.add, params, upd)
     np.testing.assert_allclose(join(new), c, rtol=1e-4, atol=1e-4)
     assert upd["b"].shape == (3, 1)
@@ -158,16 +164,16 @@ def test_newton_singular_hessian_gives_finite_step_and_status(fallback):
     f = lambda p: p[0] ** 2
     p = jnp.array([1.0, 0.5])
     tx = scale_by_newton(fallback=fallback)
-    d, s = tx.update(jax.grad(f)(p), tx.init(p), p, value_fn=f)
+    d, s = first_update(tx, jax.grad(f)(p), p, value_fn=f)
     assert np.all(np.isfinite(d)) and int(s.status) == Status.NEGATIVE_CURVATURE
     np.testing.assert_allclose(d, [-1.0, 0.0], atol=2e-3)
 
 
 def test_newton_non_finite_value_leaves_params_and_reports():
-    f = lambda p: jnp.sum(p**2) + jnp.log(p[0] - 10.0)  # NaN Hessian at 0
+    f = lambda p: jnp.sum(p**2) + jnp.sqrt(p[0] - 10.0)  # NaN Hessian at 0
     p = jnp.zeros(2)
     tx = scale_by_newton()
-    d, s = tx.update(jnp.ones(2), tx.init(p), p, value_fn=f)
+    d, s = first_update(tx, jnp.ones(2), p, value_fn=f)
     np.testing.assert_array_equal(d, [0.0, 0.0])
     assert int(s.status) == Status.NON_FINITE
 
@@ -195,16 +201,33 @@ def test_newton_refuses_large_hessian_and_bad_arguments():
         tx.update(p, scale_by_newton_cg().init(p), p, value_fn=saddle)
 
 
+def _scipy_rosenbrock(x0, method, **kwargs):
+    """scipy on the jitted float64 Rosenbrock (callbacks compiled once)."""
+    grad = jax.jit(jax.grad(rosenbrock))
+    hessp = jax.jit(lambda z, v: hvp(rosenbrock, z, v))
+    hess = jax.jit(jax.hessian(rosenbrock))
+    fun = jax.jit(rosenbrock)
+    with jax.enable_x64(True):
+        return scipy.optimize.minimize(
+            lambda z: float(fun(z)),
+            x0,
+            method=method,
+            jac=lambda z: np.asarray(grad(z)),
+            **(
+                {"hessp": lambda z, v: np.asarray(hessp(z, v))}
+                if method == "Newton-CG"
+                else {"hess": lambda z: np.asarray(hess(z))}
+            ),
+            **kwargs,
+        )
+
+
 def test_newton_vs_scipy_trust_exact_on_rosenbrock():
     x0 = np.array([-1.2, 1.0, -1.2, 1.0])
     with jax.enable_x64(True):
         x, _, _ = run_armijo(scale_by_newton(), rosenbrock, jnp.asarray(x0), 40)
         x = np.asarray(x)
-    ref = scipy.optimize.minimize(
-        lambda z: float(rosenbrock(jnp.asarray(z))), x0, method="trust-exact",
-        jac=lambda z: np.asarray(jax.grad(rosenbrock)(jnp.asarray(z))),
-        hess=lambda z: np.asarray(jax.hessian(rosenbrock)(jnp.asarray(z))),
-    )
+    ref = _scipy_rosenbrock(x0, "trust-exact")
     np.testing.assert_allclose(x, ref.x, atol=1e-6)
 
 
@@ -216,15 +239,9 @@ def test_newton_vs_scipy_trust_exact_on_rosenbrock():
 @pytest.mark.parametrize("dim", [2, 10])
 def test_newton_cg_vs_scipy_on_rosenbrock(dim):
     x0 = np.tile([-1.2, 1.0], dim // 2)
-    f_np = lambda z: float(rosenbrock(jnp.asarray(z)))
-    ref = scipy.optimize.minimize(
-        f_np, x0, method="Newton-CG",
-        jac=lambda z: np.asarray(jax.grad(rosenbrock)(jnp.asarray(z))),
-        hessp=lambda z, v: np.asarray(hvp(rosenbrock, jnp.asarray(z), jnp.asarray(v))),
-        options={"xtol": 1e-10},
-    )
+    ref = _scipy_rosenbrock(x0, "Newton-CG", options={"xtol": 1e-10})
     with jax.enable_x64(True):
-        x, s, _ = run_armijo(scale_by_newton_cg(), rosenbrock, jnp.asarray(x0), 100)
+        x, s, _ = run_armijo(scale_by_newton_cg(), rosenbrock, jnp.asarray(x0), 200)
         x = np.asarray(x)
     np.testing.assert_allclose(x, ref.x, atol=1e-5)
     np.testing.assert_allclose(x, np.ones(dim), atol=1e-5)
@@ -235,7 +252,7 @@ def test_newton_cg_first_iteration_negative_curvature_uses_scaled_steepest_desce
     p = jnp.array([0.0, 0.5])  # g = (0, -0.95), H = diag(2, -1.7): g^T H g < 0
     g = jax.grad(saddle)(p)
     tx = scale_by_newton_cg()
-    d, s = tx.update(g, tx.init(p), p, value_fn=saddle)
+    d, s = first_update(tx, g, p, value_fn=saddle)
     assert int(s.status) == Status.NEGATIVE_CURVATURE and int(s.cg_steps) == 1
     curv = float(g @ jax.hessian(saddle)(p) @ g)
     np.testing.assert_allclose(d, -float(g @ g) / abs(curv) * g, rtol=1e-6)
@@ -255,7 +272,7 @@ def test_newton_cg_exact_step_on_pytree_quadratic_and_counters():
     f = lambda p: 0.5 * join(p) @ (a @ join(p)) - jnp.sum(join(p))
     params = {"w": jnp.ones((2, 2)), "b": jnp.zeros(3)}
     tx = newton_cg(forcing=1e-6)
-    upd, (s, _) = tx.update(jax.grad(f)(params), tx.init(params), params, value_fn=f)
+    upd, (s, _) = first_update(tx, jax.grad(f)(params), params, value_fn=f)
     new = join(jax.tree.map(jnp.add, params, upd))
     np.testing.assert_allclose(new, np.linalg.solve(a, np.ones(7)), rtol=1e-3, atol=1e-4)
     assert upd["w"].shape == (2, 2)
@@ -266,7 +283,7 @@ def test_newton_cg_exact_step_on_pytree_quadratic_and_counters():
 def test_newton_cg_nan_gradient_and_bad_arguments():
     p = jnp.zeros(3)
     tx = scale_by_newton_cg()
-    d, s = tx.update(jnp.array([jnp.nan, 0.0, 1.0]), tx.init(p), p, value_fn=jnp.sum)
+    d, s = first_update(tx, jnp.array([jnp.nan, 0.0, 1.0]), p, value_fn=jnp.sum)
     np.testing.assert_array_equal(d, np.zeros(3))
     assert int(s.status) == Status.NON_FINITE
     with pytest.raises(ValueError, match="forcing"):
@@ -291,16 +308,18 @@ def _solve_separable(n, steps):
     @jax.jit
     def solve(x0):
         x, s, _, _, _ = run_unit_steps(tx, separable, x0, steps)
-        return x, s[0], jnp.linalg.norm(jax.grad(separable)(x)) / jnp.linalg.norm(
-            jax.grad(separable)(x0)
+        return (
+            x,
+            s[0],
+            jnp.linalg.norm(jax.grad(separable)(x)) / jnp.linalg.norm(jax.grad(separable)(x0)),
         )
 
     return solve(x0)
 
 
 def test_newton_cg_separable_medium_dimension():
-    x, s, rel = _solve_separable(10_000, 8)
-    assert float(rel) < 1e-4
+    x, s, rel = _solve_separable(10_000, 16)
+    assert float(rel) < 1e-5
     assert np.all(np.isfinite(np.asarray(x)))
     assert int(s.status) == Status.OK
 
@@ -308,8 +327,8 @@ def test_newton_cg_separable_medium_dimension():
 @pytest.mark.slow
 def test_newton_cg_runs_at_one_million_parameters():
     start = time.perf_counter()
-    x, s, rel = _solve_separable(10**6, 8)
+    x, s, rel = _solve_separable(10**6, 16)
     x.block_until_ready()
     elapsed = time.perf_counter() - start
-    assert float(rel) < 1e-4, float(rel)
+    assert float(rel) < 1e-5, float(rel)
     print(f"\nnewton_cg d=1e6: {elapsed:.1f}s, {int(s.num_hess_evals)} HVPs, rel grad {rel:.2e}")

@@ -452,15 +452,15 @@ def train(
     mstate = jax.tree.map(jnp.array, mstate)
     opt = optax.with_extra_args_support(optimizer)
 
-    init_loss, init_acc = jax.jit(_evaluate, static_argnums=(0, 5, 6))(
-        graphdef, params, mstate, x, y, loss_fn, classification
-    )
-    if has_val:
-        init_vloss, init_vacc = jax.jit(_evaluate, static_argnums=(0, 5, 6))(
-            graphdef, params, mstate, xv, yv, loss_fn, classification
-        )
-    else:
-        init_vloss = init_vacc = jnp.asarray(jnp.nan, jnp.float32)
+    @jax.jit
+    def initial_metrics(params, mstate, x, y, xv, yv):
+        tr = _evaluate(graphdef, params, mstate, x, y, loss_fn, classification)
+        if xv is None:
+            nan = jnp.asarray(jnp.nan, jnp.float32)
+            return (*tr, nan, nan)
+        return (*tr, *_evaluate(graphdef, params, mstate, xv, yv, loss_fn, classification))
+
+    init_loss, init_acc, init_vloss, init_vacc = initial_metrics(params, mstate, x, y, xv, yv)
     ts = TrainState(
         params=params,
         model_state=mstate,

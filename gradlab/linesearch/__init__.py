@@ -20,6 +20,8 @@ from gradlab.linesearch.zoom import ScaleByZoomLinesearchState as ScaleByZoomLin
 from gradlab.linesearch.zoom import scale_by_zoom_linesearch as scale_by_zoom_linesearch
 
 __all__ = [
+    "LINESEARCHES",
+    "get_linesearch",
     "ScaleByBacktrackingLinesearchState",
     "ScaleByExactLinesearchState",
     "ScaleByZoomLinesearchState",
@@ -27,3 +29,22 @@ __all__ = [
     "scale_by_exact_linesearch",
     "scale_by_zoom_linesearch",
 ]
+
+LINESEARCHES = ("strong_wolfe", "backtracking", "exact")
+
+
+def get_linesearch(spec, **zoom_options):
+    """A line search from a name (``"strong_wolfe"``, ``"backtracking"``, ``"exact"``), a
+    transformation (returned as is) or ``None`` (returned as is: no search).
+
+    ``zoom_options`` configure the default ``"strong_wolfe"`` search (the methods' defaults).
+    """
+    if spec is None or not isinstance(spec, str):
+        return spec
+    if spec == "strong_wolfe":
+        return scale_by_zoom_linesearch(**zoom_options)
+    if spec == "backtracking":
+        return scale_by_backtracking_linesearch(increase_factor=float("inf"))
+    if spec == "exact":
+        return scale_by_exact_linesearch()
+    raise ValueError(f"linesearch must be one of {LINESEARCHES}, a transformation or None; got {spec!r}")

@@ -151,7 +151,7 @@ def scale_by_backtracking_linesearch(
             f = jnp.asarray(f, dtype)
             g = base.cast_like(g, grad)
             ok = jnp.isfinite(f) & base.tree_all_finite(g)
-            ok = ok & (f <= f0 + c1_t * (t * d_norm) * slope)
+            ok = ok & (f <= f0 + c1_t * (t * d_norm) * slope) & (f < f0)  # strict: no no-op step
             return i + 1, jnp.where(ok, t, rho_t * t), ok, f, g
 
         carry = (jnp.zeros([], jnp.int32), t0, jnp.asarray(False), f0, grad)
@@ -173,6 +173,6 @@ def scale_by_backtracking_linesearch(
             num_fun_evals=state.num_fun_evals + n,
             num_grad_evals=state.num_grad_evals + n,
         )
-        return common.tree_scale(step, updates), new_state
+        return common.scaled_or_zero(step, accepted, updates), new_state
 
     return base.GradientTransformationExtraArgs(init_fn, update_fn)

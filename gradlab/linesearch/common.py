@@ -28,6 +28,7 @@ __all__ = [
     "tree_vdot",
     "tree_scale",
     "trial_point",
+    "scaled_or_zero",
     "unit_direction",
     "cubic_min",
     "quadratic_min",
@@ -79,6 +80,13 @@ def tree_vdot(a: Any, b: Any, dtype=jnp.float32) -> jax.Array:
 def tree_scale(s: jax.Array, tree: Any) -> Any:
     """``s * tree``, each leaf back in its own dtype."""
     return jax.tree.map(lambda x: (s * x).astype(x.dtype), tree)
+
+
+def scaled_or_zero(t: jax.Array, accepted: jax.Array, direction: Any) -> Any:
+    """``t * direction`` when ``accepted``, else exact zeros (even for a NaN direction)."""
+    return jax.tree.map(
+        lambda x: jnp.where(accepted, t * x, jnp.zeros_like(x)).astype(x.dtype), direction
+    )
 
 
 def trial_point(params: Any, t: jax.Array, direction: Any) -> Any:

@@ -210,6 +210,6 @@ def scale_by_exact_linesearch(
             num_fun_evals=state.num_fun_evals + n_fun,
             num_grad_evals=state.num_grad_evals + n_grad,
         )
-        return common.tree_scale(step, updates), new_state
+        return common.scaled_or_zero(step, accept, updates), new_state
 
     return base.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -222,6 +222,14 @@ def scale_by_zoom_linesearch(
         eps = jnp.finfo(dtype).eps
         zero = jnp.zeros([], dtype)
 
+        s_scale = jnp.where(searching, jnp.abs(s0), 1.0)
+
+        def nf(f):
+            return (f - f0) / s_scale
+
+        def ns(s):
+            return s / s_scale
+
         def cond(c: _Carry):
             return ~c.done & searching
 
@@ -234,7 +242,9 @@ def scale_by_zoom_linesearch(
             finite = jnp.isfinite(f) & jnp.isfinite(s) & base.tree_all_finite(g)
             f = jnp.where(finite, f, jnp.inf)
             s = jnp.where(finite, s, 0.0)
-            armijo = finite & (f <= f0 + c1_t * tau * s0)
+            # Strict decrease as well: in float32, f0 + c1*tau*s0 can round to f0 and accept a
+            # step that changes nothing.
+            armijo = finite & (f <= f0 + c1_t * tau * s0) & (f < f0)
             curv = finite & (jnp.abs(s) <= c2_t * jnp.abs(s0))
 
             # Bracketing phase (Algorithm 3.5).
@@ -279,8 +289,11 @@ def scale_by_zoom_linesearch(
             zooming = z | start_zoom
 
             # Next trial: interpolate inside [lo, hi], or extrapolate beyond tau.
-            interp = common.safeguarded_interpolation(tau_lo, f_lo, s_lo, tau_hi, f_hi, s_hi)
-            cub = common.cubic_min(c.tau_p, c.f_p, c.s_p, tau, f, s)
+            # Interpolate on f and slopes divided by |phi'(0)|: O(tau) numbers at any scale.
+            interp = common.safeguarded_interpolation(
+                tau_lo, nf(f_lo), ns(s_lo), tau_hi, nf(f_hi), ns(s_hi)
+            )
+            cub = common.cubic_min(c.tau_p, nf(c.f_p), ns(c.s_p), tau, nf(f), ns(s))
             width = tau - c.tau_p
             lo_ext, hi_ext = tau + 1.1 * width, tau + 4.0 * width
             ext = jnp.where(jnp.isfinite(cub) & (cub > tau), jnp.clip(cub, lo_ext, hi_ext), hi_ext)
@@ -362,6 +375,6 @@ def scale_by_zoom_linesearch(
             num_fun_evals=state.num_fun_evals + c.i,
             num_grad_evals=state.num_grad_evals + c.i,
         )
-        return common.tree_scale(step, updates), new_state
+        return common.scaled_or_zero(step, found, updates), new_state
 
     return base.GradientTransformationExtraArgs(init_fn, update_fn)

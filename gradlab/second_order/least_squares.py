@@ -215,9 +215,7 @@ def scale_by_gauss_newton(
         del extra_args
         base.check_state(state, GaussNewtonState, owner)
         base.check_tree_match(params, updates, "params", "updates", owner=owner)
-        lin = _linearize(
-            owner, residual_fn, params, jacobian, jacobian_memory_budget, state_dtype
-        )
+        lin = _linearize(owner, residual_fn, params, jacobian, jacobian_memory_budget, state_dtype)
         r = lin.residual
         num_products = jnp.zeros((), jnp.int32)
         if lin.jac is not None:
@@ -235,7 +233,8 @@ def scale_by_gauss_newton(
                 max_steps=_cg_steps(max_cg_steps, lin.flat.size),
             )
             step, num_products = res.x, res.num_matvecs
-            finite = jnp.isfinite(gnorm) & (res.status != int(Status.NON_FINITE))
+            finite = jnp.all(jnp.isfinite(r)) & jnp.isfinite(gnorm)
+            finite = finite & (res.status != int(Status.NON_FINITE))
         ok = finite & jnp.all(jnp.isfinite(step))
         step = jnp.where(ok, step, 0.0)
         status = jnp.where(ok, int(Status.OK), int(Status.NON_FINITE)).astype(jnp.int32)
@@ -400,9 +399,7 @@ def levenberg_marquardt(
         del extra_args
         base.check_state(state, LevenbergMarquardtState, owner)
         base.check_tree_match(params, updates, "params", "updates", owner=owner)
-        lin = _linearize(
-            owner, residual_fn, params, jacobian, jacobian_memory_budget, state_dtype
-        )
+        lin = _linearize(owner, residual_fn, params, jacobian, jacobian_memory_budget, state_dtype)
         if lin.jac is None and marquardt:
             raise ValueError(
                 f"{owner}: scaling='marquardt' needs a dense Jacobian but jacobian='auto' chose "
@@ -483,16 +480,26 @@ def levenberg_marquardt(
             mu_new = jnp.clip(mu_new, _MU_MIN, _MU_MAX)
             return (k + 1, mu_new, nu_new, h, accepted, stalled, rho, products + n_prod)
 
-        init = (z32, mu_start, nu_start, zero_h, jnp.asarray(False), jnp.asarray(False),
-                jnp.zeros((), dtype), z32)
-        trials, mu, nu, h, accepted, stalled, rho, products = jax.lax.while_loop(
-            cond, body, init
+        init = (
+            z32,
+            mu_start,
+            nu_start,
+            zero_h,
+            jnp.asarray(False),
+            jnp.asarray(False),
+            jnp.zeros((), dtype),
+            z32,
         )
+        trials, mu, nu, h, accepted, stalled, rho, products = jax.lax.while_loop(cond, body, init)
         step = jnp.where(accepted, h, 0.0)
         status = jnp.select(
             [~finite, ~valid, accepted, stalled],
-            [int(Status.NON_FINITE), int(Status.INVALID_HYPERPARAMETER), int(Status.OK),
-             int(Status.CONVERGED)],
+            [
+                int(Status.NON_FINITE),
+                int(Status.INVALID_HYPERPARAMETER),
+                int(Status.OK),
+                int(Status.CONVERGED),
+            ],
             int(Status.LINE_SEARCH_FAILED),
         ).astype(jnp.int32)
         keep = ~running

@@ -58,7 +58,10 @@ _OWNER = "scale_by_newton_cg"
 
 
 def _vdot(a: Any, b: Any) -> jax.Array:
-    leaves = [jnp.vdot(x.ravel(), y.ravel()).real for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+    leaves = [
+        jnp.vdot(x.ravel(), y.ravel()).real
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    ]
     return sum(leaves[1:], leaves[0]) if leaves else jnp.zeros((), jnp.float32)
 
 
@@ -178,14 +181,26 @@ def conjugate_gradient(
         k = k + 1
         status = jnp.select(
             [nonfinite, negative, jnp.sqrt(rs_new) <= tol, k >= max_steps],
-            [int(Status.NON_FINITE), int(Status.NEGATIVE_CURVATURE), int(Status.CONVERGED),
-             int(Status.MAX_STEPS)],
+            [
+                int(Status.NON_FINITE),
+                int(Status.NEGATIVE_CURVATURE),
+                int(Status.CONVERGED),
+                int(Status.MAX_STEPS),
+            ],
             int(Status.RUNNING),
         ).astype(jnp.int32)
         qmax = jnp.where(bad, qmax, jnp.maximum(qmax, pap / jnp.where(pp > 0, pp, 1.0)))
         keep = lambda new, old: _where(bad, old, new)
-        return (k, keep(x_new, x), keep(r_new, r), keep(p_new, p),
-                jnp.where(bad, rs, rs_new), qmax, pap, status)
+        return (
+            k,
+            keep(x_new, x),
+            keep(r_new, r),
+            keep(p_new, p),
+            jnp.where(bad, rs, rs_new),
+            qmax,
+            pap,
+            status,
+        )
 
     k, x, _, _, _, _, curvature, status = jax.lax.while_loop(cond, body, init)
     return CGResult(x=x, num_matvecs=k, status=status, curvature=curvature)

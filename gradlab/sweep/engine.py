@@ -30,7 +30,7 @@ import optax
 from gradlab.status import Status
 from gradlab.sweep import strategies as strat
 from gradlab.sweep import tasks as tasks_mod
-from gradlab.sweep.program import make_program
+from gradlab.sweep.program import batch_plans, make_program
 from gradlab.sweep.result import SweepResult
 from gradlab.sweep.space import settings_from
 
@@ -260,6 +260,11 @@ def sweep(
         groups.setdefault(_group_key(s, static), []).append(i)
     work = [(idx, list(traced)) for idx in groups.values()]
 
+    seed_keys = np.stack([np.asarray(jax.random.PRNGKey(s)) for s in seed_list])
+    program_data = {
+        "task": the_task.data,
+        "plan": batch_plans(the_task, seed_keys, steps) if (~invalid).any() else None,
+    }
     curves: dict[str, np.ndarray] = {}
     diverged = np.zeros(n_runs, bool)
     diverged_at = np.full(n_runs, -1, np.int32)
@@ -276,6 +281,7 @@ def sweep(
                 out, info = _run_group(
                     optimizer,
                     the_task,
+                    program_data,
                     settings,
                     idx,
                     invalid,
@@ -359,6 +365,7 @@ def sweep(
 def _run_group(
     optimizer,
     task,
+    data,
     settings,
     idx,
     invalid,
@@ -383,8 +390,11 @@ def _run_group(
         col = [(placeholder if invalid[i] else settings[i])[name] for i in idx]
         dtype = np.float32 if any(isinstance(v, float) for v in col) else np.int32
         hp[name] = np.repeat(np.asarray(col, dtype), n_seeds)
-    keys = np.stack([np.asarray(jax.random.PRNGKey(s)) for s in seed_list] * len(idx))
-    keys = keys.reshape(len(idx), n_seeds, -1).reshape(len(idx) * n_seeds, -1)
+    seed_keys = np.stack([np.asarray(jax.random.PRNGKey(s)) for s in seed_list])
+    runs = {
+        "key": np.tile(seed_keys, (len(idx), 1)),
+        "seed_index": np.tile(np.arange(n_seeds, dtype=np.int32), len(idx)),
+    }
     n_runs = len(idx) * n_seeds
 
     def program(evals_per_call: int):
@@ -401,8 +411,8 @@ def _run_group(
         out = strat.run_loop(
             program,
             hp,
-            keys,
-            task.data,
+            runs,
+            data,
             n_evals=n_evals,
             steps_per_eval=eval_every,
             devices=local,
@@ -417,15 +427,15 @@ def _run_group(
             budget = memory_budget or _default_budget(devices)
             d = len(devices)
             # cheap estimate first (state only); XLA's memory analysis when it may matter
-            per_run = strat.per_run_bytes(program(1), hp, keys[0], task.data, temporaries=False)
+            per_run = strat.per_run_bytes(program(1), hp, runs, data, temporaries=False)
             if chosen == "chunked" or per_run * n_runs > budget * d // 4:
-                per_run = strat.per_run_bytes(program(1), hp, keys[0], task.data)
+                per_run = strat.per_run_bytes(program(1), hp, runs, data)
             size = min(n_runs, max(1, budget // max(per_run, 1)) * d)
         out = strat.run_batched(
             program,
             hp,
-            keys,
-            task.data,
+            runs,
+            data,
             n_evals=n_evals,
             steps_per_eval=eval_every,
             chunk_size=max(1, size),

@@ -25,7 +25,8 @@ class RunState(NamedTuple):
     params: Any
     model_state: Any
     opt_state: Any
-    key: jax.Array  # the run's data/dropout stream
+    key: jax.Array  # the run's dropout stream
+    seed_index: jax.Array  # int32: row of the batch plan (runs sharing a seed share batches)
     step: jax.Array  # int32: steps taken
     diverged: jax.Array  # bool: frozen after a non-finite loss or parameter
     diverged_at: jax.Array  # int32: the step that failed (-1 if none)
@@ -36,14 +37,19 @@ def _mask_diverged(metrics: Mapping[str, jax.Array], diverged: jax.Array) -> dic
 
 
 class Program(NamedTuple):
-    """``init(hp, key, data) -> (state, metrics0)``; ``advance(state, hp, data) -> (state, m)``.
+    """``init(hp, run, data) -> (state, metrics0)``; ``advance(state, hp, data) -> (state, m)``;
+    ``start(hp, run, data) -> (state, metrics0, m)`` is ``init`` then ``advance`` as one program
+    (one compilation when a single call covers the whole run).
 
-    ``advance`` runs ``evals_per_call`` evaluation intervals of ``eval_every`` steps inside
+    ``run`` is ``{"key": PRNG key of the seed, "seed_index": int32}``; ``data`` is
+    ``{"task": task.data, "plan": (n_seeds, steps, batch) int32 or None}`` (see
+    :func:`batch_plans`). ``advance`` runs ``evals_per_call`` evaluation intervals of ``eval_every`` steps inside
     ``lax.scan`` and returns the metrics stacked along a leading axis.
     """
 
     init: Callable
     advance: Callable
+    start: Callable
     step: Callable  # one training step (state, hp, data) -> state, for cost estimates
 
 
@@ -61,8 +67,8 @@ def make_program(
     def make_opt(hp):
         return factory(**static_hp, **hp)
 
-    def init(hp, seed_key, data):
-        k_init, k_run = jax.random.split(seed_key)
+    def init(hp, run, data):
+        k_init, _, k_run = jax.random.split(run["key"], 3)
         params, model_state = task.init(k_init)
         opt_state = make_opt(hp).init(params)
         state = RunState(
@@ -70,15 +76,19 @@ def make_program(
             model_state=model_state,
             opt_state=opt_state,
             key=k_run,
+            seed_index=jnp.asarray(run["seed_index"], jnp.int32),
             step=jnp.zeros((), jnp.int32),
             diverged=jnp.zeros((), bool),
             diverged_at=jnp.full((), -1, jnp.int32),
         )
-        return state, _mask_diverged(task.evaluate(params, model_state, data), state.diverged)
+        metrics = task.evaluate(params, model_state, data["task"])
+        return state, _mask_diverged(metrics, state.diverged)
 
     def train_step(state: RunState, hp, data, opt) -> RunState:
-        k_batch, k_loss = jax.random.split(jax.random.fold_in(state.key, state.step))
-        batch = task.get_batch(data, k_batch, state.step)
+        k_loss = jax.random.fold_in(state.key, state.step)
+        plan = data["plan"]
+        idx = None if plan is None else plan[state.seed_index, state.step]
+        batch = task.get_batch(data["task"], idx)
 
         def loss_of(p):
             return task.loss(p, state.model_state, batch, k_loss)
@@ -108,6 +118,7 @@ def make_program(
             model_state=keep(model_state, state.model_state),
             opt_state=keep(opt_state, state.opt_state),
             key=state.key,
+            seed_index=state.seed_index,
             step=state.step + 1,
             diverged=state.diverged | newly,
             diverged_at=jnp.where(newly, state.step, state.diverged_at),
@@ -121,12 +132,32 @@ def make_program(
 
         def interval(s, _):
             s, _ = jax.lax.scan(one_step, s, None, length=eval_every)
-            metrics = task.evaluate(s.params, s.model_state, data)
+            metrics = task.evaluate(s.params, s.model_state, data["task"])
             return s, _mask_diverged(metrics, s.diverged)
 
         return jax.lax.scan(interval, state, None, length=evals_per_call)
 
+    def start(hp, run, data):
+        state, metrics0 = init(hp, run, data)
+        state, metrics = advance(state, hp, data)
+        return state, metrics0, metrics
+
     def step(state, hp, data):
         return train_step(state, hp, data, make_opt(hp))
 
-    return Program(init=init, advance=advance, step=step)
+    return Program(init=init, advance=advance, start=start, step=step)
+
+
+def batch_plans(task: Any, keys: Any, steps: int) -> jax.Array | None:
+    """``(n_seeds, steps, batch)`` example indices, one plan per seed (``None``: full batch).
+
+    Each seed's plan is drawn from the second of the three keys split from ``PRNGKey(seed)``
+    (the first initialises the model, the third drives dropout).
+    """
+    if task.batch_plan is None:
+        return None
+
+    def one(key):
+        return task.batch_plan(jax.random.split(key, 3)[1], steps)
+
+    return jax.jit(jax.vmap(one))(jnp.asarray(keys))

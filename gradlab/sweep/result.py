@@ -200,28 +200,38 @@ class SweepResult:
             return "diverged" if bad == n else f"diverged {bad}/{n}"
         return "ok"
 
-    def table(self, *, per_seed: bool = False, sort_by: str | None = None) -> Table:
+    def table(
+        self, *, per_seed: bool = False, sort_by: str | None = None, full: bool = False
+    ) -> Table:
         """One row per setting (seeds averaged), or per run with ``per_seed=True``.
 
-        Columns: the hyperparameters, then for each loss metric its final and best value, the
-        final accuracies, ``steps_to_target`` (median over seeds; ``None`` when not reached by
-        at least half of them), and ``status``. With several seeds, ``<primary>_std`` is the
-        standard deviation of the primary metric's final value over seeds.
+        Columns: the hyperparameters; ``final_<loss>`` for every loss metric and
+        ``best_<primary>`` (the best value during the run, before any divergence);
+        ``final_<accuracy>`` (validation accuracies only, when there are some);
+        ``<primary>_std`` (standard deviation over seeds of the final primary metric);
+        ``steps_to_target`` (first evaluated step reaching the target, median over seeds;
+        ``None`` when at least half of them never reached it); ``status`` (``ok``,
+        ``diverged``, ``diverged k/n`` for k of n seeds, ``invalid_hyperparameter``).
+        Diverged runs count as NaN in the means: a setting's mean covers its finite runs.
 
         Args:
           per_seed: one row per run instead of per setting.
           sort_by: a column to sort by (ascending for losses, descending for accuracies;
             NaN last).
+          full: final *and* best value of every loss and every accuracy.
         """
         metrics = list(self.curves)
         losses = [m for m in metrics if not maximise(m)]
         accs = [m for m in metrics if maximise(m)]
+        if not full and any(m.startswith("val_") for m in accs):
+            accs = [m for m in accs if m.startswith("val_")]
+        best_of = losses if full else [m for m in losses if m == self.primary]
         finals = {m: self.final(m) for m in metrics}
-        bests = {m: self.best_value(m) for m in losses}
+        bests = {m: self.best_value(m) for m in best_of}
         stt = self.steps_to_target() if self.target is not None else None
         columns = list(self.names) + (["seed"] if per_seed else [])
         for m in losses:
-            columns += [f"final_{m}", f"best_{m}"]
+            columns += [f"final_{m}"] + ([f"best_{m}"] if m in best_of else [])
         columns += [f"final_{m}" for m in accs]
         if not per_seed and len(self.seeds) > 1 and self.primary in finals:
             columns.append(f"{self.primary}_std")
@@ -235,6 +245,7 @@ class SweepResult:
                 row["seed"] = self.run_seed(r)
                 for m in losses:
                     row[f"final_{m}"] = float(finals[m][r])
+                for m in best_of:
                     row[f"best_{m}"] = float(bests[m][r])
                 for m in accs:
                     row[f"final_{m}"] = float(finals[m][r])
@@ -249,6 +260,7 @@ class SweepResult:
                 with _quiet():
                     for m in losses:
                         row[f"final_{m}"] = float(np.nanmean(finals[m][sl]))
+                    for m in best_of:
                         row[f"best_{m}"] = float(np.nanmean(bests[m][sl]))
                     for m in accs:
                         row[f"final_{m}"] = float(np.nanmean(finals[m][sl]))

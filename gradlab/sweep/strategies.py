@@ -10,8 +10,9 @@ how runs are batched:
 * ``"loop"``: one compiled single-run program called once per run (runs are dispatched
   round-robin over the local devices, so they overlap when there are several).
 
-The training state is donated between calls, the steps run inside ``lax.scan`` and the
-evaluations are taken inside the scan too.
+The first call initialises and trains (one program); when a chunk is split into several calls
+(for the progress bar), the training state is donated from call to call. The steps run inside
+``lax.scan`` and the evaluations are taken inside the scan too.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def _concat_metrics(first: dict, rest: Sequence[dict], axis: int) -> dict:
 def run_batched(
     make_program: Callable[[int], Program],
     hp: dict[str, np.ndarray],
-    keys: np.ndarray,
+    runs: dict[str, np.ndarray],
     data: Any,
     *,
     n_evals: int,
@@ -84,7 +85,7 @@ def run_batched(
     progress: Any = None,
 ) -> _Output:
     """Run ``R`` runs in vmapped chunks of ``chunk_size`` (a multiple of ``len(devices)``)."""
-    n_runs = int(keys.shape[0])
+    n_runs = int(runs["seed_index"].shape[0])
     d = len(devices)
     chunk_size = max(d, int(math.ceil(chunk_size / d)) * d)
     n_chunks = int(math.ceil(n_runs / chunk_size))
@@ -97,8 +98,8 @@ def run_batched(
     mesh = Mesh(np.asarray(devices), ("runs",))
     run_sh = NamedSharding(mesh, PartitionSpec("runs"))
     rep = NamedSharding(mesh, PartitionSpec())
-    init = jax.jit(
-        jax.vmap(prog.init, in_axes=(0, 0, None)),
+    start = jax.jit(
+        jax.vmap(prog.start, in_axes=(0, 0, None)),
         in_shardings=(run_sh, run_sh, rep),
         out_shardings=run_sh,
     )
@@ -111,26 +112,28 @@ def run_batched(
     data = jax.device_put(data, rep)
     out = _Output(n_runs)
     for c in range(n_chunks):
-        runs = np.arange(c * chunk_size, min((c + 1) * chunk_size, n_runs))
-        lanes = np.concatenate([runs, np.full(chunk_size - len(runs), runs[0])])
+        which = np.arange(c * chunk_size, min((c + 1) * chunk_size, n_runs))
+        lanes = np.concatenate([which, np.full(chunk_size - len(which), which[0])])
         hp_c = jax.device_put(_take(hp, lanes), run_sh)
-        keys_c = jax.device_put(np.asarray(keys)[lanes], run_sh)
-        state, m0 = init(hp_c, keys_c, data)
+        runs_c = jax.device_put(_take(runs, lanes), run_sh)
         rest = []
-        for _ in range(n_calls):
-            state, m = advance(state, hp_c, data)
+        for call in range(n_calls):
+            if call == 0:
+                state, m0, m = start(hp_c, runs_c, data)
+            else:
+                state, m = advance(state, hp_c, data)
             rest.append(m)
             if progress is not None:
                 jax.block_until_ready(state.step)
-                progress.update(len(runs) * evals_per_call * steps_per_eval)
-        out.put(runs, _concat_metrics(m0, rest, axis=1), state.diverged, state.diverged_at)
+                progress.update(len(which) * evals_per_call * steps_per_eval)
+        out.put(which, _concat_metrics(m0, rest, axis=1), state.diverged, state.diverged_at)
     return out
 
 
 def run_loop(
     make_program: Callable[[int], Program],
     hp: dict[str, np.ndarray],
-    keys: np.ndarray,
+    runs: dict[str, np.ndarray],
     data: Any,
     *,
     n_evals: int,
@@ -139,10 +142,9 @@ def run_loop(
     progress: Any = None,
 ) -> _Output:
     """Run each run alone with one compiled single-run program (round-robin over devices)."""
-    n_runs = int(keys.shape[0])
+    n_runs = int(runs["seed_index"].shape[0])
     prog = make_program(n_evals)
-    init = jax.jit(prog.init)
-    advance = jax.jit(prog.advance, donate_argnums=0)
+    start = jax.jit(prog.start)
     datas = [jax.device_put(data, dev) for dev in devices]
     out = _Output(n_runs)
     pending = []
@@ -162,9 +164,8 @@ def run_loop(
     for r in range(n_runs):
         i = r % len(devices)
         hp_r = jax.device_put({k: v[r] for k, v in hp.items()}, devices[i])
-        key_r = jax.device_put(np.asarray(keys)[r], devices[i])
-        state, m0 = init(hp_r, key_r, datas[i])
-        state, m = advance(state, hp_r, datas[i])
+        run_r = jax.device_put({k: np.asarray(v)[r] for k, v in runs.items()}, devices[i])
+        state, m0, m = start(hp_r, run_r, datas[i])
         pending.append((r, m0, state, m))
         if len(pending) >= len(devices):  # keep every device busy, then wait for the oldest
             finish(pending.pop(0))
@@ -186,13 +187,14 @@ def _evals_per_call(n_evals: int, steps_per_eval: int, runs: int) -> int:
 
 
 def per_run_bytes(
-    prog: Program, hp: dict, key: Any, data: Any, *, temporaries: bool = True
+    prog: Program, hp: dict, runs: dict, data: Any, *, temporaries: bool = True
 ) -> int:
     """Bytes one run needs in a vmapped program: its state (kept, donated and updated: x3)
     plus, with ``temporaries``, the scratch space of one training step from XLA's memory
     analysis (this compiles the single-run step once)."""
     hp0 = {k: jnp.asarray(v[0]) for k, v in hp.items()}
-    state, _ = jax.eval_shape(prog.init, hp0, key, data)
+    run0 = {k: jnp.asarray(v[0]) for k, v in runs.items()}
+    state, _ = jax.eval_shape(prog.init, hp0, run0, data)
     state_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state))
     temp = 0
     if not temporaries:

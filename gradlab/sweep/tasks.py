@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-__all__ = ["Task", "custom", "mlp_classifier", "DATASETS"]
+__all__ = ["Task", "custom", "mlp_classifier", "epoch_plan", "DATASETS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +36,11 @@ class Task:
       init: ``key -> (params, model_state)``; ``model_state`` holds non-trained variables
         (BatchNorm statistics) and may be an empty dict.
       loss: ``(params, model_state, batch, key) -> (loss, new_model_state)`` in training mode.
-      get_batch: ``(data, key, step) -> batch``.
+      get_batch: ``(data, indices) -> batch``; ``indices`` is one row of the batch plan (the
+        example indices of this step) or ``None`` for a full-batch task.
+      batch_plan: ``(key, steps) -> (steps, batch_size) int32`` example indices of every step,
+        computed once per seed before training (``None``: full batch every step). Precomputing
+        the plan keeps the per-epoch shuffle (a sort) out of the training loop.
       evaluate: ``(params, model_state, data) -> {metric: scalar}``, called every
         ``eval_every`` steps. Names containing ``"acc"`` are maximised, the others minimised.
       data: pytree of arrays passed (replicated, not vmapped) to the compiled program.
@@ -53,24 +57,27 @@ class Task:
     get_batch: Callable
     evaluate: Callable
     data: Any
+    batch_plan: Callable | None = None
     primary: str = "train_loss"
     target: tuple[str, float] | None = None
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     flops_per_step: float | None = None
 
 
-def _epoch_batch(x_len: int, batch_size: int | None) -> Callable:
-    """Index sampler: per-epoch permutation, ``steps_per_epoch = n // batch_size``."""
-    if batch_size is None or batch_size >= x_len:
-        return lambda key, step: None
-    per_epoch = x_len // batch_size
+def epoch_plan(n: int, batch_size: int | None) -> Callable | None:
+    """Batch plan for ``n`` examples: a fresh permutation per epoch, ``n // batch_size`` batches
+    per epoch (the remainder of each permutation is dropped). ``None`` for full batch."""
+    if batch_size is None or batch_size >= n:
+        return None
+    per_epoch = n // batch_size
 
-    def indices(key, step):
-        epoch, within = jnp.divmod(step, per_epoch)
-        perm = jax.random.permutation(jax.random.fold_in(key, epoch), x_len)
-        return jax.lax.dynamic_slice(perm, (within * batch_size,), (batch_size,))
+    def plan(key, steps):
+        epochs = -(-steps // per_epoch)
+        perms = jax.vmap(lambda k: jax.random.permutation(k, n))(jax.random.split(key, epochs))
+        rows = perms[:, : per_epoch * batch_size].reshape(epochs * per_epoch, batch_size)
+        return rows[:steps].astype(jnp.int32)
 
-    return indices
+    return plan
 
 
 def _check_batch_size(batch_size: Any, n: int) -> int | None:
@@ -121,7 +128,6 @@ def custom(
         if leaf.ndim == 0 or leaf.shape[0] != n:
             raise ValueError("custom: every data array needs the same leading (example) axis")
     bs = _check_batch_size(batch_size, n)
-    sampler = _epoch_batch(n, bs)
     bundle = {"train": data}
     if val_data is not None:
         bundle["val"] = jax.tree.map(jnp.asarray, val_data)
@@ -133,8 +139,7 @@ def custom(
         del key
         return loss_fn(params, batch), model_state
 
-    def get_batch(d, key, step):
-        idx = sampler(key, step)
+    def get_batch(d, idx):
         if idx is None:
             return d["train"]
         return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), d["train"])
@@ -156,6 +161,7 @@ def custom(
         get_batch=get_batch,
         evaluate=evaluate,
         data=bundle,
+        batch_plan=epoch_plan(n, bs),
         primary="val_loss" if val_data is not None else "train_loss",
         target=target,
         config={"task": name, "batch_size": bs, "n_train": n},
@@ -219,7 +225,6 @@ def mlp_classifier(
     n, d = x_train.shape
     k = int(ds.num_classes)
     bs = _check_batch_size(batch_size, n)
-    sampler = _epoch_batch(n, bs)
 
     def build(key):
         return models.MLP(
@@ -257,8 +262,7 @@ def mlp_classifier(
         )
         return xent(logits, y), new_state
 
-    def get_batch(dat, key, step):
-        idx = sampler(key, step)
+    def get_batch(dat, idx):
         if idx is None:
             return dat["x_train"], dat["y_train"]
         return jnp.take(dat["x_train"], idx, axis=0), jnp.take(dat["y_train"], idx, axis=0)
@@ -282,6 +286,7 @@ def mlp_classifier(
         get_batch=get_batch,
         evaluate=evaluate,
         data=data,
+        batch_plan=epoch_plan(n, bs),
         primary="val_loss",
         target=("val_accuracy", float(target_accuracy)) if target_accuracy else None,
         config={

@@ -71,13 +71,18 @@ def robust_global_norm(tree) -> jax.Array:
         return jnp.zeros([], jnp.float32)
     sumsq = sum(jnp.sum(jnp.square(x)) for x in leaves)
 
+    def direct(_):  # double-where: finite gradient at an all-zero tree
+        positive = sumsq > 0
+        return jnp.where(positive, jnp.sqrt(jnp.where(positive, sumsq, 1.0)), 0.0)
+
     def rescaled(_):
         m = jnp.max(jnp.stack([jnp.max(x, initial=0.0) for x in leaves]))
-        safe = jnp.where(jnp.isfinite(m) & (m > 0), m, 1.0)
+        ok = jnp.isfinite(m) & (m > 0)
+        safe = jnp.where(ok, m, 1.0)
         scaled = jnp.sqrt(sum(jnp.sum(jnp.square(x / safe)) for x in leaves))
-        return jnp.where(jnp.isfinite(m) & (m > 0), m * scaled, m)
+        return jnp.where(ok, m * scaled, m)
 
-    return jax.lax.cond(jnp.isfinite(sumsq), lambda _: jnp.sqrt(sumsq), rescaled, None)
+    return jax.lax.cond(jnp.isfinite(sumsq), direct, rescaled, None)
 
 
 def clip_by_global_norm(max_norm: base.ScalarOrSchedule) -> base.GradientTransformation:

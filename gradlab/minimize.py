@@ -1,0 +1,369 @@
+r"""``minimize``: run a gradlab (or optax) transformation to tolerance in one compiled loop.
+
+.. code-block:: python
+
+    result = gradlab.minimize(fun, x0, "bfgs")          # or "lbfgs", "cg", a transformation
+    print(result.summary())                            # converged in 34 steps, ...
+    batch = jax.vmap(lambda x: gradlab.minimize(fun, x, "bfgs"))(starts)   # one per row
+
+The loop (a ``lax.while_loop``, compiled once per ``fun``/method) calls at every step
+
+.. code-block:: python
+
+    updates, state = method.update(grad, state, params,
+                                   value=value, grad=grad, value_fn=value_fn, **extra_args)
+    params = optax.apply_updates(params, updates)
+
+so any chain works: a direction ("descent": :func:`~gradlab.second_order.bfgs`, L-BFGS,
+nonlinear CG, Newton...) followed by a line search ("search"), or a first-order optimizer such
+as ``gradlab.adam(1e-2)`` (which simply ignores the keyword arguments).
+
+**Stopping.** With :math:`g_0 = \nabla f(x_0)` the run *converges* when
+
+.. math:: \lVert \nabla f(x_k)\rVert \le \max\big(\mathrm{tol}\cdot\max(\lVert g_0\rVert,
+   \epsilon_{\min}),\ \mathrm{atol}\big),
+
+a test *relative* to the starting gradient (so :math:`10^{-30}`- and :math:`10^{30}`-scaled
+problems behave alike; norms are computed with rescaling so they never underflow to a false
+0). It is checked **before** the first step (a start at the minimiser converges in 0 steps)
+and never passes on a non-finite value or gradient.
+
+**Status** (:class:`gradlab.status.Status`, per problem): ``CONVERGED``; ``MAX_STEPS``;
+``NON_FINITE`` (NaN/Inf value, gradient or parameters: the run is frozen at the last finite
+point); ``LINE_SEARCH_FAILED`` (no acceptable step; the point is the last good one);
+``NOT_DESCENT`` (the method produced an uphill direction and the search refused it);
+``UNBOUNDED`` (the line search found :math:`f` still decreasing at its largest step).
+
+**Convention for counters and status (every gradlab transformation follows it).** A
+transformation that evaluates ``value_fn`` or ``residual_fn`` itself keeps, in its state
+``NamedTuple``, cumulative int32 fields ``num_fun_evals`` and ``num_grad_evals`` and the int32
+``status`` of its last step. ``minimize`` finds every such field anywhere in the (possibly
+chained) state with ``optax.tree.get_all_with_path`` and reports
+
+* ``num_fun_evals = ``its own evaluations ``+`` the sum of all ``num_fun_evals`` fields (same
+  for gradients);
+* a step whose state holds a ``status`` in ``FATAL_STATUSES`` (``NON_FINITE``,
+  ``LINE_SEARCH_FAILED``, ``NOT_DESCENT``, ``UNBOUNDED``) ends the run with that status; other
+  codes (``OK``, ``NEGATIVE_CURVATURE`` after a modified Newton step...) are informational.
+
+**Reusing the search's evaluations.** Fields named ``value`` and ``grad`` in the state mean
+"the loss and gradient at ``params + updates``" (the point the update leads to; the old point
+when a search rejected its step). When the state has both, ``minimize`` takes the *last* pair
+(the chain's last link, normally the line search) as :math:`f(x_{k+1}), \nabla f(x_{k+1})`
+instead of evaluating again, so a BFGS step costs exactly what its line search evaluated.
+Without them (first-order methods, a chain with no search) it calls ``jax.value_and_grad`` once
+per step and counts it.
+
+**Batches.** ``minimize`` is ``jax.vmap``-able over starting points, over arrays in ``args``
+and over traced hyperparameters. Each member stops updating when it finishes (its carry is
+frozen with ``jnp.where``); a NaN in one member ends only that member, with ``NON_FINITE``. The
+batch runs until its slowest member stops.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gradlab import base
+from gradlab.linesearch import common
+from gradlab.status import Status, describe
+
+__all__ = ["METHODS", "MinimizeResult", "minimize", "register_method", "FATAL_STATUSES"]
+
+FATAL_STATUSES = common.FATAL_STATUSES
+
+#: Method names accepted by :func:`minimize` -> factory (``"module:function"`` strings are
+#: imported on first use). Factories are called as ``factory(**options)``.
+METHODS: dict[str, Callable[..., base.GradientTransformation] | str] = {
+    "bfgs": "gradlab.second_order.quasi_newton:bfgs",
+    "lbfgs": "gradlab.second_order.quasi_newton:lbfgs",
+    "cg": "gradlab.second_order.conjugate_gradient:nonlinear_cg",
+    "nonlinear_cg": "gradlab.second_order.conjugate_gradient:nonlinear_cg",
+    "steepest_descent": "gradlab.second_order.steepest_descent:steepest_descent",
+    "newton": "gradlab.second_order.newton:newton",
+    "newton_cg": "gradlab.second_order.newton_cg:newton_cg",
+    "gauss_newton": "gradlab.second_order.least_squares:gauss_newton",
+    "levenberg_marquardt": "gradlab.second_order.least_squares:levenberg_marquardt",
+}
+
+
+def register_method(name: str, factory: Callable[..., base.GradientTransformation] | str) -> None:
+    """Make ``minimize(fun, x0, name)`` build its transformation with ``factory(**options)``."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"register_method: name must be a non-empty string, got {name!r}")
+    METHODS[name] = factory
+    _build_method.cache_clear()
+
+
+class MinimizeResult(NamedTuple):
+    """What :func:`minimize` returns (every field batched under ``vmap``)."""
+
+    params: Any  #: the last accepted point.
+    value: jax.Array  #: f(params).
+    grad_norm: jax.Array  #: Euclidean norm of the gradient at params.
+    num_steps: jax.Array  #: int32: steps (updates) taken.
+    num_fun_evals: jax.Array  #: int32: objective evaluations, line searches included.
+    num_grad_evals: jax.Array  #: int32: gradient evaluations, line searches included.
+    status: jax.Array  #: int32 gradlab.status code (see the module docstring).
+
+    @property
+    def converged(self) -> jax.Array:
+        """Boolean (array): ``status == CONVERGED``."""
+        return self.status == int(Status.CONVERGED)
+
+    def summary(self) -> str:
+        """One line per problem: status, steps, evaluations, value, gradient norm."""
+        status = np.atleast_1d(np.asarray(self.status))
+        fields = [
+            np.broadcast_to(np.atleast_1d(np.asarray(x)), status.shape).ravel()
+            for x in (self.num_steps, self.num_fun_evals, self.num_grad_evals)
+        ]
+        values = np.broadcast_to(np.atleast_1d(np.asarray(self.value)), status.shape).ravel()
+        gnorms = np.broadcast_to(np.atleast_1d(np.asarray(self.grad_norm)), status.shape).ravel()
+        lines = []
+        for i, code in enumerate(status.ravel()):
+            lines.append(
+                f"{describe(code)}: {int(fields[0][i])} steps, {int(fields[1][i])} f-evals, "
+                f"{int(fields[2][i])} g-evals, f={float(values[i]):.6g}, "
+                f"|g|={float(gnorms[i]):.3g}"
+            )
+        return "\n".join(lines)
+
+
+def _resolve_factory(name: str) -> Callable[..., base.GradientTransformation]:
+    if name not in METHODS:
+        raise ValueError(f"minimize: unknown method {name!r}; known: {sorted(METHODS)}")
+    factory = METHODS[name]
+    if isinstance(factory, str):
+        module, attr = factory.split(":")
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(
+                f"minimize: method {name!r} is registered as {METHODS[name]!r}, which cannot "
+                f"be imported ({err})"
+            ) from err
+    return factory
+
+
+@functools.lru_cache(maxsize=64)
+def _build_method(name: str, options: tuple) -> base.GradientTransformationExtraArgs:
+    return optax.with_extra_args_support(_resolve_factory(name)(**dict(options)))
+
+
+def _as_transformation(method, options) -> base.GradientTransformationExtraArgs:
+    if isinstance(method, str):
+        options = dict(options or {})
+        try:
+            key = tuple(sorted(options.items()))
+            hash(key)
+        except TypeError:  # unhashable options: build afresh (recompiles each call)
+            return optax.with_extra_args_support(_resolve_factory(method)(**options))
+        return _build_method(method, key)
+    if options:
+        raise TypeError("minimize: options are only accepted with a method name")
+    if isinstance(method, base.GradientTransformation):
+        return _wrapped(method)
+    raise TypeError(
+        "minimize: method must be a method name or a GradientTransformation, got "
+        f"{type(method).__name__}"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _wrapped(tx):
+    return optax.with_extra_args_support(tx)
+
+
+def _fields(state, key):
+    return [v for _, v in optax.tree.get_all_with_path(state, key)]
+
+
+def _counter(state, key):
+    total = jnp.zeros([], jnp.int32)
+    for v in _fields(state, key):
+        total = total + jnp.asarray(v, jnp.int32)
+    return total
+
+
+def _fatal_status(state):
+    """The first fatal status code found in ``state`` (or RUNNING when there is none)."""
+    code = jnp.asarray(int(Status.RUNNING), jnp.int32)
+    for v in reversed(_fields(state, "status")):
+        v = jnp.asarray(v, jnp.int32)
+        if v.shape != ():
+            continue
+        fatal = jnp.isin(v, jnp.asarray(FATAL_STATUSES, jnp.int32))
+        code = jnp.where(fatal, v, code)
+    return code
+
+
+class _Carry(NamedTuple):
+    params: Any
+    state: Any
+    value: jax.Array
+    grad: Any
+    grad_norm: jax.Array
+    count: jax.Array
+    own_fevals: jax.Array
+    own_gevals: jax.Array
+    status: jax.Array
+
+
+def _select(pred, new, old):
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
+
+
+@functools.partial(jax.jit, static_argnames=("fun", "solver", "static_extra"))
+def _run(fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_extra):
+    extra = dict(static_extra)
+    extra.update(dynamic_extra)
+    value_fn = lambda p: fun(p, *args)
+    value_and_grad = jax.value_and_grad(value_fn)
+    dtype = common.compute_dtype(x0)
+
+    f0, g0 = value_and_grad(x0)
+    f0 = jnp.asarray(f0, dtype)
+    g0_norm = common.safe_norm(g0, dtype)
+    tiny = jnp.finfo(dtype).tiny
+    threshold = jnp.maximum(
+        jnp.asarray(tol, dtype) * jnp.maximum(g0_norm, tiny), jnp.asarray(atol, dtype)
+    )
+    max_steps = jnp.asarray(max_steps, jnp.int32)
+
+    def classify(value, grad_norm, finite, count):
+        return jnp.where(
+            ~finite,
+            int(Status.NON_FINITE),
+            jnp.where(
+                grad_norm <= threshold,
+                int(Status.CONVERGED),
+                jnp.where(count >= max_steps, int(Status.MAX_STEPS), int(Status.RUNNING)),
+            ),
+        ).astype(jnp.int32)
+
+    finite0 = jnp.isfinite(f0) & base.tree_all_finite(g0) & base.tree_all_finite(x0)
+    finite0 = finite0 & jnp.isfinite(threshold)
+    state0 = solver.init(x0)
+    carry = _Carry(
+        params=x0,
+        state=state0,
+        value=f0,
+        grad=g0,
+        grad_norm=g0_norm,
+        count=jnp.zeros([], jnp.int32),
+        own_fevals=jnp.ones([], jnp.int32),
+        own_gevals=jnp.ones([], jnp.int32),
+        status=classify(f0, g0_norm, finite0, jnp.zeros([], jnp.int32)),
+    )
+    reuse = bool(_fields(state0, "value")) and bool(_fields(state0, "grad"))
+
+    def cond(c: _Carry):
+        return c.status == int(Status.RUNNING)
+
+    def body(c: _Carry):
+        updates, state = solver.update(
+            c.grad, c.state, c.params, value=c.value, grad=c.grad, value_fn=value_fn, **extra
+        )
+        params = optax.apply_updates(c.params, updates)
+        own_f, own_g = c.own_fevals, c.own_gevals
+        if reuse:
+            value = jnp.asarray(_fields(state, "value")[-1], dtype)
+            grad = base.cast_like(_fields(state, "grad")[-1], c.grad)
+        else:
+            value, grad = value_and_grad(params)
+            value = jnp.asarray(value, dtype)
+            grad = base.cast_like(grad, c.grad)
+            own_f, own_g = own_f + 1, own_g + 1
+        grad_norm = common.safe_norm(grad, dtype)
+        count = c.count + 1
+        finite = jnp.isfinite(value) & base.tree_all_finite(grad) & base.tree_all_finite(params)
+        status = classify(value, grad_norm, finite, count)
+        fatal = _fatal_status(state)
+        status = jnp.where(finite & (fatal != int(Status.RUNNING)), fatal, status)
+        # A non-finite step is not taken: the run is frozen at the last finite point.
+        keep = finite
+        new = _Carry(
+            params=_select(keep, params, c.params),
+            state=_select(keep, state, c.state),
+            value=jnp.where(keep, value, c.value),
+            grad=_select(keep, grad, c.grad),
+            grad_norm=jnp.where(keep, grad_norm, c.grad_norm),
+            count=count,
+            own_fevals=own_f,
+            own_gevals=own_g,
+            status=status,
+        )
+        # Explicit freeze (also what vmap's batched while_loop does for finished members).
+        return _select(c.status == int(Status.RUNNING), new, c)
+
+    c = jax.lax.while_loop(cond, body, carry)
+    return MinimizeResult(
+        params=c.params,
+        value=c.value,
+        grad_norm=c.grad_norm,
+        num_steps=c.count,
+        num_fun_evals=c.own_fevals + _counter(c.state, "num_fun_evals"),
+        num_grad_evals=c.own_gevals + _counter(c.state, "num_grad_evals"),
+        status=c.status,
+    )
+
+
+def minimize(
+    fun: Callable[..., jax.Array],
+    x0: Any,
+    method: str | base.GradientTransformation = "bfgs",
+    *,
+    args: tuple = (),
+    tol: float | jax.Array = 1e-5,
+    atol: float | jax.Array = 0.0,
+    max_steps: int | jax.Array = 1000,
+    extra_args: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
+) -> MinimizeResult:
+    r"""Minimise ``fun(x, *args)`` from ``x0`` with ``method``, in one compiled loop.
+
+    Args:
+      fun: scalar objective ``fun(params, *args)``; ``params`` is any pytree of float arrays.
+      x0: starting point (a pytree).
+      method: a name in :data:`METHODS` (``"bfgs"``, ``"lbfgs"``, ``"cg"``,
+        ``"steepest_descent"``, ``"newton"``, ``"newton_cg"``, ``"gauss_newton"``,
+        ``"levenberg_marquardt"``) or any gradlab/optax transformation (built once and reused:
+        the compiled loop is cached on the transformation object and on ``fun``).
+      args: extra positional arguments of ``fun`` (arrays; may be batched under ``vmap``).
+      tol: relative gradient tolerance: stop when :math:`\lVert g\rVert \le \mathrm{tol}\,
+        \lVert g_0\rVert`.
+      atol: absolute gradient tolerance (0 by default): stop when :math:`\lVert g\rVert \le
+        \mathrm{atol}` as well.
+      max_steps: step budget (may be traced).
+      extra_args: keyword arguments forwarded to every ``update`` (for example
+        ``{"residual_fn": r}`` for least-squares methods). Callables are static (part of the
+        compiled program's identity); arrays are traced.
+      options: keyword arguments for the method's factory when ``method`` is a name, e.g.
+        ``{"memory_size": 5}`` for ``"lbfgs"``.
+
+    Returns:
+      A :class:`MinimizeResult` ``(params, value, grad_norm, num_steps, num_fun_evals,
+      num_grad_evals, status)``; ``result.summary()`` prints it.
+
+    Raises:
+      ValueError: unknown method name. TypeError: a method that is not a transformation.
+    """
+    solver = _as_transformation(method, options)
+    extra_args = dict(extra_args or {})
+    for reserved in ("value", "grad", "value_fn"):
+        if reserved in extra_args:
+            raise ValueError(f"minimize: extra_args may not contain {reserved!r} (minimize sets it)")
+    static_extra = tuple(sorted((k, v) for k, v in extra_args.items() if callable(v)))
+    dynamic_extra = {k: v for k, v in extra_args.items() if not callable(v)}
+    return _run(
+        fun, solver, static_extra, x0, tuple(args), tol, atol, max_steps, dynamic_extra
+    )

@@ -1,0 +1,353 @@
+r"""BFGS and L-BFGS: quasi-Newton *descents* (directions) followed by a strong-Wolfe search.
+
+Both build an approximation :math:`H_k \approx \nabla^2 f(x_k)^{-1}` from the pairs
+:math:`s_k = x_{k+1} - x_k`, :math:`y_k = g_{k+1} - g_k` and step along
+:math:`d_k = -H_k g_k`. The BFGS update (Broyden, Fletcher, Goldfarb, Shanno 1970) is
+
+.. math::
+
+    H_{k+1} = (I - \rho_k s_k y_k^\top)\, H_k\, (I - \rho_k y_k s_k^\top) + \rho_k s_k s_k^\top,
+    \qquad \rho_k = \frac{1}{y_k^\top s_k}.
+
+**Initial matrix.** :math:`H_0 = I` (the textbook's :math:`B_0 = I_m`): the first direction is
+the gradient-descent direction :math:`-g_0`. With ``scale_init_precond=True`` (default) it is
+scaled to unit length, :math:`-g_0/\lVert g_0\rVert`, so the first trial step has a sensible
+size whatever the scale of :math:`f`, and before the first update :math:`H_0` is replaced by
+:math:`\gamma I`, :math:`\gamma = s_0^\top y_0 / y_0^\top y_0` (Nocedal & Wright eq. 6.20);
+L-BFGS uses :math:`\gamma_k = s_{k-1}^\top y_{k-1}/y_{k-1}^\top y_{k-1}` at every step.
+
+**Skipped updates.** The update keeps :math:`H` positive definite only when
+:math:`y^\top s > 0`. A pair is *skipped* (not stored) unless
+
+.. math:: y_k^\top s_k > \varepsilon\, \lVert s_k\rVert\, \lVert y_k\rVert ,
+
+with :math:`\varepsilon` the machine epsilon of the state dtype (1.2e-7 in float32): a
+relative, scale-free test that also rejects a rejected step (:math:`s = 0`). A strong-Wolfe
+search guarantees :math:`y^\top s > 0`, so skips happen only with other searches or in
+round-off. **Resets.** When :math:`d_k` is not a descent direction (:math:`g^\top d \ge 0`) or
+not finite, the memory is cleared and the step restarts from :math:`-g/\lVert g\rVert`.
+
+References:
+  Broyden (1970), Fletcher (1970), Goldfarb (1970), Shanno (1970).
+  Liu & Nocedal, "On the limited memory BFGS method for large scale optimization", Math.
+  Programming 45, 1989.
+  Nocedal & Wright, *Numerical Optimization* (2nd ed., 2006), Algorithms 6.1, 7.4 and 7.5.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from gradlab import base
+from gradlab.linesearch import common, get_linesearch
+from gradlab.transforms.learning_rate import scale_by_learning_rate
+
+__all__ = [
+    "ScaleByBFGSState",
+    "ScaleByLBFGSState",
+    "scale_by_bfgs",
+    "scale_by_lbfgs",
+    "bfgs",
+    "lbfgs",
+]
+
+
+def _norm(v):
+    return common.safe_norm(v, v.dtype)
+
+
+def _pair(x, g, prev_x, prev_g, count):
+    """``(s, y, sy, accept, gamma)`` for the newest pair (accept=False on the first step)."""
+    s, y = x - prev_x, g - prev_g
+    sy = jnp.vdot(s, y)
+    ns, ny = _norm(s), _norm(y)
+    eps = jnp.finfo(s.dtype).eps
+    accept = (count > 0) & jnp.isfinite(sy) & (sy > eps * ns * ny) & (ny > 0)
+    safe_ny = jnp.where(ny > 0, ny, 1.0)
+    # s'y / y'y without forming y'y (it over/underflows at 1e+-30 scales); the barrier stops
+    # XLA from rewriting (a / b) / b into a / (b * b).
+    gamma = jax.lax.optimization_barrier(sy / safe_ny) / safe_ny
+    return s, y, sy, accept, gamma
+
+
+def _first_scale(g, scale_init_precond):
+    if not scale_init_precond:
+        return jnp.ones([], g.dtype)
+    n = _norm(g)
+    return jnp.where((n > 0) & jnp.isfinite(n), 1.0 / jnp.where(n > 0, n, 1.0), 1.0)
+
+
+def _is_descent(g, d):
+    """g.d < 0, computed on rescaled vectors (no underflow for tiny gradients)."""
+    ng, nd = _norm(g), _norm(d)
+    ok = (ng > 0) & (nd > 0) & jnp.isfinite(ng) & jnp.isfinite(nd)
+    gh = g / jnp.where(ok, ng, 1.0)
+    dh = d / jnp.where(ok, nd, 1.0)
+    return ok & (jnp.vdot(gh, dh) < 0)
+
+
+def _dtype(params, state_dtype):
+    return common.compute_dtype(params) if state_dtype is None else jnp.dtype(state_dtype)
+
+
+class ScaleByBFGSState(NamedTuple):
+    """State of :func:`scale_by_bfgs` (vectors are the raveled parameters)."""
+
+    count: jax.Array  # shape=(), int32: directions computed so far.
+    inv_hessian: jax.Array  # shape=(n, n): H_k, the inverse-Hessian approximation.
+    num_updates: jax.Array  # shape=(), int32: BFGS updates applied since the last reset.
+    num_skipped: jax.Array  # shape=(), int32: pairs skipped (y's <= eps |s| |y|).
+    num_resets: jax.Array  # shape=(), int32: resets to -g (non-descent / non-finite).
+    prev_params: jax.Array  # shape=(n,): x_{k-1}.
+    prev_grad: jax.Array  # shape=(n,): g_{k-1}.
+
+
+def scale_by_bfgs(
+    scale_init_precond: bool = True, state_dtype: Any = None
+) -> base.GradientTransformation:
+    r"""The BFGS direction :math:`d_k = -H_k g_k` with the dense inverse-Hessian update.
+
+    ``updates`` coming in are the gradient; ``params`` are required (for :math:`s_k`). The
+    :math:`n \times n` matrix lives on the raveled parameters: for small problems (use
+    :func:`scale_by_lbfgs` beyond a few thousand parameters).
+
+    Args:
+      scale_init_precond: unit-length first step and :math:`H_0 = \gamma I` before the first
+        update (see the module docstring); ``False``: :math:`H_0 = I` throughout.
+      state_dtype: dtype of :math:`H` and the stored vectors (default float32, float64 for
+        float64 parameters).
+    """
+    if not isinstance(scale_init_precond, bool):
+        raise TypeError(f"scale_by_bfgs: scale_init_precond must be a bool, got {scale_init_precond!r}")
+
+    def init_fn(params):
+        dtype = _dtype(params, state_dtype)
+        flat, _ = ravel_pytree(params)
+        n = flat.size
+        return ScaleByBFGSState(
+            count=jnp.zeros([], jnp.int32),
+            inv_hessian=jnp.eye(n, dtype=dtype),
+            num_updates=jnp.zeros([], jnp.int32),
+            num_skipped=jnp.zeros([], jnp.int32),
+            num_resets=jnp.zeros([], jnp.int32),
+            prev_params=jnp.zeros([n], dtype),
+            prev_grad=jnp.zeros([n], dtype),
+        )
+
+    def update_fn(updates, state, params=None, **extra):
+        del extra
+        base.check_state(state, ScaleByBFGSState, "scale_by_bfgs")
+        if params is None:
+            raise ValueError("scale_by_bfgs.update needs params (to form s = x_k - x_{k-1})")
+        base.check_tree_match(params, updates, "params", "updates", owner="scale_by_bfgs")
+        dtype = state.inv_hessian.dtype
+        g, unravel = ravel_pytree(updates)
+        x, _ = ravel_pytree(params)
+        g, x = g.astype(dtype), x.astype(dtype)
+        s, y, sy, accept, gamma = _pair(x, g, state.prev_params, state.prev_grad, state.count)
+
+        eye = jnp.eye(g.size, dtype=dtype)
+        h = jnp.where(scale_init_precond & (state.num_updates == 0), gamma * eye, state.inv_hessian)
+        rho = 1.0 / jnp.where(accept, sy, 1.0)
+        hy = h @ y
+        # rho * (rho * y'Hy): never form rho**2 (it under/overflows at 1e+-30 scales).
+        coef = rho * jax.lax.optimization_barrier(rho * jnp.vdot(y, hy)) + rho
+        h_new = (
+            h
+            - rho * (jnp.outer(hy, s) + jnp.outer(s, hy))
+            + coef * jnp.outer(s, s)
+        )
+        h = jnp.where(accept, h_new, state.inv_hessian)
+        num_updates = state.num_updates + accept.astype(jnp.int32)
+        skipped = (state.count > 0) & ~accept
+
+        first = num_updates == 0
+        d = jnp.where(first, -_first_scale(g, scale_init_precond) * g, -(h @ g))
+        reset = ~_is_descent(g, d) | ~jnp.all(jnp.isfinite(d))
+        d = jnp.where(reset, -_first_scale(g, scale_init_precond) * g, d)
+        new_state = ScaleByBFGSState(
+            count=base.safe_increment(state.count),
+            inv_hessian=jnp.where(reset, eye, h),
+            num_updates=jnp.where(reset, 0, num_updates).astype(jnp.int32),
+            num_skipped=state.num_skipped + skipped.astype(jnp.int32),
+            num_resets=state.num_resets + (reset & (state.count > 0)).astype(jnp.int32),
+            prev_params=x,
+            prev_grad=g,
+        )
+        return base.cast_like(unravel(d), updates), new_state
+
+    return base.GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByLBFGSState(NamedTuple):
+    """State of :func:`scale_by_lbfgs` (vectors are the raveled parameters)."""
+
+    count: jax.Array  # shape=(), int32: directions computed so far.
+    memory_s: jax.Array  # shape=(m, n): stored s_i (circular buffer).
+    memory_y: jax.Array  # shape=(m, n): stored y_i.
+    memory_rho: jax.Array  # shape=(m,): 1 / y_i's_i (0 marks an empty slot).
+    gamma: jax.Array  # shape=(): initial scaling s'y / y'y of the newest pair.
+    num_pairs: jax.Array  # shape=(), int32: pairs stored since the last reset.
+    num_skipped: jax.Array  # shape=(), int32: pairs skipped (y's <= eps |s| |y|).
+    num_resets: jax.Array  # shape=(), int32: resets to -g.
+    prev_params: jax.Array  # shape=(n,): x_{k-1}.
+    prev_grad: jax.Array  # shape=(n,): g_{k-1}.
+
+
+def _two_loop(g, mem_s, mem_y, mem_rho, num_pairs, gamma):
+    """Nocedal & Wright Algorithm 7.4: :math:`H_k g` from the stored pairs."""
+    m = mem_rho.shape[0]
+    newest_first = jnp.mod(num_pairs - 1 - jnp.arange(m), m)
+
+    def first_loop(q, i):
+        alpha = mem_rho[i] * jnp.vdot(mem_s[i], q)
+        return q - alpha * mem_y[i], alpha
+
+    q, alphas = jax.lax.scan(first_loop, g, newest_first)
+    r = gamma * q
+
+    def second_loop(r, inputs):
+        i, alpha = inputs
+        b = mem_rho[i] * jnp.vdot(mem_y[i], r)
+        return r + (alpha - b) * mem_s[i], None
+
+    r, _ = jax.lax.scan(second_loop, r, (newest_first[::-1], alphas[::-1]))
+    return r
+
+
+def scale_by_lbfgs(
+    memory_size: int = 10, scale_init_precond: bool = True, state_dtype: Any = None
+) -> base.GradientTransformation:
+    r"""The L-BFGS direction :math:`d_k = -H_k g_k` by the two-loop recursion (N&W Alg. 7.4).
+
+    :math:`H_k` is the BFGS matrix obtained by applying the last ``memory_size`` pairs
+    :math:`(s_i, y_i)` to :math:`H^0_k = \gamma_k I`, :math:`\gamma_k = s^\top y / y^\top y`
+    of the newest pair (1 with ``scale_init_precond=False``). Memory :math:`O(mn)`.
+
+    Args:
+      memory_size: :math:`m`, pairs kept (static int >= 1).
+      scale_init_precond: use :math:`\gamma_k` (and a unit-length first step); ``False``:
+        :math:`H^0_k = I`.
+      state_dtype: dtype of the stored pairs (default float32, float64 for float64 params).
+    """
+    m = base.check_positive_int(memory_size, "memory_size", owner="scale_by_lbfgs")
+    if not isinstance(scale_init_precond, bool):
+        raise TypeError(f"scale_by_lbfgs: scale_init_precond must be a bool, got {scale_init_precond!r}")
+
+    def init_fn(params):
+        dtype = _dtype(params, state_dtype)
+        flat, _ = ravel_pytree(params)
+        n = flat.size
+        return ScaleByLBFGSState(
+            count=jnp.zeros([], jnp.int32),
+            memory_s=jnp.zeros([m, n], dtype),
+            memory_y=jnp.zeros([m, n], dtype),
+            memory_rho=jnp.zeros([m], dtype),
+            gamma=jnp.ones([], dtype),
+            num_pairs=jnp.zeros([], jnp.int32),
+            num_skipped=jnp.zeros([], jnp.int32),
+            num_resets=jnp.zeros([], jnp.int32),
+            prev_params=jnp.zeros([n], dtype),
+            prev_grad=jnp.zeros([n], dtype),
+        )
+
+    def update_fn(updates, state, params=None, **extra):
+        del extra
+        base.check_state(state, ScaleByLBFGSState, "scale_by_lbfgs")
+        if params is None:
+            raise ValueError("scale_by_lbfgs.update needs params (to form s = x_k - x_{k-1})")
+        base.check_tree_match(params, updates, "params", "updates", owner="scale_by_lbfgs")
+        dtype = state.memory_s.dtype
+        g, unravel = ravel_pytree(updates)
+        x, _ = ravel_pytree(params)
+        g, x = g.astype(dtype), x.astype(dtype)
+        s, y, sy, accept, gamma = _pair(x, g, state.prev_params, state.prev_grad, state.count)
+
+        slot = jnp.mod(state.num_pairs, m)
+        mem_s = jnp.where(accept, state.memory_s.at[slot].set(s), state.memory_s)
+        mem_y = jnp.where(accept, state.memory_y.at[slot].set(y), state.memory_y)
+        rho = 1.0 / jnp.where(accept, sy, 1.0)
+        mem_rho = jnp.where(accept, state.memory_rho.at[slot].set(rho), state.memory_rho)
+        num_pairs = state.num_pairs + accept.astype(jnp.int32)
+        gamma = jnp.where(accept, gamma, state.gamma) if scale_init_precond else state.gamma
+
+        hg = _two_loop(g, mem_s, mem_y, mem_rho, num_pairs, gamma)
+        first = num_pairs == 0
+        d = jnp.where(first, -_first_scale(g, scale_init_precond) * g, -hg)
+        reset = ~_is_descent(g, d) | ~jnp.all(jnp.isfinite(d))
+        d = jnp.where(reset, -_first_scale(g, scale_init_precond) * g, d)
+        new_state = ScaleByLBFGSState(
+            count=base.safe_increment(state.count),
+            memory_s=jnp.where(reset, 0.0, mem_s),
+            memory_y=jnp.where(reset, 0.0, mem_y),
+            memory_rho=jnp.where(reset, 0.0, mem_rho),
+            gamma=jnp.where(reset, 1.0, gamma).astype(dtype),
+            num_pairs=jnp.where(reset, 0, num_pairs).astype(jnp.int32),
+            num_skipped=state.num_skipped + ((state.count > 0) & ~accept).astype(jnp.int32),
+            num_resets=state.num_resets + (reset & (state.count > 0)).astype(jnp.int32),
+            prev_params=x,
+            prev_grad=g,
+        )
+        return base.cast_like(unravel(d), updates), new_state
+
+    return base.GradientTransformation(init_fn, update_fn)
+
+
+def _with_search(descent, learning_rate, linesearch):
+    links = [descent]
+    if learning_rate is not None:
+        links.append(scale_by_learning_rate(learning_rate, flip_sign=False))
+    search = get_linesearch(linesearch, initial_guess_strategy="one")
+    if search is not None:
+        links.append(search)
+    return base.chain(*links)
+
+
+def bfgs(
+    learning_rate: base.ScalarOrSchedule | None = None,
+    scale_init_precond: bool = True,
+    linesearch: base.GradientTransformation | str | None = "strong_wolfe",
+    state_dtype: Any = None,
+) -> base.GradientTransformationExtraArgs:
+    r"""BFGS with a line search: ``chain(scale_by_bfgs, [learning rate], linesearch)``.
+
+    .. math:: x_{k+1} = x_k - t_k H_k \nabla f(x_k)
+
+    Args:
+      learning_rate: optional fixed factor applied before the search (``None``: none).
+      scale_init_precond: see :func:`scale_by_bfgs`.
+      linesearch: a transformation, ``"strong_wolfe"`` (default:
+        :func:`~gradlab.linesearch.scale_by_zoom_linesearch`, :math:`c_1 = 10^{-4}`,
+        :math:`c_2 = 0.9`, first trial :math:`t = 1`), ``"backtracking"``, ``"exact"`` or
+        ``None``.
+      state_dtype: see :func:`scale_by_bfgs`.
+    """
+    return _with_search(scale_by_bfgs(scale_init_precond, state_dtype), learning_rate, linesearch)
+
+
+def lbfgs(
+    learning_rate: base.ScalarOrSchedule | None = None,
+    memory_size: int = 10,
+    scale_init_precond: bool = True,
+    linesearch: base.GradientTransformation | str | None = "strong_wolfe",
+    state_dtype: Any = None,
+) -> base.GradientTransformationExtraArgs:
+    r"""L-BFGS with a line search; the same call as ``optax.lbfgs``.
+
+    ``chain(scale_by_lbfgs(memory_size, scale_init_precond), [learning rate], linesearch)``;
+    unlike optax the direction already carries the minus sign and the default search reports
+    its status and counts its evaluations.
+
+    Args:
+      learning_rate: optional fixed factor applied before the search (``None``: none).
+      memory_size: pairs kept (static int >= 1).
+      scale_init_precond: see :func:`scale_by_lbfgs`.
+      linesearch: as in :func:`bfgs`.
+      state_dtype: see :func:`scale_by_lbfgs`.
+    """
+    descent = scale_by_lbfgs(memory_size, scale_init_precond, state_dtype)
+    return _with_search(descent, learning_rate, linesearch)

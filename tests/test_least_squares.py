@@ -1,0 +1,263 @@
+"""Gauss-Newton and Levenberg–Marquardt: scipy MINPACK, damping rule, degenerate inputs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize
+
+from gradlab import base
+from gradlab.second_order.least_squares import (
+    gauss_newton,
+    levenberg_marquardt,
+    scale_by_gauss_newton,
+)
+from gradlab.status import Status
+
+XS = np.linspace(0.0, 3.0, 20)
+
+
+def exp_fit(p):
+    """K1: y = 2 exp(-x) fitted by p0 exp(p1 x); solution (2, -1)."""
+    x = jnp.asarray(XS, p.dtype)
+    return p[0] * jnp.exp(p[1] * x) - 2.0 * jnp.exp(-x)
+
+
+def rank_deficient(p):
+    """K2: depends on p0 + p1 only."""
+    s = p[0] + p[1] - 3.0
+    return jnp.stack([s, 2.0 * s, s**2])
+
+
+def run(tx, residual_fn, x0, steps):
+    """``steps`` updates (one compiled scan), applying each update; returns x, state, history."""
+
+    def step(carry, _):
+        x, s = carry
+        u, s_new = tx.update(x, s, x, residual_fn=residual_fn)
+        inner = s_new[0] if isinstance(s_new, tuple) and not hasattr(s_new, "_fields") else s_new
+        r = residual_fn(x)
+        return (x + u, s_new), (0.5 * jnp.vdot(r, r), inner)
+
+    (x, s), hist = jax.lax.scan(step, (x0, tx.init(x0)), None, length=steps)
+    return x, s, hist
+
+
+def first_update(tx, params, residual_fn):
+    return jax.jit(lambda p: tx.update(p, tx.init(p), p, residual_fn=residual_fn))(params)
+
+
+# ----------------------------------------------------------------------------------------------
+# Solutions
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: levenberg_marquardt(),
+        lambda: levenberg_marquardt(scaling="marquardt"),
+        lambda: levenberg_marquardt(jacobian="matrix_free"),
+        lambda: gauss_newton(),
+        lambda: gauss_newton(jacobian="matrix_free"),
+    ],
+    ids=["lm", "lm-marquardt", "lm-matrix-free", "gn", "gn-matrix-free"],
+)
+def test_exponential_fit_converges_to_2_minus_1(make):
+    x, _, (costs, _) = jax.jit(lambda x0: run(make(), exp_fit, x0, 25))(jnp.array([1.0, 0.0]))
+    np.testing.assert_allclose(x, [2.0, -1.0], atol=1e-4)
+    assert np.all(np.isfinite(np.asarray(costs)))
+
+
+def test_lm_matches_scipy_minpack_on_noisy_curve_fit():
+    rng = np.random.default_rng(0)
+    t = np.linspace(0.0, 4.0, 40)
+    y = 2.5 * np.exp(-1.3 * t) + 0.5 + 0.02 * rng.normal(size=t.size)
+
+    def residual(p):
+        return p[0] * jnp.exp(-p[1] * t) + p[2] - y
+
+    x0 = np.array([1.0, 1.0, 0.0])
+    with jax.enable_x64(True):
+        jac = jax.jit(jax.jacfwd(residual))
+        fun = jax.jit(residual)
+        ref = scipy.optimize.least_squares(
+            lambda p: np.asarray(fun(p)), x0, jac=lambda p: np.asarray(jac(p)), method="lm"
+        )
+        outs = {}
+        for scaling in ("levenberg", "marquardt"):
+            tx = levenberg_marquardt(scaling=scaling)
+            x, s, (costs, _) = jax.jit(lambda x0, tx=tx: run(tx, residual, x0, 40))(jnp.asarray(x0))
+            outs[scaling] = (np.asarray(x), np.asarray(costs))
+    for x, costs in outs.values():
+        np.testing.assert_allclose(x, ref.x, rtol=1e-7, atol=1e-9)
+        assert np.all(np.diff(costs) <= 0)  # a step that increases the cost is never accepted
+
+
+def test_marquardt_scaling_is_invariant_to_parameter_scale():
+    # K5: columns scaled by 1e3 and 1e-2. Marquardt's diag(J^T J) scaling makes the iterates
+    # of r(S q) exactly S^{-1} times those of r(p).
+    scale = np.array([1e3, 1e-2])
+    with jax.enable_x64(True):
+        tx = levenberg_marquardt(scaling="marquardt")
+        p, _, _ = jax.jit(lambda x0: run(tx, exp_fit, x0, 6))(jnp.array([1.0, 0.0]))
+        scaled = lambda q: exp_fit(q * scale)
+        q, _, _ = jax.jit(lambda x0: run(tx, scaled, x0, 6))(jnp.array([1.0, 0.0]) / scale)
+        np.testing.assert_allclose(np.asarray(q) * scale, np.asarray(p), rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: levenberg_marquardt(),
+        lambda: levenberg_marquardt(jacobian="matrix_free"),
+        lambda: gauss_newton(),
+        lambda: gauss_newton(jacobian="matrix_free"),
+    ],
+    ids=["lm", "lm-matrix-free", "gn", "gn-matrix-free"],
+)
+def test_rank_deficient_jacobian_gives_finite_solution_on_the_line(make):
+    x, s, (_, inner) = jax.jit(lambda x0: run(make(), rank_deficient, x0, 30))(jnp.zeros(2))
+    assert np.all(np.isfinite(np.asarray(x)))
+    np.testing.assert_allclose(float(x[0] + x[1]), 3.0, atol=1e-4)
+    np.testing.assert_allclose(x, [1.5, 1.5], atol=1e-3)  # minimum-norm steps from 0
+    assert int(inner.status[0]) == Status.OK
+
+
+# ----------------------------------------------------------------------------------------------
+# Damping
+# ----------------------------------------------------------------------------------------------
+
+
+def test_damping_rule_rejects_raises_and_lowers():
+    # r = exp(x) - 1 from x = -3: the undamped Gauss-Newton step (+19) overshoots.
+    res = lambda x: jnp.exp(x) - 1.0
+    tx = levenberg_marquardt(damping_init=1e-8, relative_damping=False, max_inner_steps=1)
+    with jax.enable_x64(True):
+        x, _, (costs, st) = jax.jit(lambda x0: run(tx, res, x0, 40))(jnp.array([-3.0]))
+        x, costs = np.asarray(x), np.asarray(costs)
+        mu, nu, status, rho = (np.asarray(a) for a in (st.damping, st.nu, st.status, st.gain_ratio))
+    np.testing.assert_allclose(x, [0.0], atol=1e-8)
+    assert np.all(np.diff(costs) <= 0)
+    assert status[0] == Status.LINE_SEARCH_FAILED and mu[0] == pytest.approx(2e-8)
+    assert nu[0] == 4.0 and int(st.num_rejected[0]) == 1
+    mu_prev, nu_prev = np.concatenate([[1e-8], mu[:-1]]), np.concatenate([[2.0], nu[:-1]])
+    rejected = status == Status.LINE_SEARCH_FAILED
+    accepted = status == Status.OK
+    assert rejected.sum() >= 2 and accepted.sum() >= 3
+    # Rejected: mu <- nu mu, nu <- 2 nu (so mu goes up).
+    np.testing.assert_allclose(mu[rejected], (mu_prev * nu_prev)[rejected], rtol=1e-6)
+    np.testing.assert_allclose(nu[rejected], 2 * nu_prev[rejected])
+    assert np.all(mu[rejected] > mu_prev[rejected])
+    # Accepted: Nielsen's factor max(1/3, 1 - (2 rho - 1)^3), nu <- 2.
+    factor = np.maximum(1 / 3, 1 - (2 * np.where(accepted, rho, 0.5) - 1) ** 3)
+    np.testing.assert_allclose(mu[accepted], (mu_prev * factor)[accepted], rtol=1e-6)
+    assert np.all(nu[accepted] == 2.0)
+    good = accepted & (rho > 0.5)
+    assert good.any() and np.all(mu[good] < mu_prev[good])
+    # rho >> 1 (the step did better than the model): accepted, mu divided by exactly 3.
+    big = accepted & (rho > 1.5)
+    assert big.any()
+    np.testing.assert_allclose(mu[big], mu_prev[big] / 3, rtol=1e-6)
+
+
+def test_non_finite_trial_is_rejected_and_retried():
+    # NaN for x >= 1: the undamped Gauss-Newton step from 0 goes to the root x = 2.
+    res = lambda x: jnp.where(x < 1.0, 1.0 - 0.5 * x, jnp.nan)
+    tx = levenberg_marquardt(damping_init=1e-6, relative_damping=False)
+    u, s = first_update(tx, jnp.array([0.0]), res)
+    assert int(s.status) == Status.OK and int(s.num_rejected) >= 1
+    assert 0.0 < float(u[0]) < 1.0 and float(s.damping) > 1e-6
+
+
+def test_lm_limits_equal_gauss_newton_and_gradient_descent():
+    p = jnp.array([1.8, -0.9])
+    gn_step, _ = first_update(scale_by_gauss_newton(), p, exp_fit)
+    lm0, s0 = first_update(
+        levenberg_marquardt(damping_init=1e-12, relative_damping=False), p, exp_fit
+    )
+    assert int(s0.status) == Status.OK
+    np.testing.assert_allclose(lm0, gn_step, rtol=1e-4, atol=1e-6)
+    mu = 1e6
+    lm_big, s_big = first_update(
+        levenberg_marquardt(damping_init=mu, relative_damping=False), p, exp_fit
+    )
+    g = np.asarray(jax.jacfwd(exp_fit)(p)).T @ np.asarray(exp_fit(p))
+    assert int(s_big.status) == Status.OK
+    np.testing.assert_allclose(lm_big, -g / mu, rtol=1e-3)
+
+
+def test_jacobian_modes_agree_on_one_step_and_pytrees():
+    p = jnp.array([1.0, 0.0])
+    lm = lambda **kw: levenberg_marquardt(damping_init=1e-2, relative_damping=False, **kw)
+    steps = [
+        first_update(lm(jacobian=j, forcing=1e-6), p, exp_fit)[0]
+        for j in ("jacfwd", "jacrev", "matrix_free")
+    ]
+    np.testing.assert_allclose(steps[1], steps[0], rtol=1e-4)
+    np.testing.assert_allclose(steps[2], steps[0], rtol=1e-3)
+    tree = {"a": jnp.array(1.0), "b": jnp.array([0.0])}
+    tree_res = lambda t: (
+        exp_fit(jnp.stack([t["a"], t["b"][0]]))[:10],
+        exp_fit(jnp.stack([t["a"], t["b"][0]]))[10:],
+    )
+    u, s = first_update(lm(), tree, tree_res)
+    assert u["b"].shape == (1,) and int(s.status) == Status.OK
+    np.testing.assert_allclose([u["a"], u["b"][0]], steps[0], rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Faults and bad inputs
+# ----------------------------------------------------------------------------------------------
+
+
+def test_nan_residual_at_start_reports_non_finite_and_keeps_params():
+    res = lambda p: jnp.array([jnp.nan, p[0] - 1.0])
+    for tx in (
+        levenberg_marquardt(),
+        scale_by_gauss_newton(),
+        levenberg_marquardt(jacobian="matrix_free"),
+        scale_by_gauss_newton(jacobian="matrix_free"),
+    ):
+        u, s = first_update(tx, jnp.zeros(2), res)
+        np.testing.assert_array_equal(u, [0.0, 0.0])
+        assert int(s.status) == Status.NON_FINITE
+
+
+def test_traced_damping_poisons_only_its_lane():
+    def solve(tau):
+        tx = levenberg_marquardt(damping_init=tau, relative_damping=False)
+        x, s, _ = run(tx, exp_fit, jnp.array([1.0, 0.0]), 25)
+        return x, s.status
+
+    x, status = jax.jit(jax.vmap(solve))(jnp.array([1e-3, 10.0, -1.0]))
+    np.testing.assert_allclose(x[:2], [[2.0, -1.0]] * 2, atol=1e-4)
+    np.testing.assert_array_equal(x[2], [1.0, 0.0])
+    assert int(status[2]) == Status.INVALID_HYPERPARAMETER
+    assert int(status[0]) != Status.INVALID_HYPERPARAMETER
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="jacobian"):
+        levenberg_marquardt(jacobian="dense")
+    with pytest.raises(ValueError, match="scaling"):
+        levenberg_marquardt(scaling="nielsen")
+    with pytest.raises(ValueError, match="marquardt"):
+        levenberg_marquardt(scaling="marquardt", jacobian="matrix_free")
+    with pytest.raises(ValueError, match="damping_init"):
+        levenberg_marquardt(damping_init=0.0)
+    with pytest.raises(ValueError, match="max_inner_steps"):
+        levenberg_marquardt(max_inner_steps=0)
+    with pytest.raises(TypeError, match="relative_damping"):
+        levenberg_marquardt(relative_damping=1)
+    with pytest.raises(ValueError, match="forcing"):
+        scale_by_gauss_newton(forcing=0.0)
+    tx = levenberg_marquardt()
+    p = jnp.zeros(2)
+    with pytest.raises(ValueError, match="residual_fn"):
+        tx.update(p, tx.init(p), p)
+    with pytest.raises(base.TreeMismatchError) as e:
+        tx.update({"w": jnp.zeros((2, 1))}, tx.init({"w": p}), {"w": p}, residual_fn=lambda q: q)
+    assert e.value.path == "['w']"
+    with pytest.raises(base.StateMismatchError):
+        tx.update(p, scale_by_gauss_newton().init(p), p, residual_fn=lambda q: q)

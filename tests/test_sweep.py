@@ -1,0 +1,238 @@
+"""Sweep engine: every run equals the same run done alone, isolation of diverged and invalid runs,
+static groups, the tracing fallback, and the strategies agreeing with one another.
+
+Tolerances (reliability.md M4): a vmapped/looped run vs the same run written as a plain Python
+loop of jitted steps agrees to ``rtol=2e-5, atol=1e-6`` (float32, not bitwise: XLA fuses the
+batched program differently). Isolation is checked *bitwise*: a lane's results do not change when
+another lane of the same-sized program diverges or is invalid.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gradlab.status import Status
+from gradlab.sweep import choice, engine, sweep, tasks
+
+STEPS, EVERY = 24, 6
+RTOL, ATOL = 2e-5, 1e-6
+
+
+def _init(key):
+    k1, k2 = jax.random.split(key)
+    return {
+        "w1": jax.random.normal(k1, (3, 8)) * 0.5,
+        "b1": jnp.zeros(8),
+        "w2": jax.random.normal(k2, (8,)) * 0.5,
+    }
+
+
+def _loss(params, batch):
+    x, y = batch
+    h = jnp.tanh(x @ params["w1"] + params["b1"])
+    return jnp.mean((h @ params["w2"] - y) ** 2)
+
+
+def _task():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 3)).astype(np.float32)
+    y = (np.sin(x[:, 0]) + 0.5 * x[:, 1] * x[:, 2]).astype(np.float32)
+    return tasks.custom(_init, _loss, (x[:32], y[:32]), val_data=(x[32:], y[32:]), batch_size=8)
+
+
+TASK = _task()
+
+
+def sgd(lr, momentum):
+    return optax.sgd(lr, momentum=momentum)
+
+
+_REFS = {}
+
+
+def _reference(task, tx, seed, steps=STEPS, every=EVERY, cache_key=None):
+    if cache_key is not None and cache_key in _REFS:
+        return _REFS[cache_key]
+    out = _reference_run(task, tx, seed, steps, every)
+    if cache_key is not None:
+        _REFS[cache_key] = out
+    return out
+
+
+def _reference_run(task, tx, seed, steps, every):
+    """The run written out by hand: documented keys, plan, plain loop of jitted steps."""
+    k_init, k_data, _ = jax.random.split(jax.random.PRNGKey(seed), 3)
+    params, model_state = task.init(k_init)
+    plan = task.batch_plan(k_data, steps)
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state, idx):
+        batch = task.get_batch(task.data, idx)
+        grads = jax.grad(lambda p: task.loss(p, model_state, batch, None)[0])(params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    evaluate = jax.jit(lambda p: task.evaluate(p, model_state, task.data))
+    curves = [evaluate(params)]
+    for t in range(steps):
+        params, state = step(params, state, plan[t])
+        if (t + 1) % every == 0:
+            curves.append(evaluate(params))
+    return {k: np.array([float(c[k]) for c in curves]) for k in curves[0]}
+
+
+SPACE = {"lr": [0.01, 0.03, 0.1, 0.3, 0.05], "momentum": [0.0, 0.9]}
+SEEDS = [0, 3]
+
+
+@pytest.fixture(scope="module")
+def by_strategy():
+    out = {}
+    for strategy, kw in [("vmap", {}), ("chunked", {"chunk_size": 8}), ("loop", {})]:
+        out[strategy] = sweep(
+            sgd, SPACE, seeds=SEEDS, task=TASK, steps=STEPS, eval_every=EVERY,
+            strategy=strategy, progress=False, **kw,
+        )  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "chunked", "loop"])
+def test_every_run_equals_the_run_alone(by_strategy, strategy):
+    res = by_strategy[strategy]
+    assert res.info["groups"][0]["strategy"] == strategy
+    assert res.num_runs == 20 and list(res.steps) == list(range(0, STEPS + 1, EVERY))
+    assert np.all(res.status == int(Status.OK))
+    for r in (0, 7, 19):  # first, a middle one, the last (padded lane's neighbour)
+        s = res.settings[res.run_setting(r)]
+        tx = optax.sgd(s["lr"], momentum=s["momentum"])
+        ref = _reference(TASK, tx, res.run_seed(r), cache_key=r)
+        for k, v in ref.items():
+            np.testing.assert_allclose(res.curves[k][r], v, rtol=RTOL, atol=ATOL, err_msg=k)
+
+
+def test_strategies_agree(by_strategy):
+    base = by_strategy["vmap"]
+    for other in ("chunked", "loop"):
+        for k in base.curves:
+            np.testing.assert_allclose(
+                by_strategy[other].curves[k], base.curves[k], rtol=RTOL, atol=ATOL
+            )
+    improved = base.curves["train_loss"][:, -1] < base.curves["train_loss"][:, 0]
+    assert improved.mean() > 0.8
+
+
+def test_diverged_run_is_frozen_and_isolated_bitwise():
+    kw = dict(seeds=2, task=TASK, steps=STEPS, eval_every=EVERY, strategy="vmap", progress=False)
+    bad = sweep(sgd, {"lr": [0.05, 1e4], "momentum": [0.9]}, **kw)
+    good = sweep(sgd, {"lr": [0.05, 0.02], "momentum": [0.9]}, **kw)
+    assert list(bad.status) == [int(Status.OK)] * 2 + [int(Status.NON_FINITE)] * 2
+    for k in bad.curves:  # the healthy lanes are bit-for-bit what they are beside a healthy run
+        np.testing.assert_array_equal(bad.curves[k][:2], good.curves[k][:2])
+    for r in (2, 3):
+        at = bad.diverged_at[r]
+        assert 0 <= at < STEPS
+        after = bad.steps > at
+        assert np.all(np.isnan(bad.curves["train_loss"][r][after]))
+        assert np.all(np.isfinite(bad.curves["train_loss"][r][~after]))
+    rows = bad.table().rows
+    assert [row["status"] for row in rows] == ["ok", "diverged"]
+    assert bad.best["lr"] == 0.05
+
+
+def test_invalid_hyperparameter_marks_only_its_run():
+    from gradlab.optimizers.sgd import sgd as gl_sgd
+
+    kw = dict(seeds=1, task=TASK, steps=STEPS, eval_every=EVERY, strategy="vmap", progress=False)
+    res = sweep(lambda lr: gl_sgd(lr), {"lr": [0.05, -1.0, 0.1]}, **kw)
+    ref = sweep(lambda lr: gl_sgd(lr), {"lr": [0.05, 0.05, 0.1]}, **kw)
+    assert res.labels() == ["ok", "invalid_hyperparameter", "ok"]
+    assert "ValueError" in res.messages[1] and "learning_rate" in res.messages[1]
+    assert np.all(np.isnan(res.curves["train_loss"][1]))
+    for k in res.curves:
+        np.testing.assert_array_equal(res.curves[k][[0, 2]], ref.curves[k][[0, 2]])
+    assert res.table().rows[1]["status"] == "invalid_hyperparameter"
+
+
+def test_static_axes_are_grouped_and_compiled_per_group():
+    def make(name, lr):
+        return {"sgd": optax.sgd, "adam": optax.adam}[name](lr)
+
+    kw = dict(seeds=1, task=TASK, steps=STEPS, eval_every=EVERY, progress=False)
+    res = sweep(make, {"name": ["sgd", "adam"], "lr": [0.01, 0.1]}, strategy="vmap", **kw)
+    assert res.info["static"] == ["name"] and res.info["traced"] == ["lr"]
+    assert len(res.info["groups"]) == 2
+    adam = sweep(lambda lr: optax.adam(lr), {"lr": [0.01, 0.1]}, strategy="loop", **kw)
+    np.testing.assert_allclose(
+        res.curves["val_loss"][2:], adam.curves["val_loss"], rtol=RTOL, atol=ATOL
+    )
+
+
+def test_untraceable_factory_falls_back_to_one_program_per_setting():
+    def opt(lr, decay):  # optax's schedule checks decay_rate with Python control flow
+        return optax.sgd(optax.exponential_decay(lr, 4, decay))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = sweep(
+            opt, {"lr": [0.1], "decay": [0.5, 0.9]}, task=TASK, steps=STEPS,
+            eval_every=EVERY, progress=False,
+        )  # fmt: skip
+    assert any(issubclass(w.category, RuntimeWarning) for w in caught)
+    assert res.labels() == ["ok", "ok"] and len(res.info["groups"]) == 2
+    ref = _reference(TASK, opt(0.1, 0.9), 0)
+    np.testing.assert_allclose(res.curves["val_loss"][1], ref["val_loss"], rtol=RTOL, atol=ATOL)
+
+
+def test_random_search_and_traced_int_axis():
+    from gradlab.optimizers.sgd import sgd as gl_sgd
+    from gradlab.schedules import exponential_decay
+    from gradlab.sweep import loguniform
+
+    def opt(lr, every):
+        return gl_sgd(exponential_decay(lr, every, 0.5))
+
+    space = {"lr": loguniform(1e-3, 1e-1), "every": choice([4, 8], traced=True)}
+    a = sweep(opt, space, samples=3, sample_seed=1, task=TASK, steps=STEPS, progress=False)
+    b = sweep(opt, space, samples=3, sample_seed=1, task=TASK, steps=STEPS, progress=False)
+    assert a.settings == b.settings and len(a.settings) == 3
+    assert all(1e-3 <= s["lr"] <= 1e-1 and s["every"] in (4, 8) for s in a.settings)
+    assert a.info["traced"] == ["lr", "every"] and len(a.info["groups"]) == 1
+    np.testing.assert_array_equal(a.curves["val_loss"], b.curves["val_loss"])  # M1: bitwise
+
+
+def test_mlp_classifier_task_with_batch_norm_and_dropout():
+    task = tasks.mlp_classifier(
+        "moons", widths=(8,), batch_size=32, batch_norm=True, dropout=0.1, target_accuracy=0.8
+    )
+    res = sweep(
+        lambda lr: optax.sgd(lr, momentum=0.9), {"lr": [0.03, 0.1]}, task=task, steps=40,
+        eval_every=20, strategy="vmap", progress=False,
+    )  # fmt: skip
+    assert res.labels() == ["ok", "ok"]
+    assert set(res.curves) == {"train_loss", "train_accuracy", "val_loss", "val_accuracy"}
+    assert np.all(res.curves["train_loss"][:, -1] < res.curves["train_loss"][:, 0])
+    assert res.target == ("val_accuracy", 0.8)
+
+
+def test_auto_rule_and_bad_arguments():
+    assert engine.choose_strategy("gpu", 64, 1e3) == "vmap"
+    assert engine.choose_strategy("cpu", 1, 1e9) == "loop"
+    assert engine.choose_strategy("cpu", 8, 1e9, n_devices=4) == "vmap"
+    kw = dict(task=TASK, steps=STEPS, progress=False)
+    with pytest.raises(ValueError):
+        sweep(sgd, SPACE, strategy="fast", **kw)
+    with pytest.raises(ValueError):
+        sweep(sgd, SPACE, task=TASK, steps=10, eval_every=3)
+    with pytest.raises(TypeError):  # the factory cannot take the space's names
+        sweep(lambda learning_rate: optax.sgd(learning_rate), {"lr": [0.1]}, **kw)
+    with pytest.raises(ValueError):
+        sweep(sgd, SPACE, seeds=0, **kw)
+    with pytest.raises(ValueError):
+        sweep(sgd, SPACE, steps=STEPS)  # no task
