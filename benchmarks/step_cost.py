@@ -219,6 +219,8 @@ def main(argv=None):
         f"jax {jax.__version__}, optax {optax.__version__}"
     )
     print(f"Machine: {machine}")
+    if hasattr(os, "getloadavg"):
+        print(f"Load average during the run (1/5/15 min): {os.getloadavg()}")
     print(f"Measured memory bandwidth (best of STREAM scale/add/triad): {bw / 1e9:.1f} GB/s")
     print(
         f"Median of {repeats} (big tree) / {repeats * 10} (MLP) steady-state steps, donated; "

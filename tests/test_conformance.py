@@ -7,8 +7,9 @@ For each registry entry:
   state keeps its structure, dtypes and weak types;
 * **dtypes**: float32 and bfloat16 params/grads give updates in the same dtype, with every
   floating accumulator in float32;
-* **vmap over every numeric hyperparameter**: ``jax.vmap`` over each swept argument equals a
-  Python loop of concrete constructions (3 updates on a quadratic, rtol 1e-5);
+* **vmap over every numeric hyperparameter**: one jitted ``jax.vmap`` in which every numeric
+  hyperparameter is traced, one lane per (argument, swept value), equals a Python loop of
+  constructions from concrete numbers (3 updates on a quadratic, rtol 1e-5);
 * **convergence**: a separable quadratic in 300 steps (max |x - x*| < 1e-2) and the 2-D
   Rosenbrock function from (-1.2, 1) (max |x - (1, 1)| < the entry's ``rosenbrock_tol``,
   0.05 unless stated in the registry), each one ``lax.scan``;
@@ -156,6 +157,23 @@ def test_jit_no_recompilation_and_float32(entry):
     assert _float_state_dtypes(state2) <= {jnp.dtype(jnp.float32)}
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params2))
     assert quadratic(params2) < quadratic(params)
+
+
+def test_recompilation_detector_catches_state_drift():
+    """Negative control: a state that changes weak type between calls must be caught."""
+
+    def init(params):
+        return jnp.asarray(0.0)  # weak-typed float32
+
+    def update(updates, state, params=None):
+        return updates, (state + 1).astype(jnp.float32)  # strong float32: a new signature
+
+    tx = optax.GradientTransformation(init, update)
+    step = jax.jit(_step(tx, quadratic, False))
+    params, state, _ = step(_zeros(), tx.init(_zeros()))
+    with _compilations() as compiled:
+        step(params, state)
+    assert compiled
 
 
 @pytest.mark.parametrize("entry", REGISTRY, ids=IDS)

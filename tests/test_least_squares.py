@@ -58,8 +58,8 @@ def first_update(tx, params, residual_fn):
         lambda: levenberg_marquardt(),
         lambda: levenberg_marquardt(scaling="marquardt"),
         lambda: levenberg_marquardt(jacobian="matrix_free"),
-        lambda: gauss_newton(),
-        lambda: gauss_newton(jacobian="matrix_free"),
+        lambda: gauss_newton(linesearch=None),
+        lambda: gauss_newton(linesearch=None, jacobian="matrix_free"),
     ],
     ids=["lm", "lm-marquardt", "lm-matrix-free", "gn", "gn-matrix-free"],
 )
@@ -111,8 +111,8 @@ def test_marquardt_scaling_is_invariant_to_parameter_scale():
     [
         lambda: levenberg_marquardt(),
         lambda: levenberg_marquardt(jacobian="matrix_free"),
-        lambda: gauss_newton(),
-        lambda: gauss_newton(jacobian="matrix_free"),
+        lambda: gauss_newton(linesearch=None),
+        lambda: gauss_newton(linesearch=None, jacobian="matrix_free"),
     ],
     ids=["lm", "lm-matrix-free", "gn", "gn-matrix-free"],
 )
@@ -261,3 +261,14 @@ def test_bad_arguments_raise():
     assert e.value.path == "['w']"
     with pytest.raises(base.StateMismatchError):
         tx.update(p, scale_by_gauss_newton().init(p), p, residual_fn=lambda q: q)
+
+
+def test_least_squares_convenience_through_minimize():
+    from gradlab.second_order.least_squares import least_squares
+
+    with jax.enable_x64(True):
+        for method in ("levenberg_marquardt", "gauss_newton"):
+            r = least_squares(exp_fit, jnp.array([1.0, 0.0]), method, tol=1e-8)
+            assert int(r.status) == Status.CONVERGED, (method, r.summary())
+            np.testing.assert_allclose(np.asarray(r.params), [2.0, -1.0], atol=1e-7)
+            assert int(r.num_steps) <= 6  # scipy MINPACK lm: 7 residual, 6 Jacobian evaluations

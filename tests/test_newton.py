@@ -137,7 +137,7 @@ def test_newton_one_unit_step_lands_on_quadratic_minimum_pytree():
     join = lambda p: jnp.concatenate([p["a"], p["b"].ravel()])
     f = lambda p: 0.5 * (join(p) - c) @ (a @ (join(p) - c))
     params = {"a": jnp.zeros(2), "b": jnp.ones((3, 1))}
-    tx = newton()
+    tx = newton(linesearch=None)
     upd, state = first_update(tx, jax.grad(f)(params), params, value_fn=f)
     new = jax.tree.map(jnp.add, params, upd)
     np.testing.assert_allclose(join(new), c, rtol=1e-4, atol=1e-4)
@@ -149,7 +149,7 @@ def test_newton_one_unit_step_lands_on_quadratic_minimum_pytree():
 def test_newton_indefinite_hessian_reaches_a_minimum_not_the_saddle(fallback):
     # J1: plain Newton from (1, 0.5) goes to the saddle (0, 0).
     x, _, xs, slopes, statuses = run_unit_steps(
-        newton(fallback=fallback), saddle, jnp.array([1.0, 0.5]), 40
+        newton(linesearch=None, fallback=fallback), saddle, jnp.array([1.0, 0.5]), 40
     )
     np.testing.assert_allclose(jnp.abs(x), [0.0, np.sqrt(5.0)], atol=1e-4)
     assert int(statuses[0]) == Status.NEGATIVE_CURVATURE
@@ -271,8 +271,8 @@ def test_newton_cg_exact_step_on_pytree_quadratic_and_counters():
     join = lambda p: jnp.concatenate([p["w"].ravel(), p["b"]])
     f = lambda p: 0.5 * join(p) @ (a @ join(p)) - jnp.sum(join(p))
     params = {"w": jnp.ones((2, 2)), "b": jnp.zeros(3)}
-    tx = newton_cg(forcing=1e-6)
-    upd, (s, _) = first_update(tx, jax.grad(f)(params), params, value_fn=f)
+    tx = newton_cg(linesearch=None, forcing=1e-6)
+    upd, (s,) = first_update(tx, jax.grad(f)(params), params, value_fn=f)
     new = join(jax.tree.map(jnp.add, params, upd))
     np.testing.assert_allclose(new, np.linalg.solve(a, np.ones(7)), rtol=1e-3, atol=1e-4)
     assert upd["w"].shape == (2, 2)
@@ -303,7 +303,7 @@ def separable(x):
 
 def _solve_separable(n, steps):
     x0 = jnp.zeros(n, jnp.float32)
-    tx = newton_cg()
+    tx = newton_cg(linesearch=None)
 
     @jax.jit
     def solve(x0):
@@ -332,3 +332,16 @@ def test_newton_cg_runs_at_one_million_parameters():
     elapsed = time.perf_counter() - start
     assert float(rel) < 1e-5, float(rel)
     print(f"\nnewton_cg d=1e6: {elapsed:.1f}s, {int(s.num_hess_evals)} HVPs, rel grad {rel:.2e}")
+
+
+def test_newton_methods_through_minimize_match_scipy_minimizer():
+    from gradlab.minimize import minimize
+
+    x0 = np.array([-1.2, 1.0])
+    ref = _scipy_rosenbrock(x0, "Newton-CG", options={"xtol": 1e-10})
+    with jax.enable_x64(True):
+        for method in ("newton", "newton_cg"):
+            r = minimize(rosenbrock, jnp.asarray(x0), method, tol=1e-8)
+            assert int(r.status) == Status.CONVERGED, (method, r.summary())
+            np.testing.assert_allclose(np.asarray(r.params), ref.x, atol=1e-6)
+            assert int(r.num_steps) <= ref.nit  # scipy Newton-CG: 83 iterations here

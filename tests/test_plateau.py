@@ -119,13 +119,13 @@ def test_vmap_over_every_numeric_argument_equals_python_loop():
     base_kw = dict(factor=0.5, patience=2, rtol=1e-3, atol=0.0, cooldown=1)
     base_kw.update(accumulation_size=1, min_scale=0.0)
     sweeps = dict(
-        factor=[0.1, 0.5, 0.9, 1.0],
-        patience=[1, 2, 3, 5],
-        rtol=[0.0, 1e-3, 0.1],
-        atol=[0.0, 0.005, 0.5],
-        cooldown=[0, 1, 4],
-        accumulation_size=[1, 2, 3],
-        min_scale=[0.0, 0.2, 0.6],
+        factor=[0.1, 1.0],
+        patience=[1, 3],
+        rtol=[0.0, 0.1],
+        atol=[0.0, 0.5],
+        cooldown=[0, 4],
+        accumulation_size=[1, 3],
+        min_scale=[0.0, 0.6],
     )
     for name, sweep in sweeps.items():
 

@@ -112,3 +112,13 @@ def test_cli_race_usage_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(["race", "not_a_problem"])
     assert not list(tmp_path.iterdir())
+
+
+def test_every_race_name_builds_a_gradlab_optimizer_that_descends():
+    for name in race_mod.OPTIMIZERS:
+        assert race_mod._factory(name).__module__.startswith("gradlab.optimizers")
+    paths = race_mod.race("quadratic", race_mod.OPTIMIZERS, steps=20)
+    values = trajectories.path_values("quadratic", paths)
+    for name, v in values.items():
+        assert np.all(np.isfinite(v)), name
+        assert v[-1] < v[0], name

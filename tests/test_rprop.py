@@ -201,19 +201,27 @@ def test_structural_errors():
 
 
 def test_dtypes_and_zero_gradients():
-    for variant in RPROP_VARIANTS:
-        tx = rprop(0.1, variant=variant)
-        step = jax.jit(tx.update)
-        for dtype in (jnp.float32, jnp.bfloat16, jnp.float16):
-            params = {"a": jnp.zeros(4, dtype)}
-            state = tx.init(params)
-            for _ in range(3):
-                u, state = step({"a": jnp.zeros(4, dtype)}, state, params, value=0.0)
-            assert u["a"].dtype == dtype and np.all(np.asarray(u["a"], np.float32) == 0)
-            inner = state[0]
-            assert inner.step_sizes["a"].dtype == jnp.float32
-            assert inner.prev_sign["a"].dtype == jnp.int8
-            np.testing.assert_allclose(inner.step_sizes["a"], 0.1)  # unchanged on zero grads
+    dtypes = (jnp.float32, jnp.bfloat16, jnp.float16)
+
+    @jax.jit
+    def three_zero_steps():
+        out = []
+        for variant in RPROP_VARIANTS:
+            tx = rprop(0.1, variant=variant)
+            for dtype in dtypes:
+                params = {"a": jnp.zeros(4, dtype)}
+                state = tx.init(params)
+                for _ in range(3):
+                    u, state = tx.update({"a": jnp.zeros(4, dtype)}, state, params, value=0.0)
+                out.append((u, state[0]))
+        return out
+
+    for i, (u, inner) in enumerate(three_zero_steps()):
+        dtype = dtypes[i % 3]
+        assert u["a"].dtype == dtype and np.all(np.asarray(u["a"], np.float32) == 0)
+        assert inner.step_sizes["a"].dtype == jnp.float32
+        assert inner.prev_sign["a"].dtype == jnp.int8
+        np.testing.assert_allclose(inner.step_sizes["a"], 0.1)  # unchanged on zero grads
     params = {"a": jnp.full(3, 0.5, jnp.bfloat16)}
     tx = rprop(0.01)
     u, _ = tx.update({"a": jnp.array([1.0, -1.0, 0.0], jnp.bfloat16)}, tx.init(params))

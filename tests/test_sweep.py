@@ -67,9 +67,9 @@ def _reference(task, tx, seed, steps=STEPS, every=EVERY, cache_key=None):
 
 def _reference_run(task, tx, seed, steps, every):
     """The run written out by hand: documented keys, plan, plain loop of jitted steps."""
-    k_init, k_data, _ = jax.random.split(jax.random.PRNGKey(seed), 3)
+    k_init, _, _ = jax.random.split(jax.random.PRNGKey(seed), 3)
     params, model_state = task.init(k_init)
-    plan = task.batch_plan(k_data, steps)
+    plan = task.batch_plan(seed, steps)
     state = tx.init(params)
 
     @jax.jit

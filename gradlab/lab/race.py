@@ -76,12 +76,9 @@ _GENERIC_LR = {
 
 
 def _factory(name: str) -> Callable[..., optax.GradientTransformation]:
-    """gradlab's named optimizer; optax's same-named one only while gradlab's is missing."""
+    """gradlab's named optimizer (imported on first use)."""
     module_name, attr, _ = _SPECS[name]
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError):  # pragma: no cover - only during development
-        return getattr(optax, attr)
+    return getattr(importlib.import_module(module_name), attr)
 
 
 def make_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:

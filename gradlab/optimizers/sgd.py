@@ -33,7 +33,7 @@ def sgd(
     ``"ema"``         ``ema(mu, debias=False, nesterov)`` → ``scale_by_learning_rate(eta)``
     ``"heavy_ball"``  ``heavy_ball_momentum(eta, mu, nesterov)`` (lr inside the velocity)
     ``"sutskever"``   ``sutskever_momentum(eta, mu, nesterov)`` (Keras SGD)
-    ``"damped"``      ``damped_momentum(eta, mu, nesterov)`` (torch dampening = mu)
+    ``"damped"``      ``damped_momentum(eta, mu, nesterov)`` (textbook damped form)
     ================  =======================================================================
 
     The default (``"trace"``) computes exactly what ``optax.sgd`` computes, with the state in

@@ -252,25 +252,26 @@ def scale_by_gauss_newton(
 
 
 def gauss_newton(
-    learning_rate: base.ScalarOrSchedule = 1.0,
+    learning_rate: base.ScalarOrSchedule | None = None,
     *,
-    linesearch: base.GradientTransformation | None = None,
+    linesearch: base.GradientTransformation | str | None = "strong_wolfe",
     jacobian: str = "auto",
     forcing: base.ScalarOrSchedule | None = None,
     max_cg_steps: int | None = None,
     jacobian_memory_budget: int = 256 * 2**20,
     state_dtype: Any = None,
 ) -> base.GradientTransformationExtraArgs:
-    r"""Gauss-Newton: :func:`scale_by_gauss_newton` then a step size or a line search.
+    r"""Gauss-Newton: :func:`scale_by_gauss_newton`, an optional fixed factor, a line search.
 
     .. math:: x_{t+1} = x_t - \alpha_t J_t^{+} r(x_t)
 
-    ``linesearch=None`` uses the fixed step ``learning_rate`` (1: classical Gauss-Newton);
-    otherwise the line search (last link; ``value``, ``grad``, ``value_fn`` of
-    :math:`\tfrac12\lVert r\rVert^2`) chooses :math:`\alpha_t`. Other arguments are
+    ``chain(scale_by_gauss_newton, [scale_by_learning_rate(learning_rate)], linesearch)``; the
+    default strong-Wolfe search (on :math:`\tfrac12\lVert r\rVert^2`, through the ``value``,
+    ``grad`` and ``value_fn`` extras) tries :math:`\alpha = 1` first. ``linesearch=None`` with
+    ``learning_rate=None`` is classical (undamped) Gauss-Newton. Other arguments are
     :func:`scale_by_gauss_newton`'s.
     """
-    from gradlab.transforms.learning_rate import scale_by_learning_rate
+    from gradlab.second_order.newton_cg import with_search
 
     descent = scale_by_gauss_newton(
         jacobian=jacobian,
@@ -279,12 +280,7 @@ def gauss_newton(
         jacobian_memory_budget=jacobian_memory_budget,
         state_dtype=state_dtype,
     )
-    last = (
-        linesearch
-        if linesearch is not None
-        else scale_by_learning_rate(learning_rate, flip_sign=False)
-    )
-    return base.chain(descent, last)
+    return with_search(descent, learning_rate, linesearch)
 
 
 # --------------------------------------------------------------------------------------------

@@ -275,9 +275,9 @@ def scale_by_newton(
 
 
 def newton(
-    learning_rate: base.ScalarOrSchedule = 1.0,
+    learning_rate: base.ScalarOrSchedule | None = None,
     *,
-    linesearch: base.GradientTransformation | None = None,
+    linesearch: base.GradientTransformation | str | None = "strong_wolfe",
     fallback: str = "eigen",
     damping_init: base.ScalarOrSchedule = 1e-3,
     damping_increase: base.ScalarOrSchedule = 10.0,
@@ -286,20 +286,22 @@ def newton(
     hessian_memory_budget: int = 512 * 2**20,
     state_dtype: Any = None,
 ) -> base.GradientTransformationExtraArgs:
-    r"""Newton's method: :func:`scale_by_newton` followed by a step size or a line search.
+    r"""Newton's method: :func:`scale_by_newton`, an optional fixed factor, then a line search.
 
     .. math:: x_{t+1} = x_t - \alpha_t \tilde H_t^{-1} \nabla f(x_t)
 
-    With ``linesearch=None`` the step is :math:`\alpha_t =` ``learning_rate`` (1: the classical
-    Newton–Raphson step); otherwise ``linesearch`` (the chain's last link, consuming ``value``,
-    ``grad`` and ``value_fn``) chooses it and ``learning_rate`` is ignored. The other arguments
-    are :func:`scale_by_newton`'s.
+    ``chain(scale_by_newton, [scale_by_learning_rate(learning_rate)], linesearch)``. The
+    default strong-Wolfe search tries :math:`\alpha = 1` first (the classical Newton–Raphson
+    step); ``linesearch=None`` with ``learning_rate=None`` takes the unit step as is, and
+    ``learning_rate=eta, linesearch=None`` is the damped iteration
+    :math:`x - \eta H^{-1} g` of the lecture notes. The other arguments are
+    :func:`scale_by_newton`'s.
 
     Returns:
-      A chain ``scale_by_newton -> (learning rate | line search)``; ``update`` needs ``params``
-      and the extra ``value_fn`` (and ``value``, ``grad`` for a line search).
+      A chain whose ``update`` needs ``params`` and the extra ``value_fn`` (and ``value``,
+      ``grad`` for a line search).
     """
-    from gradlab.transforms.learning_rate import scale_by_learning_rate
+    from gradlab.second_order.newton_cg import with_search
 
     descent = scale_by_newton(
         fallback=fallback,
@@ -310,9 +312,4 @@ def newton(
         hessian_memory_budget=hessian_memory_budget,
         state_dtype=state_dtype,
     )
-    last = (
-        linesearch
-        if linesearch is not None
-        else scale_by_learning_rate(learning_rate, flip_sign=False)
-    )
-    return base.chain(descent, last)
+    return with_search(descent, learning_rate, linesearch)

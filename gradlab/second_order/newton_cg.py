@@ -47,6 +47,7 @@ __all__ = [
     "hvp",
     "newton_cg",
     "scale_by_newton_cg",
+    "with_search",
 ]
 
 _OWNER = "scale_by_newton_cg"
@@ -326,41 +327,60 @@ def scale_by_newton_cg(
     return base.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def with_search(
+    descent: base.GradientTransformation,
+    learning_rate: base.ScalarOrSchedule | None,
+    linesearch: base.GradientTransformation | str | None,
+) -> base.GradientTransformationExtraArgs:
+    """``chain(descent, [scale_by_learning_rate(lr, flip_sign=False)], [line search])``.
+
+    ``linesearch`` is a transformation, a name understood by
+    :func:`gradlab.linesearch.get_linesearch` (``"strong_wolfe"``, ``"backtracking"``,
+    ``"exact"``; the first trial step is 1, Newton's natural step) or ``None``. With neither a
+    learning rate nor a search the descent's direction is applied as is (unit step).
+    """
+    from gradlab.linesearch import get_linesearch
+    from gradlab.transforms.learning_rate import scale_by_learning_rate
+
+    links = [descent]
+    if learning_rate is not None:
+        links.append(scale_by_learning_rate(learning_rate, flip_sign=False))
+    search = get_linesearch(linesearch, initial_guess_strategy="one")
+    if search is not None:
+        links.append(search)
+    return base.chain(*links)
+
+
 def newton_cg(
-    learning_rate: base.ScalarOrSchedule = 1.0,
+    learning_rate: base.ScalarOrSchedule | None = None,
     *,
-    linesearch: base.GradientTransformation | None = None,
+    linesearch: base.GradientTransformation | str | None = "strong_wolfe",
     forcing: base.ScalarOrSchedule | None = None,
     max_cg_steps: int | None = None,
     state_dtype: Any = None,
 ) -> base.GradientTransformationExtraArgs:
-    r"""Newton-CG: :func:`scale_by_newton_cg` followed by a step size or a line search.
+    r"""Newton-CG: :func:`scale_by_newton_cg`, an optional fixed factor, then a line search.
 
     .. math:: x_{t+1} = x_t + \alpha_t d_t,\qquad H_t d_t \approx -\nabla f(x_t)
 
-    With ``linesearch=None`` the step is :math:`\alpha_t =` ``learning_rate`` (1 is the pure
-    Newton step); otherwise ``linesearch`` (the last link, consuming ``value``, ``grad`` and
-    ``value_fn``) chooses it and ``learning_rate`` is ignored.
+    ``chain(scale_by_newton_cg, [scale_by_learning_rate(learning_rate)], linesearch)``, the
+    same layout as :func:`gradlab.second_order.quasi_newton.bfgs`. The default strong-Wolfe
+    search tries :math:`\alpha = 1` first; ``linesearch=None`` with ``learning_rate=None``
+    takes the pure unit Newton step.
 
     Args:
-      learning_rate: fixed step :math:`\alpha`, when there is no line search.
-      linesearch: a line-search transformation (a chain's last link), or ``None``.
+      learning_rate: optional fixed factor applied before the search (``None``: none).
+      linesearch: a transformation, ``"strong_wolfe"`` (default), ``"backtracking"``,
+        ``"exact"`` or ``None``.
       forcing: see :func:`scale_by_newton_cg`.
       max_cg_steps: see :func:`scale_by_newton_cg`.
       state_dtype: see :func:`scale_by_newton_cg`.
 
     Returns:
-      A chain ``scale_by_newton_cg -> (learning rate | line search)``; ``update`` needs
-      ``params`` and the extras ``value_fn`` (and ``value``, ``grad`` for a line search).
+      A chain whose ``update`` needs ``params`` and the extras ``value_fn`` (and ``value``,
+      ``grad`` for a line search).
     """
-    from gradlab.transforms.learning_rate import scale_by_learning_rate
-
     descent = scale_by_newton_cg(
         forcing=forcing, max_cg_steps=max_cg_steps, state_dtype=state_dtype
     )
-    last = (
-        linesearch
-        if linesearch is not None
-        else scale_by_learning_rate(learning_rate, flip_sign=False)
-    )
-    return base.chain(descent, last)
+    return with_search(descent, learning_rate, linesearch)

@@ -127,12 +127,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=None, help="steps between evaluations")
     p.add_argument("--dataset", default="digits", help="digits, moons, spirals or blobs")
     p.add_argument("--widths", default="64", help="hidden widths, comma-separated (default: 64)")
-    p.add_argument(
-        "--batch-size", default="128", help="mini-batch size or 'all' (default: 128)"
-    )
-    p.add_argument(
-        "--strategy", default="auto", choices=["auto", "vmap", "chunked", "loop"]
-    )
+    p.add_argument("--batch-size", default="128", help="mini-batch size or 'all' (default: 128)")
+    p.add_argument("--strategy", default="auto", choices=["auto", "vmap", "chunked", "loop"])
     p.add_argument("--out", default="sweep_out", help="output directory (default: sweep_out)")
     p.add_argument("--no-plot", action="store_true", help="do not write sweep.png")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -204,8 +200,10 @@ def run(args: argparse.Namespace) -> int:
         f"{result.info['devices']} {result.info['backend']} device(s))"
     )
     if best is not None:
-        hp = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in
-                       ((n, best[n]) for n in result.names))
+        hp = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in ((n, best[n]) for n in result.names)
+        )
         print(f"best ({result.primary}): {hp} -> {best['final_' + result.primary]:.4g}")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "table.txt"), "w") as f:

@@ -30,7 +30,7 @@ import optax
 from gradlab.status import Status
 from gradlab.sweep import strategies as strat
 from gradlab.sweep import tasks as tasks_mod
-from gradlab.sweep.program import batch_plans, make_program
+from gradlab.sweep.program import make_program, seed_inputs
 from gradlab.sweep.result import SweepResult
 from gradlab.sweep.space import settings_from
 
@@ -260,11 +260,9 @@ def sweep(
         groups.setdefault(_group_key(s, static), []).append(i)
     work = [(idx, list(traced)) for idx in groups.values()]
 
-    seed_keys = np.stack([np.asarray(jax.random.PRNGKey(s)) for s in seed_list])
-    program_data = {
-        "task": the_task.data,
-        "plan": batch_plans(the_task, seed_keys, steps) if (~invalid).any() else None,
-    }
+    program_data = {"task": the_task.data}
+    if (~invalid).any():
+        program_data.update(_seed_inputs(the_task, seed_list, steps))
     curves: dict[str, np.ndarray] = {}
     diverged = np.zeros(n_runs, bool)
     diverged_at = np.full(n_runs, -1, np.int32)
@@ -362,6 +360,40 @@ def sweep(
     )
 
 
+_PROGRAMS: dict[tuple, Any] = {}
+_SEED_INPUTS: dict[tuple, Any] = {}
+
+
+def _seed_inputs(task, seeds, steps):
+    """:func:`seed_inputs`, memoised on the task's identity (a repeated sweep skips it)."""
+    key = (id(task), tuple(seeds), steps)
+    hit = _SEED_INPUTS.get(key)
+    if hit is not None and hit[0] is task:
+        return hit[1]
+    value = seed_inputs(task, seeds, steps)
+    _SEED_INPUTS[key] = (task, value)
+    while len(_SEED_INPUTS) > 8:
+        _SEED_INPUTS.pop(next(iter(_SEED_INPUTS)))
+    return value
+
+
+def _program(task, optimizer, static_hp, eval_every, evals_per_call):
+    """The per-run program, memoised on the *identity* of the task and optimizer objects (and
+    the static values), so that a repeated sweep reuses its compiled executables."""
+    key = (id(task), id(optimizer), _group_key(static_hp, sorted(static_hp)), eval_every)
+    key += (evals_per_call,)
+    hit = _PROGRAMS.get(key)
+    if hit is not None and hit[0] is task and hit[1] is optimizer:
+        return hit[2]
+    prog = make_program(
+        task, optimizer, static_hp, eval_every=eval_every, evals_per_call=evals_per_call
+    )
+    _PROGRAMS[key] = (task, optimizer, prog)
+    while len(_PROGRAMS) > 32:
+        _PROGRAMS.pop(next(iter(_PROGRAMS)))
+    return prog
+
+
 def _run_group(
     optimizer,
     task,
@@ -390,17 +422,11 @@ def _run_group(
         col = [(placeholder if invalid[i] else settings[i])[name] for i in idx]
         dtype = np.float32 if any(isinstance(v, float) for v in col) else np.int32
         hp[name] = np.repeat(np.asarray(col, dtype), n_seeds)
-    seed_keys = np.stack([np.asarray(jax.random.PRNGKey(s)) for s in seed_list])
-    runs = {
-        "key": np.tile(seed_keys, (len(idx), 1)),
-        "seed_index": np.tile(np.arange(n_seeds, dtype=np.int32), len(idx)),
-    }
+    runs = {"seed_index": np.tile(np.arange(n_seeds, dtype=np.int32), len(idx))}
     n_runs = len(idx) * n_seeds
 
     def program(evals_per_call: int):
-        return make_program(
-            task, optimizer, static_hp, eval_every=eval_every, evals_per_call=evals_per_call
-        )
+        return _program(task, optimizer, static_hp, eval_every, evals_per_call)
 
     chosen = strategy
     if strategy == "auto":

@@ -9,11 +9,12 @@ finite, the step is rejected with ``jnp.where`` and the run is frozen for good a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from gradlab import base
@@ -33,7 +34,9 @@ class RunState(NamedTuple):
 
 
 def _mask_diverged(metrics: Mapping[str, jax.Array], diverged: jax.Array) -> dict:
-    return {k: jnp.where(diverged, jnp.nan, jnp.asarray(v, jnp.float32)) for k, v in metrics.items()}
+    return {
+        k: jnp.where(diverged, jnp.nan, jnp.asarray(v, jnp.float32)) for k, v in metrics.items()
+    }
 
 
 class Program(NamedTuple):
@@ -41,10 +44,11 @@ class Program(NamedTuple):
     ``start(hp, run, data) -> (state, metrics0, m)`` is ``init`` then ``advance`` as one program
     (one compilation when a single call covers the whole run).
 
-    ``run`` is ``{"key": PRNG key of the seed, "seed_index": int32}``; ``data`` is
-    ``{"task": task.data, "plan": (n_seeds, steps, batch) int32 or None}`` (see
-    :func:`batch_plans`). ``advance`` runs ``evals_per_call`` evaluation intervals of ``eval_every`` steps inside
-    ``lax.scan`` and returns the metrics stacked along a leading axis.
+    ``run`` is ``{"seed_index": int32}``; ``data`` is ``{"task": task.data, "seeds": per-seed
+    initial parameters, model state and dropout key (see :func:`seed_inputs`), "plan":
+    (n_seeds, steps, batch) int32 or None}``. ``advance`` runs ``evals_per_call`` evaluation
+    intervals of ``eval_every`` steps inside ``lax.scan`` and returns the metrics stacked along
+    a leading axis.
     """
 
     init: Callable
@@ -68,15 +72,15 @@ def make_program(
         return factory(**static_hp, **hp)
 
     def init(hp, run, data):
-        k_init, _, k_run = jax.random.split(run["key"], 3)
-        params, model_state = task.init(k_init)
+        i = jnp.asarray(run["seed_index"], jnp.int32)
+        params, model_state, k_run = jax.tree.map(lambda a: a[i], data["seeds"])
         opt_state = make_opt(hp).init(params)
         state = RunState(
             params=params,
             model_state=model_state,
             opt_state=opt_state,
             key=k_run,
-            seed_index=jnp.asarray(run["seed_index"], jnp.int32),
+            seed_index=i,
             step=jnp.zeros((), jnp.int32),
             diverged=jnp.zeros((), bool),
             diverged_at=jnp.full((), -1, jnp.int32),
@@ -148,16 +152,25 @@ def make_program(
     return Program(init=init, advance=advance, start=start, step=step)
 
 
-def batch_plans(task: Any, keys: Any, steps: int) -> jax.Array | None:
-    """``(n_seeds, steps, batch)`` example indices, one plan per seed (``None``: full batch).
+def seed_inputs(task: Any, seeds: Sequence[int], steps: int) -> dict:
+    """Everything a run takes from its seed, computed once per seed outside the compiled
+    program (so random initialisation is not recompiled per sweep or vmapped per setting).
 
-    Each seed's plan is drawn from the second of the three keys split from ``PRNGKey(seed)``
-    (the first initialises the model, the third drives dropout).
+    ``PRNGKey(seed)`` is split in three: the first key initialises the model
+    (``task.init``), the third drives dropout (folded with the step number); the mini-batch
+    order is ``task.batch_plan(seed, steps)`` (numpy, on the host).
+
+    Returns:
+      ``{"seeds": (params, model_state, dropout key) stacked over seeds, "plan": (n_seeds,
+      steps, batch) int32 or None}``.
     """
-    if task.batch_plan is None:
-        return None
-
-    def one(key):
-        return task.batch_plan(jax.random.split(key, 3)[1], steps)
-
-    return jax.jit(jax.vmap(one))(jnp.asarray(keys))
+    inits = []
+    for seed in seeds:
+        k_init, _, k_run = jax.random.split(jax.random.PRNGKey(int(seed)), 3)
+        params, model_state = task.init(k_init)
+        inits.append(jax.tree.map(np.asarray, (params, model_state, k_run)))
+    stacked = jax.tree.map(lambda *xs: np.stack(xs), *inits)
+    plan = None
+    if task.batch_plan is not None:
+        plan = np.stack([np.asarray(task.batch_plan(int(s), steps), np.int32) for s in seeds])
+    return {"seeds": stacked, "plan": plan}

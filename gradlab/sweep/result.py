@@ -73,7 +73,9 @@ class Table:
         """Aligned text (numbers right-aligned), at most ``max_rows`` rows."""
         rows = self.rows if max_rows is None else self.rows[:max_rows]
         cells = [[_fmt(r.get(c)) for c in self.columns] for r in rows]
-        widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(self.columns)]
+        widths = [
+            max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(self.columns)
+        ]
         numeric = [
             all(isinstance(r.get(c), (int, float, np.number)) or r.get(c) is None for r in rows)
             for c in self.columns
@@ -81,7 +83,8 @@ class Table:
 
         def line(values):
             return "  ".join(
-                v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)
+                v.rjust(w) if num else v.ljust(w)
+                for v, w, num in zip(values, widths, numeric, strict=True)
             ).rstrip()
 
         out = [line(self.columns), line(["-" * w for w in widths])]

@@ -59,7 +59,9 @@ def _check_n(n: Any, owner: str) -> int | None:
     if n is None:
         return None
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ValueError(f"{owner}: n must be a positive int (the number of grid points), got {n!r}")
+        raise ValueError(
+            f"{owner}: n must be a positive int (the number of grid points), got {n!r}"
+        )
     return int(n)
 
 
@@ -147,9 +149,7 @@ class Choice(Axis):
         values = [_plain(v) for v in values]
         if not values:
             raise ValueError("choice: an axis needs at least one value")
-        numeric = all(
-            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values
-        )
+        numeric = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)
         if traced is None:
             traced = all(_is_float(v) for v in values)
         elif traced and not numeric:
@@ -227,7 +227,7 @@ def grid(space: Mapping[str, Any]) -> list[dict[str, Any]]:
     axes = _normalise(space)
     names = list(axes)
     values = [axes[n].grid() for n in names]
-    return [dict(zip(names, combo)) for combo in itertools.product(*values)]
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*values)]
 
 
 def sample(space: Mapping[str, Any], n: int, seed: int = 0) -> list[dict[str, Any]]:

@@ -42,6 +42,23 @@ def to_host(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+_JIT_CACHE: dict[tuple, Any] = {}
+
+
+def _cached(key: tuple, build: Callable[[], Any]) -> Any:
+    """Jitted functions per (program, strategy, devices), so that repeating a sweep with the same
+    task and optimizer objects reuses the compiled executables (a few entries, oldest dropped)."""
+    ident = tuple(id(k) if isinstance(k, Program) else k for k in key)
+    hit = _JIT_CACHE.get(ident)
+    if hit is not None and hit[0] is key[0]:
+        return hit[1]
+    value = build()
+    _JIT_CACHE[ident] = (key[0], value)
+    while len(_JIT_CACHE) > 32:
+        _JIT_CACHE.pop(next(iter(_JIT_CACHE)))
+    return value
+
+
 def _take(tree: Any, idx: np.ndarray) -> Any:
     return jax.tree.map(lambda a: np.asarray(a)[idx], tree)
 
@@ -66,8 +83,11 @@ class _Output:
 
 
 def _concat_metrics(first: dict, rest: Sequence[dict], axis: int) -> dict:
+    """Stack the initial evaluation before the later ones, on the host."""
     return {
-        k: jnp.concatenate([jnp.expand_dims(first[k], axis)] + [m[k] for m in rest], axis=axis)
+        k: np.concatenate(
+            [np.expand_dims(to_host(first[k]), axis)] + [to_host(m[k]) for m in rest], axis=axis
+        )
         for k in first
     }
 
@@ -98,16 +118,21 @@ def run_batched(
     mesh = Mesh(np.asarray(devices), ("runs",))
     run_sh = NamedSharding(mesh, PartitionSpec("runs"))
     rep = NamedSharding(mesh, PartitionSpec())
-    start = jax.jit(
-        jax.vmap(prog.start, in_axes=(0, 0, None)),
-        in_shardings=(run_sh, run_sh, rep),
-        out_shardings=run_sh,
-    )
-    advance = jax.jit(
-        jax.vmap(prog.advance, in_axes=(0, 0, None)),
-        in_shardings=(run_sh, run_sh, rep),
-        out_shardings=run_sh,
-        donate_argnums=0,
+    start, advance = _cached(
+        (prog, "batched", tuple(devices)),
+        lambda: (
+            jax.jit(
+                jax.vmap(prog.start, in_axes=(0, 0, None)),
+                in_shardings=(run_sh, run_sh, rep),
+                out_shardings=run_sh,
+            ),
+            jax.jit(
+                jax.vmap(prog.advance, in_axes=(0, 0, None)),
+                in_shardings=(run_sh, run_sh, rep),
+                out_shardings=run_sh,
+                donate_argnums=0,
+            ),
+        ),
     )
     data = jax.device_put(data, rep)
     out = _Output(n_runs)
@@ -144,7 +169,7 @@ def run_loop(
     """Run each run alone with one compiled single-run program (round-robin over devices)."""
     n_runs = int(runs["seed_index"].shape[0])
     prog = make_program(n_evals)
-    start = jax.jit(prog.start)
+    start = _cached((prog, "loop"), lambda: jax.jit(prog.start))
     datas = [jax.device_put(data, dev) for dev in devices]
     out = _Output(n_runs)
     pending = []

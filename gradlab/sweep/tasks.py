@@ -38,9 +38,10 @@ class Task:
       loss: ``(params, model_state, batch, key) -> (loss, new_model_state)`` in training mode.
       get_batch: ``(data, indices) -> batch``; ``indices`` is one row of the batch plan (the
         example indices of this step) or ``None`` for a full-batch task.
-      batch_plan: ``(key, steps) -> (steps, batch_size) int32`` example indices of every step,
-        computed once per seed before training (``None``: full batch every step). Precomputing
-        the plan keeps the per-epoch shuffle (a sort) out of the training loop.
+      batch_plan: ``(seed, steps) -> (steps, batch_size) int32`` numpy array of the example
+        indices of every step, computed on the host once per seed before training (``None``:
+        full batch every step). Precomputing the plan keeps the per-epoch shuffle (a sort)
+        out of the compiled training loop.
       evaluate: ``(params, model_state, data) -> {metric: scalar}``, called every
         ``eval_every`` steps. Names containing ``"acc"`` are maximised, the others minimised.
       data: pytree of arrays passed (replicated, not vmapped) to the compiled program.
@@ -65,17 +66,19 @@ class Task:
 
 
 def epoch_plan(n: int, batch_size: int | None) -> Callable | None:
-    """Batch plan for ``n`` examples: a fresh permutation per epoch, ``n // batch_size`` batches
-    per epoch (the remainder of each permutation is dropped). ``None`` for full batch."""
+    """Batch plan for ``n`` examples: a fresh permutation per epoch from
+    ``numpy.random.default_rng(seed)``, ``n // batch_size`` batches per epoch (the remainder
+    of each permutation is dropped). ``None`` for full batch."""
     if batch_size is None or batch_size >= n:
         return None
     per_epoch = n // batch_size
 
-    def plan(key, steps):
+    def plan(seed: int, steps: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
         epochs = -(-steps // per_epoch)
-        perms = jax.vmap(lambda k: jax.random.permutation(k, n))(jax.random.split(key, epochs))
+        perms = np.stack([rng.permutation(n) for _ in range(epochs)])
         rows = perms[:, : per_epoch * batch_size].reshape(epochs * per_epoch, batch_size)
-        return rows[:steps].astype(jnp.int32)
+        return rows[:steps].astype(np.int32)
 
     return plan
 
@@ -277,7 +280,7 @@ def mlp_classifier(
         return out
 
     sizes = (d, *widths, k)
-    matmul = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    matmul = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
     name = dataset if isinstance(dataset, str) else "dataset"
     return Task(
         name=f"mlp_classifier({name})",

@@ -81,11 +81,12 @@ def scale_by_rss(
         def leaf(g, s):
             gc = rms.to_dtype(g, cdt)
             s_new = rms.to_dtype(s, cdt) + rms.abs_sq(gc)
+            # The TINY floor turns 0 * inf into 0 when G = eps = 0 (no NaN, no select).
             if eps_in_sqrt:
-                scale = jnp.where(s_new > 0, jax.lax.rsqrt(s_new + e), 0)
+                u = gc * jax.lax.rsqrt(jnp.maximum(s_new + e, rms.TINY))
             else:
-                scale = jnp.where(s_new > 0, 1 / (jnp.sqrt(s_new) + e), 0)
-            return (scale * gc).astype(g.dtype), s_new.astype(sdt)
+                u = gc / jnp.maximum(jnp.sqrt(s_new) + e, rms.TINY)
+            return u.astype(g.dtype), s_new.astype(sdt)
 
         pairs = jax.tree.map(leaf, updates, state.sum_of_squares)
         out, new_s = rms.tree_unzip(updates, pairs, 2)

@@ -231,8 +231,9 @@ def ema(
     returning :math:`m_t / w_t` when ``debias`` (optax's default) and :math:`m_t` otherwise.
     With ``nesterov`` the returned quantity is :math:`\mu m_t + (1-\mu) g_t` (then debiased
     the same way). Followed by :math:`\Delta\theta = -\eta_t u_t` this is ``torch.optim.SGD``
-    with ``dampening=momentum`` (except torch's first step, which is undamped:
-    :math:`m_1 = g_1`). With a schedule for ``decay`` the debiasing uses the product of the
+    with ``dampening=momentum``, except that torch does not damp its first step
+    (:math:`m_1 = g_1`), so torch's buffer carries an extra, geometrically decaying
+    :math:`\mu^t g_1`. With a schedule for ``decay`` the debiasing uses the product of the
     decays actually applied.
 
     Args:
@@ -396,8 +397,8 @@ def damped_momentum(
     (with ``nesterov`` the step is :math:`\mu \Delta w_t - \eta_t(1-\mu) g_t`). :math:`\mu = 0`
     is plain gradient descent and the steady-state step is :math:`-\eta g` on a constant
     gradient. For a constant :math:`\eta` it equals :func:`ema` (``debias=False``) followed by
-    the learning-rate atom, i.e. ``torch.optim.SGD(momentum=mu, dampening=mu)`` from the second
-    step on (torch does not damp its first step); under a schedule it differs.
+    the learning-rate atom, i.e. ``torch.optim.SGD(momentum=mu, dampening=mu)`` up to torch's
+    undamped first step (see :func:`ema`); under a schedule it differs.
 
     The state holds the atom's own previous step, which is :math:`\Delta w` when this atom is
     the last link of the chain.

@@ -115,6 +115,10 @@ def tree_unzip(updates: Any, tuples: Any, n: int) -> tuple:
     return jax.tree.transpose(jax.tree.structure(updates), jax.tree.structure((0,) * n), tuples)
 
 
+#: Smallest normal float32: a floor for denominators, so that 0 / 0 becomes 0 (not NaN).
+TINY = float(np.finfo(np.float32).tiny)
+
+
 def safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:
     """``num / den`` where ``den > 0``, else ``num`` (so ``0 / 0`` is 0 when ``eps = 0``)."""
     return num / jnp.where(den > 0, den, jnp.ones_like(den))
@@ -254,7 +258,7 @@ def scale_by_rms(
                 m = mu if bc is None else mu / bc
                 v = jnp.maximum(v - abs_sq(m), 0)
             if eps_in_sqrt:
-                u = gc * jnp.where(v + e > 0, jax.lax.rsqrt(v + e), 0)
+                u = gc * jax.lax.rsqrt(jnp.maximum(v + e, TINY))
             else:
                 u = safe_divide(gc, jnp.sqrt(v) + e)
             if centered:

@@ -1,0 +1,226 @@
+"""Sweep engine vs the optax ways of running N hyperparameter settings, in one process.
+
+For N = 1, 8, 32, 128 learning rates of SGD+momentum training an MLP on digits (same model code,
+same initial parameters, same mini-batch plan for every method), it times:
+
+* ``gradlab``: ``gradlab.sweep.sweep(..., strategy="auto")`` (also "vmap" and "loop");
+* ``optax loop``: N calls of one jitted ``train(lr)`` (``lax.scan`` over steps; lr is an
+  argument, so it compiles once);
+* ``optax inject+vmap``: ``jit(vmap(train))`` with ``optax.inject_hyperparams(optax.sgd)`` and the
+  learning rate set in the state (the recipe of optax#932).
+
+"cold" includes compilation, "warm" re-runs the compiled program (median of ``--reps``). The
+engine's achieved matmul GFLOP/s at the largest N is compared with a big float32 matmul measured
+in the same process. A second table times vmap vs loop for several model sizes: the measurement
+behind ``strategy="auto"``.
+
+Usage: ``python benchmarks/sweep.py [--quick] [--ns 1,8,32,128] [--steps 100]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from gradlab.sweep import sweep, tasks  # noqa: E402
+from gradlab.sweep.program import seed_inputs  # noqa: E402
+
+
+def _median_time(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def matmul_peak(n: int = 2048, reps: int = 5) -> float:
+    """GFLOP/s of a jitted float32 ``n x n @ n x n`` (the machine's practical matmul peak)."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, a).block_until_ready()
+    return 2 * n**3 / _median_time(lambda: f(a, a), reps) / 1e9
+
+
+def optax_alternatives(task, steps: int):
+    """Jitted single-run and vmapped-inject training functions on the task's own code."""
+    inputs = seed_inputs(task, [0], steps)
+    params0, model_state, _ = jax.tree.map(lambda a: jnp.asarray(a[0]), inputs["seeds"])
+    plan = jnp.asarray(inputs["plan"][0]) if inputs["plan"] is not None else None
+    data = task.data
+
+    def scan_train(tx, state, params):
+        def step(carry, idx):
+            p, s = carry
+            batch = task.get_batch(data, idx)
+            g = jax.grad(lambda q: task.loss(q, model_state, batch, None)[0])(p)
+            u, s = tx.update(g, s, p)
+            return (optax.apply_updates(p, u), s), None
+
+        (p, _), _ = jax.lax.scan(step, (params, state), plan)
+        return task.evaluate(p, model_state, data)
+
+    def train_one(lr, params):
+        tx = optax.sgd(lr, momentum=0.9)
+        return scan_train(tx, tx.init(params), params)
+
+    inject = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1, momentum=0.9)
+
+    def train_inject(lr, params):
+        state = inject.init(params)
+        state.hyperparams["learning_rate"] = lr
+        return scan_train(inject, state, params)
+
+    loop_fn = jax.jit(train_one)
+    vmap_fn = jax.jit(jax.vmap(train_inject, in_axes=(0, None)))
+
+    def run_loop(lrs):
+        return [loop_fn(lr, params0) for lr in lrs]
+
+    def run_vmap(lrs):
+        return vmap_fn(jnp.asarray(lrs), params0)
+
+    return run_loop, run_vmap
+
+
+def time_methods(task, n: int, steps: int, reps: int, strategies) -> dict[str, tuple]:
+    lrs = [float(v) for v in np.geomspace(1e-3, 1e-1, n)]
+    opt = lambda learning_rate: optax.sgd(learning_rate, momentum=0.9)  # noqa: E731
+    out = {}
+    for strategy in strategies:
+
+        def call(strategy=strategy):
+            res = sweep(
+                opt,
+                {"learning_rate": lrs},
+                task=task,
+                steps=steps,
+                eval_every=steps,
+                strategy=strategy,
+                progress=False,
+            )
+            return res
+
+        t = time.perf_counter()
+        res = call()
+        cold = time.perf_counter() - t
+        warm = _median_time(lambda call=call: call().curves["val_loss"], reps)
+        chosen = res.info["groups"][0]["strategy"]
+        out[f"gradlab {strategy}" + (f" ({chosen})" if strategy == "auto" else "")] = (
+            cold,
+            warm,
+        )
+    run_loop, run_vmap = optax_alternatives(task, steps)
+    for name, fn in (("optax loop", run_loop), ("optax inject+vmap", run_vmap)):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(lrs))
+        cold = time.perf_counter() - t
+        warm = _median_time(lambda fn=fn: fn(lrs), reps)
+        out[name] = (cold, warm)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ns", default="1,8,32,128")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--widths", default="128,128")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="N=1,8, 20 steps, 1 rep (a smoke run)")
+    p.add_argument("--no-strategy-table", action="store_true")
+    args = p.parse_args(argv)
+    ns = [int(v) for v in args.ns.split(",")]
+    steps, reps = args.steps, args.reps
+    if args.quick:
+        ns, steps, reps = [1, 8], 20, 1
+    widths = tuple(int(w) for w in args.widths.split(","))
+    task = tasks.mlp_classifier("digits", widths, batch_size=args.batch_size, target_accuracy=None)
+
+    peak = matmul_peak(1024 if args.quick else 2048)
+    dev = jax.devices()[0]
+    print(
+        f"# sweep benchmark: {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, {dev.platform} x{len(jax.devices())}, jax {jax.__version__}"
+    )
+    print(
+        f"model 64-{'-'.join(map(str, widths))}-10, batch {args.batch_size}, {steps} steps, "
+        f"SGD momentum 0.9; matmul peak {peak:.0f} GFLOP/s\n"
+    )
+    print("| N | method | cold s/run | warm ms/run | warm speedup vs optax loop |")
+    print("|---|---|---|---|---|")
+    summary = []
+    last = None
+    for n in ns:
+        res = time_methods(task, n, steps, reps, ("auto", "vmap", "loop"))
+        base = res["optax loop"][1]
+        for name, (cold, warm) in res.items():
+            print(
+                f"| {n} | {name} | {cold / n:.3f} | {1e3 * warm / n:.2f} | {base / warm:.2f}x |"
+            )
+        auto = next(v for k, v in res.items() if k.startswith("gradlab auto"))
+        best_alt = min(res["optax loop"][1], res["optax inject+vmap"][1])
+        summary.append((n, best_alt / auto[1], best_alt / auto[1]))
+        last = (n, auto[1])
+    print("\n| N | gradlab auto vs fastest optax alternative (warm) |")
+    print("|---|---|")
+    for n, ratio, _ in summary:
+        print(f"| {n} | {ratio:.2f}x |")
+    if last is not None and task.flops_per_step:
+        n, warm = last
+        gflops = task.flops_per_step * steps * n / warm / 1e9
+        print(
+            f"\nN={n}: gradlab auto trains at {gflops:.1f} GFLOP/s = "
+            f"{100 * gflops / peak:.0f}% of the {peak:.0f} GFLOP/s matmul peak"
+        )
+    if not args.no_strategy_table and not args.quick:
+        print("\n## vmap vs loop by model size (N=32, warm ms/run) -- behind strategy='auto'\n")
+        print("| model | FLOPs/step/run | vmap | loop | loop/vmap |")
+        print("|---|---|---|---|---|")
+        for w in ((16,), (64,), (128, 128), (256, 256), (512, 512)):
+            t = tasks.mlp_classifier("digits", w, batch_size=args.batch_size, target_accuracy=None)
+            r = time_methods_strategies(t, 32, steps, reps)
+            print(
+                f"| 64-{'-'.join(map(str, w))}-10 | {t.flops_per_step:.2e} | "
+                f"{1e3 * r['vmap'] / 32:.2f} | {1e3 * r['loop'] / 32:.2f} | "
+                f"{r['loop'] / r['vmap']:.2f} |"
+            )
+    return 0
+
+
+def time_methods_strategies(task, n: int, steps: int, reps: int) -> dict[str, float]:
+    lrs = [float(v) for v in np.geomspace(1e-3, 1e-1, n)]
+    opt = lambda learning_rate: optax.sgd(learning_rate, momentum=0.9)  # noqa: E731
+    out = {}
+    for strategy in ("vmap", "loop"):
+
+        def call(strategy=strategy):
+            return sweep(
+                opt,
+                {"learning_rate": lrs},
+                task=task,
+                steps=steps,
+                eval_every=steps,
+                strategy=strategy,
+                progress=False,
+            ).curves["val_loss"]
+
+        call()
+        out[strategy] = _median_time(call, reps)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

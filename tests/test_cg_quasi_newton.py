@@ -1,0 +1,240 @@
+"""Nonlinear CG, BFGS and L-BFGS: textbook properties, numpy formulas, and scipy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import scipy.optimize as so
+from jax import enable_x64
+
+import gradlab
+from gradlab.linesearch import scale_by_exact_linesearch
+from gradlab.minimize import minimize
+from gradlab.second_order.conjugate_gradient import (
+    BETA_RULES,
+    nonlinear_cg,
+    scale_by_nonlinear_cg,
+)
+from gradlab.second_order.quasi_newton import lbfgs, scale_by_bfgs, scale_by_lbfgs
+from gradlab.status import Status
+
+_A = np.diag([1.0, 3.0, 10.0, 30.0, 100.0]) + 0.5 * np.ones((5, 5))
+_B = np.arange(1.0, 6.0)
+
+
+def convex_quadratic(x):
+    a = jnp.asarray(_A, x.dtype)
+    return 0.5 * x @ a @ x - jnp.asarray(_B, x.dtype) @ x
+
+
+@pytest.mark.parametrize("beta", BETA_RULES)
+def test_cg_with_exact_line_search_ends_in_at_most_m_iterations(beta):
+    """Textbook: on a convex quadratic in dimension m, CG + exact search needs <= m steps."""
+    with enable_x64(True):
+        tx = nonlinear_cg(beta=beta, linesearch=scale_by_exact_linesearch(num_iterations=60))
+        x_star = np.linalg.solve(_A, _B)
+
+        def run(x0):
+            def step(carry, _):
+                x, state = carry
+                value, grad = jax.value_and_grad(convex_quadratic)(x)
+                upd, state = tx.update(
+                    grad, state, x, value=value, grad=grad, value_fn=convex_quadratic
+                )
+                return (x + upd, state), None
+
+            (x, _), _ = jax.lax.scan(step, (x0, tx.init(x0)), None, length=5)
+            return x
+
+        x = jax.jit(run)(jnp.zeros(5, jnp.float64))
+        np.testing.assert_allclose(np.asarray(x), x_star, rtol=1e-6, atol=1e-8)
+
+
+def test_cg_beta_rules_match_textbook_formulas():
+    g0 = jnp.asarray([1.0, -2.0, 0.5])
+    g1 = jnp.asarray([0.3, 0.4, -1.0])
+    for beta in BETA_RULES:
+        tx = scale_by_nonlinear_cg(beta=beta, restart_every=100)
+        state = tx.init(g0)
+        d0, state = tx.update(g0, state)
+        np.testing.assert_allclose(np.asarray(d0), -np.asarray(g0))  # first step: -g
+        d1, state = tx.update(g1, state)
+        a, b, d = np.asarray(g0, np.float64), np.asarray(g1, np.float64), -np.asarray(g0)
+        y = b - a
+        ref = {
+            "fletcher_reeves": b @ b / (a @ a),
+            "polak_ribiere": b @ y / (a @ a),
+            "polak_ribiere_plus": max(0.0, b @ y / (a @ a)),
+            "hestenes_stiefel": b @ y / (d @ y),
+            "dai_yuan": b @ b / (d @ y),
+        }[beta]
+        expected = -b + ref * d
+        if expected @ b >= 0:  # not a descent direction: restart
+            expected = -b
+        np.testing.assert_allclose(np.asarray(d1), expected, rtol=1e-5, err_msg=beta)
+
+
+def test_cg_restarts_every_period_and_on_non_descent():
+    g = [jnp.asarray(v) for v in ([1.0, 0.0], [0.5, 0.5], [0.2, 0.1], [0.1, 0.3])]
+    tx = scale_by_nonlinear_cg("fletcher_reeves", restart_every=2)
+    state = tx.init(g[0])
+    dirs = []
+    for gi in g:
+        d, state = tx.update(gi, state)
+        dirs.append(np.asarray(d))
+    np.testing.assert_allclose(dirs[2], -np.asarray(g[2]))  # period 2: steps 0 and 2 restart
+    assert not np.allclose(dirs[1], -np.asarray(g[1]))
+    assert int(state.num_restarts) == 2
+    # A direction that is not descent (plain PR with an opposite gradient) restarts to -g.
+    tx = scale_by_nonlinear_cg("polak_ribiere", restart_every=50)
+    state = tx.init(g[0])
+    _, state = tx.update(jnp.asarray([1.0, 0.0]), state)
+    d, state = tx.update(jnp.asarray([-3.0, 0.1]), state)
+    np.testing.assert_allclose(np.asarray(d), [3.0, -0.1])
+    assert int(state.num_restarts) == 2
+
+
+def test_cg_default_restart_period_is_dimension_and_bad_args_raise():
+    with pytest.raises(ValueError, match="beta"):
+        scale_by_nonlinear_cg("polak")
+    with pytest.raises(ValueError, match="restart_every"):
+        scale_by_nonlinear_cg(restart_every=0)
+
+
+def test_bfgs_first_step_is_gradient_descent_direction_and_update_matches_textbook():
+    x0 = jnp.asarray([1.0, 2.0, -1.0])
+    g0 = jnp.asarray([0.5, -1.0, 2.0])
+    tx = scale_by_bfgs(scale_init_precond=False)
+    state = tx.init(x0)
+    d0, state = tx.update(g0, state, x0)
+    np.testing.assert_allclose(np.asarray(d0), -np.asarray(g0))  # B0 = I
+    d0s, _ = scale_by_bfgs().update(g0, scale_by_bfgs().init(x0), x0)
+    np.testing.assert_allclose(
+        np.asarray(d0s), -np.asarray(g0) / np.linalg.norm(g0), rtol=1e-6
+    )  # scaled: unit length, same direction
+    x1 = x0 + 0.1 * d0
+    g1 = jnp.asarray([0.2, -0.3, 1.0])
+    d1, state = tx.update(g1, state, x1)
+    s, y = np.asarray(x1 - x0, np.float64), np.asarray(g1 - g0, np.float64)
+    rho = 1.0 / (y @ s)
+    eye = np.eye(3)
+    h1 = (eye - rho * np.outer(s, y)) @ eye @ (eye - rho * np.outer(y, s)) + rho * np.outer(s, s)
+    np.testing.assert_allclose(np.asarray(d1), -h1 @ np.asarray(g1), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(state.inv_hessian), h1, rtol=1e-5, atol=1e-6)
+
+
+def test_bfgs_skips_update_without_positive_curvature():
+    x0 = jnp.asarray([0.0, 0.0])
+    tx = scale_by_bfgs(scale_init_precond=False)
+    state = tx.init(x0)
+    _, state = tx.update(jnp.asarray([1.0, 0.0]), state, x0)
+    # s = (1, 0), y = (-2, 0): y's < 0 -> skipped, H stays I.
+    d, state = tx.update(jnp.asarray([-1.0, 0.0]), state, jnp.asarray([1.0, 0.0]))
+    assert int(state.num_skipped) == 1
+    np.testing.assert_allclose(np.asarray(state.inv_hessian), np.eye(2))
+    np.testing.assert_allclose(np.asarray(d), [1.0, 0.0])
+
+
+def test_lbfgs_with_enough_memory_equals_bfgs():
+    """With H0 = I and memory >= steps, the two-loop recursion is the dense BFGS matrix."""
+    with enable_x64(True):
+        rng = np.random.default_rng(0)
+        xs = [jnp.asarray(rng.normal(size=4)) for _ in range(5)]
+        gs = [convex_quadratic_grad(x) for x in xs]
+        dense, lim = scale_by_bfgs(False), scale_by_lbfgs(memory_size=6, scale_init_precond=False)
+        sd, sl = dense.init(xs[0]), lim.init(xs[0])
+        for x, g in zip(xs, gs):
+            dd, sd = dense.update(g, sd, x)
+            dl, sl = lim.update(g, sl, x)
+            np.testing.assert_allclose(np.asarray(dl), np.asarray(dd), rtol=1e-8)
+        assert int(sl.num_pairs) == 4
+
+
+def convex_quadratic_grad(x):
+    a = np.diag([1.0, 2.0, 5.0, 9.0]) + 0.1
+    return jnp.asarray(a @ np.asarray(x) - 1.0)
+
+
+def test_lbfgs_arguments_validated_and_optax_compatible_signature():
+    with pytest.raises(ValueError, match="memory_size"):
+        lbfgs(memory_size=0)
+    with pytest.raises(TypeError, match="memory_size"):
+        lbfgs(memory_size=2.5)
+    with pytest.raises(TypeError, match="scale_init_precond"):
+        scale_by_lbfgs(scale_init_precond=1)
+    with pytest.raises(ValueError, match="linesearch"):
+        lbfgs(linesearch="wolfe")
+    # Same keyword names as optax.lbfgs.
+    gradlab_tx = lbfgs(learning_rate=None, memory_size=5, scale_init_precond=True, linesearch=None)
+    optax_tx = optax.lbfgs(learning_rate=None, memory_size=5, scale_init_precond=True)
+    assert callable(gradlab_tx.update) and callable(optax_tx.update)
+
+
+# --- Against scipy ---------------------------------------------------------------------------
+
+
+def rosenbrock(x):
+    return jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+
+def beale(x):
+    a, b = x[0], x[1]
+    return (1.5 - a + a * b) ** 2 + (2.25 - a + a * b**2) ** 2 + (2.625 - a + a * b**3) ** 2
+
+
+_ILL = np.logspace(0, 3, 8)
+
+
+def ill_quadratic(x):
+    return 0.5 * jnp.sum(jnp.asarray(_ILL, x.dtype) * (x - 1.0) ** 2)
+
+
+PROBLEMS = {
+    "rosenbrock2": (rosenbrock, np.array([-1.2, 1.0]), np.ones(2)),
+    "rosenbrock10": (rosenbrock, np.tile([-1.2, 1.0], 5), np.ones(10)),
+    "beale": (beale, np.array([1.0, 1.0]), np.array([3.0, 0.5])),
+    "ill_quadratic": (ill_quadratic, np.zeros(8), np.ones(8)),
+}
+SCIPY = {"bfgs": "BFGS", "lbfgs": "L-BFGS-B", "cg": "CG"}
+
+
+def _scipy(fun, x0, method):
+    f = jax.jit(fun)
+    g = jax.jit(jax.grad(fun))
+    return so.minimize(
+        lambda x: float(f(jnp.asarray(x, jnp.float32))),
+        x0,
+        jac=lambda x: np.asarray(g(jnp.asarray(x, jnp.float32)), np.float64),
+        method=SCIPY[method],
+    )
+
+
+@pytest.mark.parametrize("problem", sorted(PROBLEMS))
+@pytest.mark.parametrize("method", ["bfgs", "lbfgs", "cg"])
+def test_same_minimizer_as_scipy_and_record_evaluations(problem, method, record_property):
+    fun, x0, x_star = PROBLEMS[problem]
+    ref = _scipy(fun, x0, method)
+    res = minimize(fun, jnp.asarray(x0, jnp.float32), method, tol=1e-6, max_steps=2000)
+    record_property("gradlab_fun_evals", int(res.num_fun_evals))
+    record_property("scipy_fun_evals", int(ref.nfev))
+    assert int(res.status) == Status.CONVERGED, res.summary()
+    np.testing.assert_allclose(np.asarray(res.params), x_star, atol=2e-2)
+    np.testing.assert_allclose(np.asarray(res.params), ref.x, atol=2e-2)
+    assert int(res.num_fun_evals) == int(res.num_grad_evals)
+    assert int(res.num_fun_evals) <= 2 * max(int(ref.nfev), 10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["bfgs", "lbfgs", "cg"])
+def test_rosenbrock_100_against_scipy(method):
+    x0 = np.tile([-1.2, 1.0], 50)
+    ref = _scipy(rosenbrock, x0, method)
+    res = minimize(rosenbrock, jnp.asarray(x0, jnp.float32), method, tol=1e-6, max_steps=5000)
+    assert int(res.status) == Status.CONVERGED, res.summary()
+    np.testing.assert_allclose(np.asarray(res.params), np.ones(100), atol=5e-2)
+    assert int(res.num_fun_evals) <= 2 * int(ref.nfev)
+
+
+def test_public_names():
+    assert gradlab.base.GradientTransformation  # the package imports

@@ -1,0 +1,157 @@
+"""minimize: stopping rules, status per problem, vmapped batches, counters, any transformation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gradlab import base
+from gradlab.minimize import METHODS, MinimizeResult, minimize, register_method
+from gradlab.status import Status
+
+
+def rosenbrock(x, a=1.0, b=100.0):
+    return jnp.sum(b * (x[1:] - x[:-1] ** 2) ** 2 + (a - x[:-1]) ** 2)
+
+
+def scaled_quadratic(x, scale):
+    return scale * jnp.sum(jnp.arange(1.0, 5.0) * (x - 1.0) ** 2)
+
+
+def unbounded(x):
+    return -jnp.sum(x)
+
+
+def nan_beyond_half(x):
+    return jnp.where(x[0] > 0.5, jnp.nan, jnp.sum((x - 1.0) ** 2))
+
+
+def test_start_at_minimiser_converges_in_zero_steps():
+    res = minimize(rosenbrock, jnp.ones(2), "bfgs")
+    assert int(res.status) == Status.CONVERGED and int(res.num_steps) == 0
+    assert int(res.num_fun_evals) == 1 and isinstance(res, MinimizeResult)
+    assert "converged: 0 steps" in res.summary()
+
+
+def test_max_steps_is_reported():
+    res = minimize(rosenbrock, jnp.asarray([-1.2, 1.0]), "bfgs", max_steps=3)
+    assert int(res.status) == Status.MAX_STEPS and int(res.num_steps) == 3
+    assert float(res.value) < float(rosenbrock(jnp.asarray([-1.2, 1.0])))
+
+
+@pytest.mark.parametrize("method", ["bfgs", "lbfgs"])
+def test_vmapped_batch_one_nan_start_and_problem_parameters(method):
+    starts = jnp.asarray([[-1.2, 1.0], [0.0, 0.0], [jnp.nan, 0.0], [2.0, 2.0]])
+    ab = jnp.asarray([[1.0, 100.0], [1.0, 10.0], [1.0, 100.0], [2.0, 100.0]])
+    res = jax.vmap(lambda x, p: minimize(rosenbrock, x, method, args=(p[0], p[1])))(starts, ab)
+    np.testing.assert_array_equal(
+        np.asarray(res.status),
+        [Status.CONVERGED, Status.CONVERGED, Status.NON_FINITE, Status.CONVERGED],
+    )
+    np.testing.assert_allclose(np.asarray(res.params)[:2], np.ones((2, 2)), atol=1e-2)
+    np.testing.assert_allclose(np.asarray(res.params[3]), [2.0, 4.0], atol=2e-2)
+    assert int(res.num_steps[2]) == 0
+    # Each lane equals the unbatched run (frozen lanes are not disturbed by the others).
+    single = minimize(rosenbrock, starts[0], method, args=(1.0, 100.0))
+    assert int(single.num_steps) == int(res.num_steps[0])
+    np.testing.assert_allclose(np.asarray(single.params), np.asarray(res.params[0]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["bfgs", "lbfgs", "cg", "steepest_descent"])
+def test_tiny_and_huge_scale_converge_relative_to_start(method):
+    scales = jnp.asarray([1e-30, 1.0, 1e30], jnp.float32)
+    res = jax.vmap(lambda s: minimize(scaled_quadratic, jnp.zeros(4), method, args=(s,)))(scales)
+    np.testing.assert_array_equal(np.asarray(res.status), [Status.CONVERGED] * 3)
+    # No false convergence at 1e-30 (optax L-BFGS stops at x~2e-28 there).
+    np.testing.assert_allclose(np.asarray(res.params), np.ones((3, 4)), atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["bfgs", "lbfgs", "cg", "steepest_descent"])
+def test_unbounded_objective_is_never_converged(method):
+    res = minimize(unbounded, jnp.zeros(2), method, max_steps=50)
+    assert int(res.status) == Status.UNBOUNDED
+    assert np.all(np.isfinite(np.asarray(res.params)))
+
+
+def test_nan_region_ends_with_line_search_failed_at_a_finite_point():
+    res = minimize(nan_beyond_half, jnp.zeros(3), "bfgs")
+    assert int(res.status) == Status.LINE_SEARCH_FAILED
+    assert np.isfinite(float(res.value)) and np.all(np.asarray(res.params) <= 0.5)
+
+
+def test_nan_objective_at_start_is_non_finite():
+    res = minimize(lambda x: jnp.sum(x) * jnp.nan, jnp.zeros(2), "lbfgs")
+    assert int(res.status) == Status.NON_FINITE and int(res.num_steps) == 0
+
+
+def test_first_order_transformation_runs_and_counts_its_evaluations():
+    res = minimize(scaled_quadratic, jnp.zeros(4), optax.adam(0.1), args=(1.0,), max_steps=2000)
+    assert int(res.status) == Status.CONVERGED
+    # adam evaluates nothing itself: one value_and_grad at the start and one per step.
+    assert int(res.num_fun_evals) == int(res.num_steps) + 1
+
+
+def test_optax_lbfgs_runs_and_reuses_its_line_search_values():
+    res = minimize(rosenbrock, jnp.asarray([-1.2, 1.0]), optax.lbfgs())
+    assert int(res.status) == Status.CONVERGED
+    assert int(res.num_fun_evals) == 1  # optax's search does not count its own evaluations
+    np.testing.assert_allclose(np.asarray(res.params), np.ones(2), atol=1e-2)
+
+
+def test_counters_add_up_with_the_line_search_state():
+    res = minimize(rosenbrock, jnp.asarray([-1.2, 1.0]), "lbfgs")
+    # Every step's search evaluates at least once, plus the start.
+    assert int(res.num_fun_evals) >= int(res.num_steps) + 1
+    assert int(res.num_grad_evals) == int(res.num_fun_evals)
+
+
+def _scale_by_extra():
+    def init_fn(params):
+        return base.EmptyState()
+
+    def update_fn(updates, state, params=None, *, factor, shift_fn, **extra):
+        return jax.tree.map(lambda g: -factor * shift_fn(g), updates), state
+
+    return base.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def test_extra_args_are_forwarded_arrays_traced_callables_static():
+    tx = _scale_by_extra()
+    res = minimize(
+        scaled_quadratic,
+        jnp.zeros(4),
+        tx,
+        args=(1.0,),
+        extra_args={"factor": jnp.asarray(0.05), "shift_fn": lambda g: g},
+        max_steps=500,
+    )
+    assert int(res.status) == Status.CONVERGED
+
+
+def test_bad_methods_and_arguments_raise():
+    with pytest.raises(ValueError, match="unknown method"):
+        minimize(rosenbrock, jnp.zeros(2), "nelder_mead")
+    with pytest.raises(TypeError, match="method"):
+        minimize(rosenbrock, jnp.zeros(2), 3)
+    with pytest.raises(ValueError, match="value_fn"):
+        minimize(rosenbrock, jnp.zeros(2), "bfgs", extra_args={"value_fn": rosenbrock})
+    with pytest.raises(TypeError, match="options"):
+        minimize(rosenbrock, jnp.zeros(2), optax.sgd(0.1), options={"a": 1})
+    for name in ("bfgs", "lbfgs", "cg", "steepest_descent", "newton", "levenberg_marquardt"):
+        assert name in METHODS
+
+
+def test_register_method_and_options():
+    register_method("lbfgs3", lambda **kw: METHODS_LBFGS(memory_size=3, **kw))
+    res = minimize(rosenbrock, jnp.asarray([-1.2, 1.0]), "lbfgs3", options={"linesearch": None})
+    assert int(res.status) in (Status.CONVERGED, Status.MAX_STEPS, Status.NON_FINITE)
+    del METHODS["lbfgs3"]
+    with pytest.raises(TypeError):
+        register_method("", lambda: None)
+
+
+def METHODS_LBFGS(**kw):
+    from gradlab.second_order.quasi_newton import lbfgs
+
+    return lbfgs(**kw)

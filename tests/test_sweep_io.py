@@ -1,0 +1,198 @@
+"""Sweep spaces, the results table, safe save/load (no pickle) and the ``gradlab sweep`` command."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+
+from gradlab.status import Status
+from gradlab.sweep import SweepResult, choice, loguniform, space, uniform
+from gradlab.sweep.command import parse_space
+
+
+# ------------------------------------------------------------------------------------ spaces
+def test_grid_order_and_axes():
+    settings = space.grid({"lr": loguniform(1e-3, 1e-1, 3), "m": [0.0, 0.9], "opt": "sgd"})
+    assert len(settings) == 6
+    np.testing.assert_allclose([s["lr"] for s in settings[::2]], [1e-3, 1e-2, 1e-1])
+    assert [s["m"] for s in settings[:2]] == [0.0, 0.9]  # the last axis varies fastest
+    assert all(s["opt"] == "sgd" for s in settings)
+    np.testing.assert_allclose(uniform(0.0, 1.0, 5).grid(), [0, 0.25, 0.5, 0.75, 1.0])
+
+
+def test_traced_or_static():
+    s = {"lr": [0.1, 0.2], "n": [5, 10], "flag": [True, False], "name": ["a", "b"]}
+    settings, traced = space.settings_from(s)
+    assert traced == ["lr"] and len(settings) == 16
+    assert space.settings_from({"k": choice([5, 10], traced=True)})[1] == ["k"]
+    assert space.settings_from({"x": choice([0.1, 0.2], traced=False)})[1] == []
+    explicit, traced = space.settings_from([{"lr": 0.1, "n": 2}, {"lr": 0.3, "n": 4}])
+    assert traced == ["lr"] and explicit[1] == {"lr": 0.3, "n": 4}
+
+
+def test_random_search_is_reproducible_and_in_range():
+    sp = {"lr": loguniform(1e-4, 1.0), "b": uniform(0.5, 0.9), "c": ["x", "y"]}
+    a = space.sample(sp, 50, seed=3)
+    assert a == space.sample(sp, 50, seed=3) and a != space.sample(sp, 50, seed=4)
+    lrs = np.array([s["lr"] for s in a])
+    assert lrs.min() >= 1e-4 and lrs.max() <= 1.0 and np.median(np.log10(lrs)) < -1
+    assert {s["c"] for s in a} == {"x", "y"}
+
+
+@pytest.mark.parametrize(
+    "make, error",
+    [
+        (lambda: loguniform(0.0, 1.0, 3), ValueError),
+        (lambda: loguniform(1.0, 0.1, 3), ValueError),
+        (lambda: loguniform(1e-3, 1.0, 0), ValueError),
+        (lambda: uniform(0.0, float("nan"), 3), ValueError),
+        (lambda: uniform("a", 1.0, 3), TypeError),
+        (lambda: choice([]), ValueError),
+        (lambda: choice(["a", "b"], traced=True), TypeError),
+        (lambda: space.grid({"lr": loguniform(1e-3, 1.0)}), ValueError),  # no n for a grid
+        (lambda: space.grid({"not a name": [1.0]}), ValueError),
+        (lambda: space.settings_from([{"a": 1.0}, {"b": 2.0}]), ValueError),
+    ],
+)
+def test_bad_spaces(make, error):
+    with pytest.raises(error):
+        make()
+
+
+# ------------------------------------------------------------------------------------ results
+def _result(target=("val_accuracy", 0.9)):
+    rng = np.random.default_rng(0)
+    settings = [{"lr": 0.01, "opt": "sgd"}, {"lr": 0.1, "opt": "sgd"}, {"lr": 1.0, "opt": "sgd"}]
+    steps = np.arange(5) * 10
+    loss = np.exp(-np.outer(rng.uniform(0.1, 0.5, 6), steps / 10)).astype(np.float32)
+    acc = (1 - loss).astype(np.float32)
+    status = np.full(6, int(Status.OK), np.int32)
+    status[4:] = int(Status.NON_FINITE)
+    loss[4:, 3:] = np.nan
+    acc[4:, 3:] = np.nan
+    status[1] = int(Status.OK)
+    return SweepResult(
+        names=["lr", "opt"],
+        settings=settings,
+        seeds=[0, 1],
+        steps=steps,
+        curves={"val_loss": loss, "val_accuracy": acc},
+        status=status,
+        diverged_at=np.where(status == int(Status.NON_FINITE), 25, -1),
+        messages=[""] * 6,
+        primary="val_loss",
+        target=target,
+        info={"task": "toy", "groups": [{"strategy": "vmap"}]},
+    )
+
+
+def test_table_values_and_rendering():
+    res = _result()
+    table = res.table()
+    assert [r["status"] for r in table.rows] == ["ok", "ok", "diverged"]
+    np.testing.assert_allclose(
+        table.rows[0]["final_val_loss"], res.curves["val_loss"][:2, -1].mean()
+    )
+    np.testing.assert_allclose(
+        table.rows[0]["best_val_loss"], res.curves["val_loss"][:2].min(1).mean()
+    )
+    hit = res.steps_to_target()
+    assert hit.shape == (6,) and np.all(hit[4:] == -1)
+    text = str(table).splitlines()
+    assert text[0].split()[:2] == ["lr", "opt"] and len(text) == 2 + 3
+    rule = text[1]
+    assert set(rule) == {"-", " "} and all(len(line) <= len(rule) for line in text)
+    # every cell of a column ends (numbers) or starts (text) where its rule does
+    ends = [
+        i + 1
+        for i in range(len(rule))
+        if rule[i] == "-" and (i + 1 == len(rule) or rule[i + 1] == " ")
+    ]
+    assert all(line[ends[2] - 1] != " " for line in text[2:])  # final_val_loss, right-aligned
+    per_run = res.table(per_seed=True, sort_by="final_val_loss")
+    assert len(per_run) == 6 and per_run.rows[-1]["status"] == "diverged"
+    assert res.best["lr"] in (0.01, 0.1) and res.best["status"] == "ok"
+
+
+def test_to_pandas_when_available():
+    pd = pytest.importorskip("pandas")
+    frame = _result().to_pandas()
+    assert isinstance(frame, pd.DataFrame) and list(frame["lr"]) == [0.01, 0.1, 1.0]
+
+
+def test_save_load_round_trip(tmp_path):
+    res = _result()
+    path = res.save(tmp_path / "sweep")
+    assert path.endswith(".npz")
+    back = SweepResult.load(path)
+    assert back.settings == res.settings and back.seeds == res.seeds and back.names == res.names
+    assert back.target == res.target and back.primary == res.primary and back.info == res.info
+    for k in res.curves:
+        np.testing.assert_array_equal(back.curves[k], res.curves[k])
+    np.testing.assert_array_equal(back.status, res.status)
+    np.testing.assert_array_equal(back.diverged_at, res.diverged_at)
+    assert str(back.table()) == str(res.table())
+
+
+class _Boom:
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
+def test_crafted_pickle_is_refused_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    boom = _Boom()
+    boom.marker = str(marker)
+    raw = tmp_path / "evil.npz"
+    raw.write_bytes(pickle.dumps(boom))
+    with pytest.raises(ValueError):
+        SweepResult.load(raw)
+    # an npz whose member is a pickled object array
+    buf = io.BytesIO()
+    np.save(buf, np.array([boom], dtype=object), allow_pickle=True)
+    evil = tmp_path / "evil2.npz"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("manifest.npy", buf.getvalue())
+    with pytest.raises(ValueError):
+        SweepResult.load(evil)
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------------ command
+def test_parse_space():
+    sp = parse_space(["lr=loguniform:1e-3:1:4", "momentum=0,0.9", "nesterov=true,false"])
+    assert set(sp) == {"learning_rate", "momentum", "nesterov"}
+    assert sp["momentum"].values == [0.0, 0.9] and sp["momentum"].traced
+    assert sp["nesterov"].values == [True, False] and not sp["nesterov"].traced
+    with pytest.raises(ValueError):
+        parse_space(["lr"])
+
+
+def test_cli_smoke(tmp_path, capsys):
+    from gradlab.cli import main
+
+    out = tmp_path / "out"
+    code = main(
+        ["sweep", "--steps", "20", "--eval-every", "10", "--seeds", "1", "--widths", "8",
+         "--space", "lr=0.1,1e6", "--space", "momentum=0.9", "--out", str(out), "--no-progress"]
+    )  # fmt: skip
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "diverged" in text and "ok" in text and "best" in text
+    for name in ("table.txt", "sweep.npz", "sweep.png"):
+        assert (out / name).stat().st_size > 0
+    res = SweepResult.load(out / "sweep.npz")
+    assert res.labels() == ["ok", "diverged"]
+
+
+def test_cli_errors(tmp_path, capsys):
+    from gradlab.cli import main
+
+    assert main(["sweep", "--optimizer", "no_such_opt", "--out", str(tmp_path)]) == 2
+    assert main(["sweep", "--space", "not_an_arg=1.0", "--out", str(tmp_path)]) == 2
+    assert "error" in capsys.readouterr().err
