@@ -22,17 +22,20 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import gradlab.optimizers.adaptive as gla
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+import gradlab.optimizers.adaptive as gla  # noqa: E402
 
 try:  # written by another module owner; benchmarked when present
-    from gradlab.optimizers.sgd import sgd as gl_sgd
+    from gradlab.optimizers.sgd import sgd as gl_sgd  # noqa: E402
 except ImportError:  # pragma: no cover
     gl_sgd = None
 

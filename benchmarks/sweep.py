@@ -167,9 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         res = time_methods(task, n, steps, reps, ("auto", "vmap", "loop"))
         base = res["optax loop"][1]
         for name, (cold, warm) in res.items():
-            print(
-                f"| {n} | {name} | {cold / n:.3f} | {1e3 * warm / n:.2f} | {base / warm:.2f}x |"
-            )
+            print(f"| {n} | {name} | {cold / n:.3f} | {1e3 * warm / n:.2f} | {base / warm:.2f}x |")
         auto = next(v for k, v in res.items() if k.startswith("gradlab auto"))
         best_alt = min(res["optax loop"][1], res["optax inject+vmap"][1])
         summary.append((n, best_alt / auto[1], best_alt / auto[1]))

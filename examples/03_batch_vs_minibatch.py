@@ -119,7 +119,7 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     epochs = args.epochs or (1 if args.quick else 20)
-    draws = args.draws or (200 if args.quick else 2000)
+    draws = args.draws or (200 if args.quick else 10000)
     data = load_digits(seed=args.seed)
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     n = x.shape[0]

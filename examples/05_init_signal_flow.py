@@ -18,6 +18,7 @@ per layer) and ``<out>/05_init_histograms.png`` (tanh activation histograms per 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 
@@ -33,7 +34,7 @@ from flax import nnx  # noqa: E402
 
 from gradlab.lab import init  # noqa: E402
 from gradlab.lab.data import load_digits  # noqa: E402
-from gradlab.lab.models import MLP  # noqa: E402
+from gradlab.lab.models import MLP, merge_model, split_model  # noqa: E402
 
 
 def schemes(activation: str) -> dict:
@@ -47,6 +48,20 @@ def schemes(activation: str) -> dict:
     }
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _signals(graphdef, params, x, y, taps):
+    """Loss, per-layer activations and their variances, and Var[dL/dh] (one compile per net)."""
+
+    def loss(taps):
+        model = merge_model(graphdef, params, {})
+        out, _, post = model(x, taps=taps, return_hidden=True)
+        return optax.softmax_cross_entropy_with_integer_labels(out, y).mean(), post
+
+    (ce, post), grads = jax.value_and_grad(loss, has_aux=True)(taps)
+    # Scale by the batch size: the per-example gradient of the mean loss.
+    return ce, post, [jnp.var(a) for a in post], [jnp.var(g * x.shape[0]) for g in grads]
+
+
 def measure(activation: str, kernel_init, x, y, *, depth: int, width: int, seed: int):
     """Per-layer variance of activations and of dL/dh (pre-activation gradients)."""
     model = MLP(
@@ -57,20 +72,9 @@ def measure(activation: str, kernel_init, x, y, *, depth: int, width: int, seed:
         kernel_init=kernel_init,
         rngs=nnx.Rngs(seed),
     )
-
-    @jax.jit
-    def run(taps):
-        def loss(taps):
-            out, pre, post = model(x, taps=taps, return_hidden=True)
-            ce = optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
-            return ce, post
-
-        (ce, post), grads = jax.value_and_grad(loss, has_aux=True)(taps)
-        # Scale by the batch size: the per-example gradient of the mean loss.
-        return ce, [jnp.var(a) for a in post], [jnp.var(g * x.shape[0]) for g in grads], post
-
+    graphdef, params, _ = split_model(model)
     taps = [jnp.zeros((x.shape[0], width)) for _ in range(depth)]
-    ce, act_var, grad_var, post = run(taps)
+    ce, post, act_var, grad_var = _signals(graphdef, params, x, y, taps)
     return (
         float(ce),
         np.asarray(act_var, np.float64),

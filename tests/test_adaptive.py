@@ -452,6 +452,12 @@ def test_state_dtype_and_mu_dtype():
     )()
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(u))
     assert_trees_close(p, ref, 0.02, 0.02)
+    # optax #328: 1 - b2**t must not round to 0 in a low-precision state (0.9995 -> 1 in bf16).
+    for b2 in (0.999, 0.9995):
+        tx = scale_by_adam(b2=b2, state_dtype=jnp.bfloat16)
+        g = {"w": jnp.full((3,), 1e-3, jnp.bfloat16)}
+        u, _ = tx.update(g, tx.init(g))
+        np.testing.assert_allclose(np.asarray(u["w"], np.float32), 1.0, rtol=1e-2)
     s = gl.adam(0.01, mu_dtype=jnp.bfloat16).init(params)
     assert {x.dtype for x in jax.tree.leaves(s[0].mu)} == {jnp.dtype(jnp.bfloat16)}
     assert {x.dtype for x in jax.tree.leaves(s[0].nu)} == {jnp.dtype(jnp.float32)}

@@ -19,12 +19,12 @@ def _load(name):
 
 def test_01_digits_optimizers_quick(tmp_path, capsys):
     out = _load("01_digits_optimizers").main(["--quick", "--out", str(tmp_path)])
-    assert set(out) == {"sgd", "adam", "rprop"}
+    assert set(out) == {"sgd", "rprop"}
     for r in out.values():
         assert np.isfinite(r["final_train_loss"])
         assert r["final_train_loss"] < r["history"]["train_loss"][0]
     assert (tmp_path / "01_digits_optimizers.png").stat().st_size > 0
-    assert "adam" in capsys.readouterr().out
+    assert "rprop" in capsys.readouterr().out
 
 
 def test_01_every_optimizer_constructs():

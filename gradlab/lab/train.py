@@ -22,6 +22,7 @@ resume=True)`` continues **bit-identically** to an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -234,6 +235,16 @@ def _evaluate(graphdef, params, model_state, x, y, loss_fn, classification):
     else:
         acc = jnp.asarray(jnp.nan, jnp.float32)
     return loss.astype(jnp.float32), acc
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _initial_metrics(graphdef, loss_fn, classification, params, mstate, x, y, xv, yv):
+    """Metrics of the initial model (compiled once per architecture and loss)."""
+    tr = _evaluate(graphdef, params, mstate, x, y, loss_fn, classification)
+    if xv is None:
+        nan = jnp.asarray(jnp.nan, jnp.float32)
+        return (*tr, nan, nan)
+    return (*tr, *_evaluate(graphdef, params, mstate, xv, yv, loss_fn, classification))
 
 
 def _build_epoch_fn(graphdef, opt, loss_fn, classification, n, b, value_from, min_delta, has_val):
@@ -452,15 +463,9 @@ def train(
     mstate = jax.tree.map(jnp.array, mstate)
     opt = optax.with_extra_args_support(optimizer)
 
-    @jax.jit
-    def initial_metrics(params, mstate, x, y, xv, yv):
-        tr = _evaluate(graphdef, params, mstate, x, y, loss_fn, classification)
-        if xv is None:
-            nan = jnp.asarray(jnp.nan, jnp.float32)
-            return (*tr, nan, nan)
-        return (*tr, *_evaluate(graphdef, params, mstate, xv, yv, loss_fn, classification))
-
-    init_loss, init_acc, init_vloss, init_vacc = initial_metrics(params, mstate, x, y, xv, yv)
+    init_loss, init_acc, init_vloss, init_vacc = _initial_metrics(
+        graphdef, loss_fn, classification, params, mstate, x, y, xv, yv
+    )
     ts = TrainState(
         params=params,
         model_state=mstate,

@@ -179,14 +179,23 @@ def scale_by_exact_linesearch(
         tau_p = b - 0.5 * num / den
         ok_p = jnp.isfinite(tau_p) & (tau_p > a) & (tau_p < c)
         tau_p = jnp.where(ok_p, tau_p, b)
-        f_p = phi(tau_p)
-        tau = jnp.where(f_p < f_g, tau_p, tau_g)
-        tau = jnp.where(found, tau, zero)
+        # Keep whichever of the golden-section and parabolic points has the smaller |slope|:
+        # near the minimum slopes are resolved to machine precision, values only to its root.
+        def at(tau):
+            f, g = jax.value_and_grad(value_fn)(common.trial_point(params, tau / safe_norm, updates))
+            f = jnp.asarray(f, dtype)
+            g = base.cast_like(g, grad)
+            slope = common.tree_vdot(g, unit, dtype)
+            ok = jnp.isfinite(f) & (f < f0) & base.tree_all_finite(g)
+            return f, g, jnp.where(ok, jnp.abs(slope), jnp.inf), ok
 
-        f, g = jax.value_and_grad(value_fn)(common.trial_point(params, tau / safe_norm, updates))
-        f = jnp.asarray(f, dtype)
-        g = base.cast_like(g, grad)
-        accept = found & jnp.isfinite(f) & (f < f0) & base.tree_all_finite(g)
+        f_p, g_p, s_p, ok_p = at(tau_p)
+        f_g2, g_g, s_g, ok_g = at(tau_g)
+        use_p = s_p <= s_g
+        tau = jnp.where(use_p, tau_p, tau_g)
+        f = jnp.where(use_p, f_p, f_g2)
+        g = jax.tree.map(lambda x, y: jnp.where(use_p, x, y), g_p, g_g)
+        accept = found & jnp.where(use_p, ok_p, ok_g)
         step = jnp.where(accept, tau, zero) / safe_norm
         status = jnp.where(
             ~searching,
@@ -197,9 +206,9 @@ def scale_by_exact_linesearch(
                 int(Status.LINE_SEARCH_FAILED),
             ),
         ).astype(jnp.int32)
-        del bracketed
+        del bracketed, f_g
         n_fun = jnp.where(searching, j + n_golden + 5, 0).astype(jnp.int32)
-        n_grad = jnp.where(searching, 1, 0).astype(jnp.int32)
+        n_grad = jnp.where(searching, 2, 0).astype(jnp.int32)
         g_new = jax.tree.map(lambda x, y: jnp.where(accept, x, y), g, grad)
         new_state = ScaleByExactLinesearchState(
             count=base.safe_increment(state.count),

@@ -47,7 +47,7 @@ from gradlab.status import Status
 __all__ = ["ScaleByZoomLinesearchState", "scale_by_zoom_linesearch", "INITIAL_GUESSES"]
 
 _OWNER = "scale_by_zoom_linesearch"
-INITIAL_GUESSES = ("one", "keep", "quadratic")
+INITIAL_GUESSES = ("one", "keep", "quadratic", "quadratic_capped")
 
 
 class ScaleByZoomLinesearchState(NamedTuple):
@@ -215,6 +215,8 @@ def scale_by_zoom_linesearch(
             quad = 1.01 * 2.0 * (f0 - state.start_value) / s0
             usable = (count > 0) & jnp.isfinite(quad) & (quad > 0)
             tau0 = jnp.where(usable, quad, first_guess)
+            if initial_guess_strategy == "quadratic_capped":
+                tau0 = jnp.minimum(tau0, safe_norm)
         tau0 = jnp.where(jnp.isfinite(tau0) & (tau0 > 0), tau0, 1.0)
         tau0 = jnp.minimum(tau0, tau_max)
 

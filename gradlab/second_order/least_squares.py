@@ -44,7 +44,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +54,9 @@ from jax.flatten_util import ravel_pytree
 from gradlab import base
 from gradlab.second_order.newton_cg import conjugate_gradient
 from gradlab.status import Status
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gradlab.minimize import MinimizeResult
 
 __all__ = [
     "GaussNewtonState",
@@ -325,7 +328,9 @@ def levenberg_marquardt(
     keeps :math:`\mu`, :math:`\nu` and Marquardt's scaling between updates.
 
     The ``status`` of a step is ``OK`` (accepted), ``CONVERGED`` (no decrease is possible at
-    this precision: :math:`L(0) - L(h) \le 0`, e.g. :math:`J^\top r = 0`),
+    this precision: a rejected trial whose predicted decrease :math:`L(0) - L(h)` is at most
+    :math:`\varepsilon F(x)`, MINPACK's ``ftol`` test at machine precision; also
+    :math:`J^\top r = 0`),
     ``LINE_SEARCH_FAILED`` (every trial was rejected: the update is zero and :math:`\mu` stays
     raised for the next update), ``NON_FINITE`` (NaN/Inf residual or Jacobian at ``params``:
     the update is zero) or ``INVALID_HYPERPARAMETER`` (a traced ``damping_init`` was invalid).
@@ -426,7 +431,11 @@ def levenberg_marquardt(
             ur = u.T @ r
 
             def solve(mu):
-                return -(vt.T @ ((s / (s * s + mu)) * ur)) / sqrt_d, jnp.zeros((), jnp.int32)
+                # Predicted decrease L(0) - L(h) in singular coordinates: a sum of
+                # non-negative terms, free of the cancellation in -g.h - |Jh|^2 / 2.
+                den = s * s + mu
+                pred = jnp.sum((s * ur) ** 2 * (s * s + 2.0 * mu) / (2.0 * den * den))
+                return -(vt.T @ ((s / den) * ur)) / sqrt_d, pred, jnp.zeros((), jnp.int32)
 
         else:
             g = jnp.where(finite, lin.vjp(r), 0.0)
@@ -442,7 +451,9 @@ def levenberg_marquardt(
                 res = conjugate_gradient(
                     lambda v: lin.vjp(lin.jvp(v)) + mu * v, -g, tol=tol, max_steps=steps
                 )
-                return res.x, res.num_matvecs
+                jh = lin.jvp(res.x)  # CG is inexact: the general model decrease
+                pred = -jnp.vdot(g, res.x) - 0.5 * jnp.vdot(jh, jh)
+                return res.x, pred, res.num_matvecs
 
         first = state.damping < 0
         mu_start = jnp.where(first, mu0, state.damping.astype(dtype))
@@ -452,6 +463,7 @@ def levenberg_marquardt(
         zero_h = jnp.zeros_like(lin.flat, dtype=dtype)
         z32 = jnp.zeros((), jnp.int32)
         running = finite & valid
+        eps = jnp.finfo(dtype).eps
 
         # carry: trials, mu, nu, h, accepted, stalled, rho, products
         def cond(c):
@@ -460,15 +472,14 @@ def levenberg_marquardt(
 
         def body(c):
             k, mu, nu, _, _, _, _, products = c
-            h, n_prod = solve(mu)
+            h, pred, n_prod = solve(mu)
             r_new = lin.residual_at(lin.flat + h.astype(lin.flat.dtype))
             cost_new = 0.5 * jnp.vdot(r_new, r_new)
-            jh = lin.jvp(h)
-            pred = -jnp.vdot(g, h) - 0.5 * jnp.vdot(jh, jh)
             h_ok = jnp.all(jnp.isfinite(h)) & jnp.isfinite(pred)
-            stalled = h_ok & ~(pred > 0)
             rho = (cost - cost_new) / jnp.where(pred > 0, pred, 1.0)
             accepted = h_ok & (pred > 0) & jnp.isfinite(cost_new) & (cost_new < cost)
+            # The model promises less than rounding can resolve (MINPACK's ftol = eps test).
+            stalled = h_ok & ~accepted & (pred <= eps * cost)
             rho = jnp.where(jnp.isfinite(rho), rho, -jnp.inf)
             mu_acc = mu * jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
             mu_new = jnp.where(accepted, mu_acc, jnp.where(stalled, mu, mu * nu))
@@ -527,7 +538,7 @@ def least_squares(
     x0: Any,
     method: str = "levenberg_marquardt",
     **minimize_kwargs: Any,
-):
+) -> MinimizeResult:
     r"""Minimise :math:`\tfrac12 \lVert r(x)\rVert^2` from ``x0`` with :func:`gradlab.minimize`.
 
     Equivalent to ``gradlab.minimize(lambda x: 0.5 * sum(r(x)**2), x0, method,
@@ -542,7 +553,8 @@ def least_squares(
       **minimize_kwargs: passed to :func:`gradlab.minimize` (tolerances, step budget, ...).
 
     Returns:
-      Whatever :func:`gradlab.minimize` returns (parameters, value, status, counts).
+      The :class:`gradlab.minimize.MinimizeResult` (parameters, value, gradient norm, steps,
+      evaluation counts, status).
     """
     from gradlab.minimize import minimize
 

@@ -56,6 +56,10 @@ __all__ = [
 ]
 
 
+SCALEH0 = True
+GUESS = 'one'
+
+
 def _norm(v):
     return common.safe_norm(v, v.dtype)
 
@@ -151,7 +155,7 @@ def scale_by_bfgs(
         s, y, sy, accept, gamma = _pair(x, g, state.prev_params, state.prev_grad, state.count)
 
         eye = jnp.eye(g.size, dtype=dtype)
-        h = jnp.where(scale_init_precond & (state.num_updates == 0), gamma * eye, state.inv_hessian)
+        h = jnp.where(SCALEH0 & scale_init_precond & (state.num_updates == 0), gamma * eye, state.inv_hessian)
         rho = 1.0 / jnp.where(accept, sy, 1.0)
         hy = h @ y
         # rho * (rho * y'Hy): never form rho**2 (it under/overflows at 1e+-30 scales).
@@ -301,7 +305,7 @@ def _with_search(descent, learning_rate, linesearch):
     links = [descent]
     if learning_rate is not None:
         links.append(scale_by_learning_rate(learning_rate, flip_sign=False))
-    search = get_linesearch(linesearch, initial_guess_strategy="one")
+    search = get_linesearch(linesearch, initial_guess_strategy=GUESS)
     if search is not None:
         links.append(search)
     return base.chain(*links)
