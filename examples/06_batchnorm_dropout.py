@@ -109,7 +109,9 @@ def main(argv=None) -> dict:
         h = results[(name, max(lrs))]["history"]
         ax2.plot(h["epoch"], h["train_loss"], "-", color=f"C{i}", label=f"{name} train")
         ax2.plot(h["epoch"], h["val_loss"], ":", color=f"C{i}", label=f"{name} val")
-    ax1.set(xlabel="learning rate", ylabel="final validation accuracy", ylim=(0, 1.02))
+    ax1.set(
+        xlabel="learning rate", ylabel="final validation accuracy (0: diverged)", ylim=(0, 1.02)
+    )
     ax1.set_title("accuracy vs learning rate")
     ax1.legend(fontsize=8)
     ax1.grid(alpha=0.3)
@@ -119,7 +121,14 @@ def main(argv=None) -> dict:
     ax2.grid(alpha=0.3)
     diverged = [n for n in configs if results[(n, max(lrs))]["status"] == "non_finite"]
     if diverged:
-        ax2.text(0.02, 0.02, "diverged (NaN): " + ", ".join(diverged), transform=ax2.transAxes)
+        ax2.text(
+            0.98,
+            0.98,
+            "diverged (NaN): " + ", ".join(diverged),
+            transform=ax2.transAxes,
+            ha="right",
+            va="top",
+        )
     # The gap at the learning rate where the plain network does best.
     ref = max(lrs, key=lambda lr: np.nan_to_num(results[("plain", lr)]["val_acc"]))
     names = list(configs)

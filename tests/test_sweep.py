@@ -225,6 +225,9 @@ def test_auto_rule_and_bad_arguments():
     assert engine.choose_strategy("gpu", 64, 1e3) == "vmap"
     assert engine.choose_strategy("cpu", 1, 1e9) == "loop"
     assert engine.choose_strategy("cpu", 8, 1e9, n_devices=4) == "vmap"
+    assert engine.choose_strategy("cpu", 8, 2e3) == "vmap"  # overhead-bound: batch the runs
+    assert engine.choose_strategy("cpu", 8, 2e7) == "loop"
+    assert engine.choose_strategy("cpu", 8, None) == "vmap"
     kw = dict(task=TASK, steps=STEPS, progress=False)
     with pytest.raises(ValueError):
         sweep(sgd, SPACE, strategy="fast", **kw)

@@ -34,11 +34,14 @@ from gradlab.sweep.program import make_program, seed_inputs
 from gradlab.sweep.result import SweepResult
 from gradlab.sweep.space import settings_from
 
-__all__ = ["sweep", "choose_strategy", "AUTO_LOOP_MAX_FLOPS"]
+__all__ = ["sweep", "choose_strategy", "step_flops", "AUTO_VMAP_MAX_FLOPS"]
 
-#: On CPU, ``strategy="auto"`` loops over runs when one step of one run costs fewer FLOPs than
-#: this, and vmaps otherwise (see ``docs/sweeps.md`` for the measurements behind it).
-AUTO_LOOP_MAX_FLOPS = 0.0
+#: On a single CPU device, ``strategy="auto"`` vmaps when one training step of one run costs
+#: fewer FLOPs than this (per-step overhead dominates: vmap amortises it over the runs, 4x
+#: faster for a 1.5 kFLOP step), and loops over one compiled run otherwise (XLA:CPU runs N
+#: small matmuls one after another no slower than batched: loop 1.0-1.5x faster from 1e6 to
+#: 2e8 FLOPs per step). Measured with ``benchmarks/sweep.py``; see ``docs/sweeps.md``.
+AUTO_VMAP_MAX_FLOPS = 3e5
 
 _TRACE_ERRORS = (
     jax.errors.ConcretizationTypeError,
@@ -61,16 +64,36 @@ def _default_budget(devices: Sequence[Any]) -> int:
 def choose_strategy(
     backend: str, n_runs: int, flops_per_step: float | None, n_devices: int = 1
 ) -> str:
-    """The ``auto`` rule: ``vmap`` (chunked under the memory budget) except on CPU for models
-    whose per-run step costs fewer than :data:`AUTO_LOOP_MAX_FLOPS` FLOPs, where a loop over one
-    compiled run is faster; a single run always loops."""
+    """The ``auto`` rule.
+
+    * one run on one device: ``loop``;
+    * an accelerator, or several devices: ``vmap`` (chunked under the memory budget, sharded);
+    * one CPU device: ``vmap`` when a step of one run costs fewer than
+      :data:`AUTO_VMAP_MAX_FLOPS` FLOPs (or the cost is unknown), else ``loop``.
+    """
     if n_runs <= 1 and n_devices <= 1:
         return "loop"
     if backend != "cpu" or n_devices > 1:
         return "vmap"
-    if flops_per_step is not None and flops_per_step < AUTO_LOOP_MAX_FLOPS:
+    if flops_per_step is not None and flops_per_step >= AUTO_VMAP_MAX_FLOPS:
         return "loop"
     return "vmap"
+
+
+def step_flops(prog, hp: dict, runs: dict, data: Any) -> float | None:
+    """FLOPs of one training step of one run, from XLA's cost analysis of the lowered step
+    (no compilation); ``None`` when the backend does not report it."""
+    try:
+        hp0 = {k: jax.numpy.asarray(v[0]) for k, v in hp.items()}
+        run0 = {k: jax.numpy.asarray(v[0]) for k, v in runs.items()}
+        state, _ = jax.eval_shape(prog.init, hp0, run0, data)
+        cost = jax.jit(prog.step).lower(state, hp0, data).cost_analysis()
+        if isinstance(cost, (list, tuple)):
+            cost = cost[0] if cost else None
+        flops = None if not cost else cost.get("flops")
+        return float(flops) if flops is not None and flops > 0 else None
+    except Exception:  # pragma: no cover - backend-dependent
+        return None
 
 
 def _check_factory(factory: Callable, names: Sequence[str]) -> None:
@@ -429,8 +452,11 @@ def _run_group(
         return _program(task, optimizer, static_hp, eval_every, evals_per_call)
 
     chosen = strategy
+    flops = task.flops_per_step
     if strategy == "auto":
-        chosen = choose_strategy(backend, n_runs, task.flops_per_step, len(devices))
+        if flops is None and backend == "cpu" and len(devices) == 1 and n_runs > 1:
+            flops = step_flops(program(1), hp, runs, data)
+        chosen = choose_strategy(backend, n_runs, flops, len(devices))
     t0 = time.perf_counter()
     if chosen == "loop":
         local = [d for d in devices if d.process_index == jax.process_index()] or devices
@@ -473,6 +499,7 @@ def _run_group(
         "runs": n_runs,
         "strategy": chosen,
         "chunk_size": int(size),
+        "flops_per_step": flops,
         "seconds": time.perf_counter() - t0,
     }
     return out, info
