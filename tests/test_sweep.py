@@ -239,3 +239,5 @@ def test_auto_rule_and_bad_arguments():
         sweep(sgd, SPACE, seeds=0, **kw)
     with pytest.raises(ValueError):
         sweep(sgd, SPACE, steps=STEPS)  # no task
+    with pytest.raises(ValueError):  # a target on a metric the task does not report
+        sweep(sgd, SPACE, target=("val_accuracy", 0.9), **kw)

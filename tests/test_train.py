@@ -299,3 +299,42 @@ def test_train_state_is_a_pytree_of_the_model_parts():
     r = train(parts, opt, d, epochs=1, batch_size=32, progress=False)
     assert isinstance(r.state, TrainState)
     assert jax.tree.structure(r.state.params) == jax.tree.structure(parts.params)
+
+
+def test_line_search_extras_for_lbfgs():
+    d = lab_data.make_moons(100, seed=0)
+    m = MLP(2, [8], 2, activation="tanh", rngs=nnx.Rngs(0))
+    r = train(m, optax.lbfgs(), d, epochs=8, batch_size="all", line_search=True, progress=False)
+    assert r.status == "completed"
+    assert r.history.train_loss[-1] < 0.3 * r.history.train_loss[0]
+    with pytest.raises(ValueError):
+        train(m, optax.lbfgs(), d, line_search=True, value_from="val")
+
+
+def test_make_step_vmaps_over_a_traced_learning_rate():
+    """The pure step sweeps hyperparameters: vmap over lr == separate runs (allclose)."""
+    if gl_adam is None:
+        pytest.skip("gradlab.optimizers.adaptive.adam not available")
+    from gradlab.lab.train import make_step
+
+    d = lab_data.make_moons(64, seed=0)
+    x, y = jnp.asarray(d.x_train), jnp.asarray(d.y_train)
+    g, p, s = split_model(MLP(2, [8], 2, rngs=nnx.Rngs(0)))
+
+    def run(lr):
+        tx = gl_adam(lr)
+        step = make_step(g, tx)
+
+        def body(carry, _):
+            params, ms, os_ = carry
+            params, ms, os_, loss = step(params, ms, os_, x, y)
+            return (params, ms, os_), loss
+
+        _, losses = jax.lax.scan(body, (p, s, tx.init(p)), None, length=20)
+        return losses
+
+    lrs = jnp.asarray([1e-3, 1e-2, 1e-1], jnp.float32)
+    swept = jax.jit(jax.vmap(run))(lrs)
+    single = jax.jit(run)(lrs[2])
+    np.testing.assert_allclose(swept[2], single, rtol=1e-5, atol=1e-6)
+    assert float(swept[2, -1]) < float(swept[0, -1])  # larger lr, lower loss after 20 steps

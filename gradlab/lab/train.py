@@ -247,7 +247,9 @@ def _initial_metrics(graphdef, loss_fn, classification, params, mstate, x, y, xv
     return (*tr, *_evaluate(graphdef, params, mstate, xv, yv, loss_fn, classification))
 
 
-def _build_epoch_fn(graphdef, opt, loss_fn, classification, n, b, value_from, min_delta, has_val):
+def _build_epoch_fn(
+    graphdef, opt, loss_fn, classification, n, b, value_from, min_delta, has_val, line_search
+):
     step_fn = make_step(graphdef, opt, loss_fn)
 
     def epoch_fn(ts: TrainState, x, y, xv, yv):
@@ -266,7 +268,7 @@ def _build_epoch_fn(graphdef, opt, loss_fn, classification, n, b, value_from, mi
                 # value = the mini-batch loss at the current parameters (plateau rules,
                 # line searches), computed by the same forward pass as the gradient.
                 params, mstate, ostate, loss = _step_with_value(
-                    opt, graphdef, loss_fn, params, mstate, ostate, xb, yb, dkey
+                    opt, graphdef, loss_fn, params, mstate, ostate, xb, yb, dkey, line_search
                 )
             else:
                 params, mstate, ostate, loss = step_fn(
@@ -318,13 +320,18 @@ def _build_epoch_fn(graphdef, opt, loss_fn, classification, n, b, value_from, mi
     return epoch_fn
 
 
-def _step_with_value(opt, graphdef, loss_fn, params, mstate, ostate, x, y, key):
+def _step_with_value(opt, graphdef, loss_fn, params, mstate, ostate, x, y, key, line_search):
     def objective(p):
         out, new_state = apply_model(graphdef, p, mstate, x, train=True, key=key)
         return jnp.mean(loss_fn(out, y)), new_state
 
     (loss, new_state), grads = jax.value_and_grad(objective, has_aux=True)(params)
-    updates, ostate = opt.update(grads, ostate, params, value=loss)
+    extra = {"value": loss}
+    if line_search:
+        # The same mini-batch objective (same batch, dropout mask and BatchNorm input state).
+        extra["grad"] = grads
+        extra["value_fn"] = lambda p: objective(p)[0]
+    updates, ostate = opt.update(grads, ostate, params, **extra)
     params = optax.apply_updates(params, updates)
     return params, new_state, ostate, loss
 
@@ -378,6 +385,7 @@ def train(
     min_delta: float = 0.0,
     restore_best: bool = False,
     value_from: Literal["batch", "val"] | None = "batch",
+    line_search: bool = False,
     stop_on_nonfinite: bool = True,
     progress: bool = True,
     checkpoint_dir: str | None = None,
@@ -409,6 +417,9 @@ def train(
       restore_best: return (and keep) the parameters of the best validation epoch.
       value_from: what ``optimizer.update`` receives as ``value=``: the mini-batch loss
         (``"batch"``), the latest validation loss (``"val"``) or nothing (``None``).
+      line_search: also pass ``grad=`` and ``value_fn=`` (the mini-batch loss as a function of
+        the parameters, same batch and dropout mask) -- what line searches and L-BFGS
+        (gradlab's or ``optax.lbfgs``) consume. Needs ``value_from="batch"``.
       stop_on_nonfinite: stop when the training loss becomes NaN or infinite
         (``status="non_finite"``).
       progress: show a ``tqdm`` progress bar.
@@ -431,6 +442,8 @@ def train(
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
     if value_from not in ("batch", "val", None):
         raise ValueError(f"value_from must be 'batch', 'val' or None, got {value_from!r}")
+    if line_search and value_from != "batch":
+        raise ValueError("line_search=True needs value_from='batch' (the mini-batch objective)")
     if patience is not None and (isinstance(patience, bool) or patience < 1):
         raise ValueError(f"patience must be a positive int or None, got {patience!r}")
     if checkpoint_every < 1:
@@ -507,7 +520,16 @@ def train(
                 )
 
     epoch_fn = _build_epoch_fn(
-        graphdef, opt, loss_fn, classification, n, b, value_from, float(min_delta), has_val
+        graphdef,
+        opt,
+        loss_fn,
+        classification,
+        n,
+        b,
+        value_from,
+        float(min_delta),
+        has_val,
+        line_search,
     )
     run_epoch = jax.jit(epoch_fn, donate_argnums=(0,) if donate else ())
 
@@ -515,6 +537,10 @@ def train(
         meta = {"history": rows, "config": config}
         ckpt.save_checkpoint(checkpoint_dir, state, metadata=meta)
 
+    if donate:
+        # Donation needs one buffer per leaf; optimizer states may share arrays (e.g. the same
+        # zeros for several slots), so give every leaf its own copy once.
+        ts = jax.tree.map(lambda a: jnp.array(a, copy=True), ts)
     start = int(ts.epoch)
     status = "completed"
     stopped_early = patience is not None and int(ts.bad_epochs) >= patience

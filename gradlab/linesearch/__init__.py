@@ -47,4 +47,6 @@ def get_linesearch(spec, **zoom_options):
         return scale_by_backtracking_linesearch(increase_factor=float("inf"))
     if spec == "exact":
         return scale_by_exact_linesearch()
-    raise ValueError(f"linesearch must be one of {LINESEARCHES}, a transformation or None; got {spec!r}")
+    raise ValueError(
+        f"linesearch must be one of {LINESEARCHES}, a transformation or None; got {spec!r}"
+    )

@@ -138,7 +138,9 @@ def scale_by_backtracking_linesearch(
         f0 = jnp.asarray(value, dtype)
         _, d_norm, slope, code = common.unit_direction(updates, grad, dtype)
         prev = state.step_size
-        t0 = jnp.where((prev > 0) & jnp.isfinite(prev), jnp.minimum(prev * gamma_t, t_max_t), t_max_t)
+        t0 = jnp.where(
+            (prev > 0) & jnp.isfinite(prev), jnp.minimum(prev * gamma_t, t_max_t), t_max_t
+        )
         value_and_grad = jax.value_and_grad(value_fn)
 
         def cond(carry):

@@ -74,7 +74,7 @@ def tree_vdot(a: Any, b: Any, dtype=jnp.float32) -> jax.Array:
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
     if not la:
         return jnp.zeros((), dtype)
-    return sum(jnp.sum(x.astype(dtype) * y.astype(dtype)) for x, y in zip(la, lb))
+    return sum(jnp.sum(x.astype(dtype) * y.astype(dtype)) for x, y in zip(la, lb, strict=True))
 
 
 def tree_scale(s: jax.Array, tree: Any) -> Any:

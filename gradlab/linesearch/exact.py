@@ -179,10 +179,13 @@ def scale_by_exact_linesearch(
         tau_p = b - 0.5 * num / den
         ok_p = jnp.isfinite(tau_p) & (tau_p > a) & (tau_p < c)
         tau_p = jnp.where(ok_p, tau_p, b)
+
         # Keep whichever of the golden-section and parabolic points has the smaller |slope|:
         # near the minimum slopes are resolved to machine precision, values only to its root.
         def at(tau):
-            f, g = jax.value_and_grad(value_fn)(common.trial_point(params, tau / safe_norm, updates))
+            f, g = jax.value_and_grad(value_fn)(
+                common.trial_point(params, tau / safe_norm, updates)
+            )
             f = jnp.asarray(f, dtype)
             g = base.cast_like(g, grad)
             slope = common.tree_vdot(g, unit, dtype)

@@ -119,6 +119,9 @@ def scale_by_zoom_linesearch(
       Wright eq. 3.60: the step of the previous decrease, for steepest descent and nonlinear
       CG); on the first search :math:`t_0 = 1.01\,\lVert g\rVert / |g^\top \hat d|/\lVert d
       \rVert`, a displacement of about unit length.
+    * ``"quadratic_capped"``: :math:`\min(1, \cdot)` of the above (scipy's BFGS choice: 1 is
+      the natural quasi-Newton step, the cap stops an over-estimated :math:`H` from wasting
+      evaluations).
 
     ``update(updates, state, params, *, value, grad, value_fn, **extra)`` as in
     :func:`~gradlab.linesearch.scale_by_backtracking_linesearch`; returns :math:`t\,d`.
@@ -128,7 +131,8 @@ def scale_by_zoom_linesearch(
       max_learning_rate: largest :math:`t` (``None``: no bound on :math:`t`).
       slope_rtol: :math:`c_1 \in (0, 1)`.
       curv_rtol: :math:`c_2 \in (c_1, 1)`; 0.9 for quasi-Newton, about 0.1–0.4 for CG.
-      initial_guess_strategy: ``"one"``, ``"keep"`` or ``"quadratic"`` (static).
+      initial_guess_strategy: ``"one"``, ``"keep"``, ``"quadratic"`` or
+        ``"quadratic_capped"`` (static).
       max_step_norm: largest displacement :math:`\lVert t d\rVert`; a search whose value still
         decreases there stops with ``UNBOUNDED``.
 
@@ -155,9 +159,7 @@ def scale_by_zoom_linesearch(
             max_learning_rate, "max_learning_rate", base.POSITIVE, owner=_OWNER
         )
     )
-    step_norm_max = base.hyperparameter(
-        max_step_norm, "max_step_norm", base.POSITIVE, owner=_OWNER
-    )
+    step_norm_max = base.hyperparameter(max_step_norm, "max_step_norm", base.POSITIVE, owner=_OWNER)
 
     def init_fn(params):
         dtype = common.compute_dtype(params)
@@ -309,7 +311,9 @@ def scale_by_zoom_linesearch(
             g_b = jax.tree.map(lambda a, b: jnp.where(take, a, b), g, c.g_b)
 
             i = c.i + 1
-            tiny_interval = zooming & (jnp.abs(tau_hi - tau_lo) <= 8 * eps * jnp.maximum(tau_lo, tau_hi))
+            tiny_interval = zooming & (
+                jnp.abs(tau_hi - tau_lo) <= 8 * eps * jnp.maximum(tau_lo, tau_hi)
+            )
             done = accept | unbounded | (i >= max_steps) | tiny_interval
             return _Carry(
                 i=i,

@@ -9,12 +9,17 @@ Both build an approximation :math:`H_k \approx \nabla^2 f(x_k)^{-1}` from the pa
     H_{k+1} = (I - \rho_k s_k y_k^\top)\, H_k\, (I - \rho_k y_k s_k^\top) + \rho_k s_k s_k^\top,
     \qquad \rho_k = \frac{1}{y_k^\top s_k}.
 
-**Initial matrix.** :math:`H_0 = I` (the textbook's :math:`B_0 = I_m`): the first direction is
-the gradient-descent direction :math:`-g_0`. With ``scale_init_precond=True`` (default) it is
+**Initial matrix.** :math:`H_0 = I` (the textbook's :math:`B_0 = I_m`): the first direction
+is the gradient-descent direction :math:`-g_0`. With ``scale_init_precond=True`` (default) it is
 scaled to unit length, :math:`-g_0/\lVert g_0\rVert`, so the first trial step has a sensible
-size whatever the scale of :math:`f`, and before the first update :math:`H_0` is replaced by
-:math:`\gamma I`, :math:`\gamma = s_0^\top y_0 / y_0^\top y_0` (Nocedal & Wright eq. 6.20);
-L-BFGS uses :math:`\gamma_k = s_{k-1}^\top y_{k-1}/y_{k-1}^\top y_{k-1}` at every step.
+size whatever the scale of :math:`f`, and just before the first update :math:`H_0` is replaced
+by :math:`\gamma I`, :math:`\gamma = s_0^\top y_0 / y_0^\top y_0` (Nocedal & Wright eq. 6.20);
+L-BFGS uses :math:`H^0_k = \gamma_k I` from the newest pair at every step (Liu & Nocedal). This
+makes both methods invariant to scaling :math:`f` (they behave the same on :math:`10^{-30}f`
+and :math:`10^{30}f`). ``scale_init_precond=False`` keeps :math:`H_0 = I` (scipy's BFGS): better
+when the inverse Hessian happens to be :math:`\preceq I`, worse otherwise, and not
+scale-invariant. The default line search tries
+:math:`t_0 = \min(1, 1.01 \cdot 2(f_k - f_{k-1})/g_k^\top d_k)` first (scipy's choice).
 
 **Skipped updates.** The update keeps :math:`H` positive definite only when
 :math:`y^\top s > 0`. A pair is *skipped* (not stored) unless
@@ -54,10 +59,6 @@ __all__ = [
     "bfgs",
     "lbfgs",
 ]
-
-
-SCALEH0 = True
-GUESS = 'one'
 
 
 def _norm(v):
@@ -120,13 +121,15 @@ def scale_by_bfgs(
     :func:`scale_by_lbfgs` beyond a few thousand parameters).
 
     Args:
-      scale_init_precond: unit-length first step and :math:`H_0 = \gamma I` before the first
-        update (see the module docstring); ``False``: :math:`H_0 = I` throughout.
+      scale_init_precond: unit-length first direction and :math:`H_0 = \gamma I` before the
+        first update (see the module docstring); ``False``: :math:`H_0 = I` throughout.
       state_dtype: dtype of :math:`H` and the stored vectors (default float32, float64 for
         float64 parameters).
     """
     if not isinstance(scale_init_precond, bool):
-        raise TypeError(f"scale_by_bfgs: scale_init_precond must be a bool, got {scale_init_precond!r}")
+        raise TypeError(
+            f"scale_by_bfgs: scale_init_precond must be a bool, got {scale_init_precond!r}"
+        )
 
     def init_fn(params):
         dtype = _dtype(params, state_dtype)
@@ -155,16 +158,13 @@ def scale_by_bfgs(
         s, y, sy, accept, gamma = _pair(x, g, state.prev_params, state.prev_grad, state.count)
 
         eye = jnp.eye(g.size, dtype=dtype)
-        h = jnp.where(SCALEH0 & scale_init_precond & (state.num_updates == 0), gamma * eye, state.inv_hessian)
+        # N&W eq. 6.20: H0 = (s'y / y'y) I just before the first update (scale-invariant).
+        h = jnp.where(scale_init_precond & (state.num_updates == 0), gamma * eye, state.inv_hessian)
         rho = 1.0 / jnp.where(accept, sy, 1.0)
         hy = h @ y
         # rho * (rho * y'Hy): never form rho**2 (it under/overflows at 1e+-30 scales).
         coef = rho * jax.lax.optimization_barrier(rho * jnp.vdot(y, hy)) + rho
-        h_new = (
-            h
-            - rho * (jnp.outer(hy, s) + jnp.outer(s, hy))
-            + coef * jnp.outer(s, s)
-        )
+        h_new = h - rho * (jnp.outer(hy, s) + jnp.outer(s, hy)) + coef * jnp.outer(s, s)
         h = jnp.where(accept, h_new, state.inv_hessian)
         num_updates = state.num_updates + accept.astype(jnp.int32)
         skipped = (state.count > 0) & ~accept
@@ -240,7 +240,9 @@ def scale_by_lbfgs(
     """
     m = base.check_positive_int(memory_size, "memory_size", owner="scale_by_lbfgs")
     if not isinstance(scale_init_precond, bool):
-        raise TypeError(f"scale_by_lbfgs: scale_init_precond must be a bool, got {scale_init_precond!r}")
+        raise TypeError(
+            f"scale_by_lbfgs: scale_init_precond must be a bool, got {scale_init_precond!r}"
+        )
 
     def init_fn(params):
         dtype = _dtype(params, state_dtype)
@@ -305,7 +307,7 @@ def _with_search(descent, learning_rate, linesearch):
     links = [descent]
     if learning_rate is not None:
         links.append(scale_by_learning_rate(learning_rate, flip_sign=False))
-    search = get_linesearch(linesearch, initial_guess_strategy=GUESS)
+    search = get_linesearch(linesearch, initial_guess_strategy="quadratic_capped")
     if search is not None:
         links.append(search)
     return base.chain(*links)
@@ -326,8 +328,8 @@ def bfgs(
       scale_init_precond: see :func:`scale_by_bfgs`.
       linesearch: a transformation, ``"strong_wolfe"`` (default:
         :func:`~gradlab.linesearch.scale_by_zoom_linesearch`, :math:`c_1 = 10^{-4}`,
-        :math:`c_2 = 0.9`, first trial :math:`t = 1`), ``"backtracking"``, ``"exact"`` or
-        ``None``.
+        :math:`c_2 = 0.9`, first trial ``"quadratic_capped"``), ``"backtracking"``,
+        ``"exact"`` or ``None``.
       state_dtype: see :func:`scale_by_bfgs`.
     """
     return _with_search(scale_by_bfgs(scale_init_precond, state_dtype), learning_rate, linesearch)

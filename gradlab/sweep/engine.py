@@ -149,6 +149,14 @@ def _make_task(task, init_fn, loss_fn, data, batch_size) -> tasks_mod.Task:
     return tasks_mod.custom(init_fn, loss_fn, data, batch_size=batch_size)
 
 
+def _metric_names(task: tasks_mod.Task) -> list[str]:
+    """The names ``task.evaluate`` returns (abstract evaluation: nothing is computed)."""
+    shapes = jax.eval_shape(
+        lambda k: task.evaluate(*task.init(k), task.data), jax.random.PRNGKey(0)
+    )
+    return list(shapes)
+
+
 def _default_eval_every(steps: int) -> int:
     want = max(1, steps // 20)
     for k in range(want, 0, -1):
@@ -263,10 +271,13 @@ def sweep(
         target = None
     elif isinstance(target, (int, float)) and not isinstance(target, bool):
         target = (the_task.primary, float(target))
-    elif isinstance(target, tuple) and len(target) == 2:
+    elif isinstance(target, (tuple, list)) and len(target) == 2:
         target = (str(target[0]), float(target[1]))
     else:
         raise TypeError(f"target must be (metric, threshold), a number or False, got {target!r}")
+    metric_names = _metric_names(the_task)
+    if target is not None and target[0] not in metric_names:
+        raise ValueError(f"target metric {target[0]!r} is not one of {sorted(metric_names)}")
 
     n_settings, n_seeds = len(settings), len(seed_list)
     n_runs = n_settings * n_seeds
@@ -350,10 +361,7 @@ def sweep(
         for v in curves.values():
             v[sl] = np.nan
     if not curves:  # every setting invalid: still report the task's metric names
-        shapes = jax.eval_shape(
-            lambda: the_task.evaluate(*the_task.init(jax.random.PRNGKey(0)), the_task.data)
-        )
-        curves = {k: np.full((n_runs, n_evals + 1), np.nan, np.float32) for k in shapes}
+        curves = {k: np.full((n_runs, n_evals + 1), np.nan, np.float32) for k in metric_names}
     info = {
         "task": the_task.name,
         "task_config": dict(the_task.config),

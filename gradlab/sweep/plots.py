@@ -122,8 +122,7 @@ def plot_result(result, path: str | os.PathLike | None = None, *, metric: str | 
             if np.isnan(cur) or (v > cur if better_max else v < cur):
                 grid[r, c] = v
         shown = np.ma.masked_invalid(grid)
-        cm = plt.get_cmap("viridis" if better_max else "viridis_r").copy()
-        cm.set_bad("0.8")
+        cm = plt.get_cmap("viridis" if better_max else "viridis_r").with_extremes(bad="0.8")
         finite = grid[np.isfinite(grid)]
         vmin = vmax = None
         if finite.size:

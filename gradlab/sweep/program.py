@@ -2,9 +2,20 @@
 
 One run is ``(hyperparameters, seed key) -> curves``. The optimizer is built *inside* the
 traced function from (possibly traced) hyperparameters, so a vmap over the hyperparameters is
-one compiled program. Each step is isolated: when the loss or the new parameters are not
-finite, the step is rejected with ``jnp.where`` and the run is frozen for good and flagged
-(``diverged``), at the cost of its own lane only.
+one compiled program.
+
+Divergence is caught in two places, cheaply:
+
+* every step checks the (scalar) loss: the first non-finite loss marks the run ``diverged`` and
+  records the step;
+* at the end of every evaluation interval, the parameters are checked too (a run whose
+  parameters overflow while its loss still reads finite), and every diverged run is **frozen**:
+  ``jnp.where`` restores its parameters, optimizer state and model state to the snapshot taken
+  at the start of the interval (the last evaluated, finite state), and they stay there.
+
+So a healthy run pays one scalar check per step plus one tree check and one select per
+interval, and a diverged run costs the others nothing but its lane. Its metrics read NaN from
+the first evaluation after the divergence.
 """
 
 from __future__ import annotations
@@ -110,17 +121,11 @@ def make_program(
         else:
             updates, opt_state = opt.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss) & base.tree_all_finite(params)
-        accept = finite & ~state.diverged
-        newly = ~finite & ~state.diverged
-
-        def keep(new, old):
-            return jax.tree.map(lambda n, o: jnp.where(accept, n, o), new, old)
-
+        newly = ~jnp.isfinite(loss) & ~state.diverged
         return RunState(
-            params=keep(params, state.params),
-            model_state=keep(model_state, state.model_state),
-            opt_state=keep(opt_state, state.opt_state),
+            params=params,
+            model_state=model_state,
+            opt_state=opt_state,
             key=state.key,
             seed_index=state.seed_index,
             step=state.step + 1,
@@ -134,8 +139,21 @@ def make_program(
         def one_step(s, _):
             return train_step(s, hp, data, opt), None
 
-        def interval(s, _):
-            s, _ = jax.lax.scan(one_step, s, None, length=eval_every)
+        def interval(s0, _):
+            s, _ = jax.lax.scan(one_step, s0, None, length=eval_every)
+            overflow = ~s.diverged & ~base.tree_all_finite(s.params)
+            bad = s.diverged | overflow
+
+            def frozen(new, old):
+                return jax.tree.map(lambda n, o: jnp.where(bad, o, n), new, old)
+
+            s = s._replace(
+                params=frozen(s.params, s0.params),
+                model_state=frozen(s.model_state, s0.model_state),
+                opt_state=frozen(s.opt_state, s0.opt_state),
+                diverged=bad,
+                diverged_at=jnp.where(overflow, s.step - 1, s.diverged_at),
+            )
             metrics = task.evaluate(s.params, s.model_state, data["task"])
             return s, _mask_diverged(metrics, s.diverged)
 

@@ -7,8 +7,8 @@ how runs are batched:
   the devices (padded to a multiple of the device count).
 * ``"chunked"``: the same program on chunks of at most ``chunk_size`` runs, one after the other
   (one compilation: every chunk is padded to the same size).
-* ``"loop"``: one compiled single-run program called once per run (runs are dispatched
-  round-robin over the local devices, so they overlap when there are several).
+* ``"loop"``: one compiled single-run program called once per run (round-robin over the
+  local devices, several runs in flight at once: one per CPU core, one per accelerator).
 
 The first call initialises and trains (one program); when a chunk is split into several calls
 (for the progress bar), the training state is donated from call to call. The steps run inside
@@ -18,7 +18,9 @@ The first call initialises and trains (one program); when a chunk is split into 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import jax
@@ -28,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gradlab.sweep.program import Program
 
-__all__ = ["STRATEGIES", "run_batched", "run_loop", "to_host", "per_run_bytes"]
+__all__ = ["STRATEGIES", "run_batched", "run_loop", "loop_workers", "to_host", "per_run_bytes"]
 
 STRATEGIES = ("auto", "vmap", "chunked", "loop")
 
@@ -57,6 +59,18 @@ def _cached(key: tuple, build: Callable[[], Any]) -> Any:
     while len(_JIT_CACHE) > 32:
         _JIT_CACHE.pop(next(iter(_JIT_CACHE)))
     return value
+
+
+def _put(tree: Any, sharding: Any) -> Any:
+    """Place host arrays on a (possibly multi-host) sharding. Every host holds the same full
+    arrays (settings, seeds and plans are computed identically everywhere), so each device's
+    shard is cut from the local copy: this works with one process or many."""
+
+    def leaf(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+    return jax.tree.map(leaf, tree)
 
 
 def _take(tree: Any, idx: np.ndarray) -> Any:
@@ -134,13 +148,13 @@ def run_batched(
             ),
         ),
     )
-    data = jax.device_put(data, rep)
+    data = _put(data, rep)
     out = _Output(n_runs)
     for c in range(n_chunks):
         which = np.arange(c * chunk_size, min((c + 1) * chunk_size, n_runs))
         lanes = np.concatenate([which, np.full(chunk_size - len(which), which[0])])
-        hp_c = jax.device_put(_take(hp, lanes), run_sh)
-        runs_c = jax.device_put(_take(runs, lanes), run_sh)
+        hp_c = _put(_take(hp, lanes), run_sh)
+        runs_c = _put(_take(runs, lanes), run_sh)
         rest = []
         for call in range(n_calls):
             if call == 0:
@@ -155,6 +169,17 @@ def run_batched(
     return out
 
 
+def loop_workers(devices: Sequence[Any]) -> int:
+    """Runs in flight at once in the ``loop`` strategy: one per device on accelerators (their
+    queues overlap the dispatch), and on CPU one per core shared among the CPU devices, since
+    XLA:CPU runs a small model's step on one core (measured: 2 concurrent runs on 2 cores are
+    1.3x faster than one after another; see ``docs/sweeps.md``)."""
+    d = len(devices)
+    if devices[0].platform != "cpu":
+        return d
+    return min(8, max(d, os.cpu_count() or 1))
+
+
 def run_loop(
     make_program: Callable[[int], Program],
     hp: dict[str, np.ndarray],
@@ -165,37 +190,51 @@ def run_loop(
     steps_per_eval: int,
     devices: Sequence[Any],
     progress: Any = None,
+    workers: int | None = None,
 ) -> _Output:
-    """Run each run alone with one compiled single-run program (round-robin over devices)."""
+    """Run each run alone with one compiled single-run program.
+
+    Runs go round-robin over ``devices``, ``workers`` at a time (threads that dispatch the
+    compiled program and wait for it; default :func:`loop_workers`). Every run is the same
+    executable on its own inputs, so the results do not depend on the scheduling.
+    """
     n_runs = int(runs["seed_index"].shape[0])
     prog = make_program(n_evals)
     start = _cached((prog, "loop"), lambda: jax.jit(prog.start))
     datas = [jax.device_put(data, dev) for dev in devices]
     out = _Output(n_runs)
-    pending = []
+    workers = loop_workers(devices) if workers is None else max(1, int(workers))
 
-    def finish(item):
-        r, m0, state, m = item
-        metrics = _concat_metrics(m0, [m], axis=0)
-        out.put(
-            np.asarray([r]),
-            {k: v[None] for k, v in metrics.items()},
-            state.diverged[None],
-            state.diverged_at[None],
-        )
-        if progress is not None:
-            progress.update(n_evals * steps_per_eval)
-
-    for r in range(n_runs):
+    def one(r: int):
         i = r % len(devices)
         hp_r = jax.device_put({k: v[r] for k, v in hp.items()}, devices[i])
         run_r = jax.device_put({k: np.asarray(v)[r] for k, v in runs.items()}, devices[i])
         state, m0, m = start(hp_r, run_r, datas[i])
-        pending.append((r, m0, state, m))
-        if len(pending) >= len(devices):  # keep every device busy, then wait for the oldest
-            finish(pending.pop(0))
-    for item in pending:
-        finish(item)
+        metrics = _concat_metrics(m0, [m], axis=0)
+        return r, metrics, to_host(state.diverged), to_host(state.diverged_at)
+
+    def finish(item):
+        r, metrics, diverged, diverged_at = item
+        out.put(
+            np.asarray([r]),
+            {k: v[None] for k, v in metrics.items()},
+            diverged[None],
+            diverged_at[None],
+        )
+        if progress is not None:
+            progress.update(n_evals * steps_per_eval)
+
+    if n_runs == 0:
+        return out
+    finish(one(0))  # compiles once, before any concurrency
+    if workers == 1 or n_runs == 1:
+        for r in range(1, n_runs):
+            finish(one(r))
+        return out
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(one, r) for r in range(1, n_runs)]
+        for fut in as_completed(futures):
+            finish(fut.result())
     return out
 
 
@@ -214,7 +253,8 @@ def _evals_per_call(n_evals: int, steps_per_eval: int, runs: int) -> int:
 def per_run_bytes(
     prog: Program, hp: dict, runs: dict, data: Any, *, temporaries: bool = True
 ) -> int:
-    """Bytes one run needs in a vmapped program: its state (kept, donated and updated: x3)
+    """Bytes one run needs in a vmapped program: its state (current, interval snapshot, update,
+    donated copy: x4)
     plus, with ``temporaries``, the scratch space of one training step from XLA's memory
     analysis (this compiles the single-run step once)."""
     hp0 = {k: jnp.asarray(v[0]) for k, v in hp.items()}
@@ -223,11 +263,11 @@ def per_run_bytes(
     state_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state))
     temp = 0
     if not temporaries:
-        return int(3 * state_bytes)
+        return int(4 * state_bytes)
     try:
         compiled = jax.jit(prog.step).lower(state, hp0, data).compile()
         analysis = compiled.memory_analysis()
         temp = int(getattr(analysis, "temp_size_in_bytes", 0) or 0)
     except Exception:  # pragma: no cover - memory analysis is backend-dependent
         temp = 0
-    return int(3 * state_bytes + temp)
+    return int(4 * state_bytes + temp)
