@@ -1,0 +1,24 @@
+"""The README's example must run as printed and do what its comment says."""
+
+import pathlib
+import re
+
+import numpy as np
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_python_example_runs_and_converges(capsys):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert blocks, "README has no python example"
+    namespace: dict = {}
+    exec(compile(blocks[0], str(README), "exec"), namespace)
+    np.testing.assert_allclose(np.asarray(namespace["params"]["w"]), 3.0, atol=1e-2)
+    printed = [float(x) for x in re.findall(r"[-\d.]+", capsys.readouterr().out)]
+    np.testing.assert_allclose(printed, 3.0, atol=1e-2)
+
+
+def test_readme_shows_the_two_newcomer_commands():
+    text = README.read_text()
+    assert "gradlab sweep" in text
+    assert "python -m pytest" in text
