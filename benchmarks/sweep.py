@@ -36,7 +36,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from gradlab.sweep import sweep, tasks  # noqa: E402
+from gradlab.sweep import choose_strategy, sweep, tasks  # noqa: E402
 from gradlab.sweep.program import seed_inputs  # noqa: E402
 
 
@@ -154,7 +154,10 @@ def time_methods(task, n: int, steps: int, reps: int, strategies) -> dict[str, t
         call = _gradlab_call(task, lrs, steps, strategy)
         name = f"gradlab {strategy}"
         if strategy == "auto":
-            name += f" ({call().info['groups'][0]['strategy']})"
+            chosen = choose_strategy(
+                jax.devices()[0].platform, n, task.flops_per_step, len(jax.devices())
+            )
+            name += f" ({chosen})"
         calls[name] = lambda call=call: call().curves["val_loss"]
     run_loop, run_vmap = optax_alternatives(task, steps)
     calls["optax loop"] = lambda: run_loop(lrs)

@@ -55,9 +55,11 @@ Without them (first-order methods, a chain with no search) it calls ``jax.value_
 per step and counts it.
 
 **Batches.** ``minimize`` is ``jax.vmap``-able over starting points, over arrays in ``args``
-and over traced hyperparameters. Each member stops updating when it finishes (its carry is
-frozen with ``jnp.where``); a NaN in one member ends only that member, with ``NON_FINITE``. The
-batch runs until its slowest member stops.
+and over traced hyperparameters. Each member stops updating when it finishes: the batched
+``while_loop`` keeps ``jnp.where(running, new, old)`` for every member, so a finished member's
+result is frozen; a NaN in one member ends only that member, with ``NON_FINITE`` (its
+parameters, value and gradient are rolled back to the last finite point with ``jnp.where``).
+The batch runs until its slowest member stops.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ class MinimizeResult(NamedTuple):
     num_fun_evals: jax.Array  #: int32: objective evaluations, line searches included.
     num_grad_evals: jax.Array  #: int32: gradient evaluations, line searches included.
     status: jax.Array  #: int32 gradlab.status code (see the module docstring).
+    aux: Any = None  #: with ``has_aux=True``: the auxiliary output of ``fun`` at ``params``.
 
     @property
     def converged(self) -> jax.Array:
@@ -222,11 +225,11 @@ def _select(pred, new, old):
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
-@functools.partial(jax.jit, static_argnames=("fun", "solver", "static_extra"))
-def _run(fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_extra):
+@functools.partial(jax.jit, static_argnames=("fun", "solver", "static_extra", "has_aux"))
+def _run(fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_extra, has_aux):
     extra = dict(static_extra)
     extra.update(dynamic_extra)
-    value_fn = lambda p: fun(p, *args)
+    value_fn = (lambda p: fun(p, *args)[0]) if has_aux else (lambda p: fun(p, *args))
     value_and_grad = jax.value_and_grad(value_fn)
     dtype = common.compute_dtype(x0)
 
@@ -264,7 +267,16 @@ def _run(fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_extr
         own_gevals=jnp.ones([], jnp.int32),
         status=classify(f0, g0_norm, finite0, jnp.zeros([], jnp.int32)),
     )
-    reuse = bool(_fields(state0, "value")) and bool(_fields(state0, "grad"))
+    # Reuse only a pair that looks like a loss and a gradient of x0 (optax's backtracking
+    # search keeps grad=None unless store_grad=True).
+    values, grads = _fields(state0, "value"), _fields(state0, "grad")
+    reuse = (
+        bool(values)
+        and bool(grads)
+        and jnp.shape(values[-1]) == ()
+        and grads[-1] is not None
+        and jax.tree.structure(grads[-1]) == jax.tree.structure(x0)
+    )
 
     def cond(c: _Carry):
         return c.status == int(Status.RUNNING)
@@ -293,7 +305,10 @@ def _run(fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_extr
         keep = finite
         new = _Carry(
             params=_select(keep, params, c.params),
-            state=_select(keep, state, c.state),
+            # The state is not rolled back: a non-finite step ends the run, and the new state's
+            # counters include the evaluations that step made. (Selecting the whole state,
+            # L-BFGS memory included, every step cost ~40% of the loop time.)
+            state=state,
             value=jnp.where(keep, value, c.value),
             grad=_select(keep, grad, c.grad),
             grad_norm=jnp.where(keep, grad_norm, c.grad_norm),
@@ -302,18 +317,24 @@ def _run(fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_extr
             own_gevals=own_g,
             status=status,
         )
-        # Explicit freeze (also what vmap's batched while_loop does for finished members).
-        return _select(c.status == int(Status.RUNNING), new, c)
+        # Finished members of a vmapped batch are frozen by the batched while_loop itself: JAX
+        # runs the body for every member and keeps ``jnp.where(running, new, old)``.
+        return new
 
     c = jax.lax.while_loop(cond, body, carry)
+    aux, own_f = None, c.own_fevals
+    if has_aux:  # one more evaluation, at the final point (counted)
+        aux = fun(c.params, *args)[1]
+        own_f = own_f + 1
     return MinimizeResult(
         params=c.params,
         value=c.value,
         grad_norm=c.grad_norm,
         num_steps=c.count,
-        num_fun_evals=c.own_fevals + _counter(c.state, "num_fun_evals"),
+        num_fun_evals=own_f + _counter(c.state, "num_fun_evals"),
         num_grad_evals=c.own_gevals + _counter(c.state, "num_grad_evals"),
         status=c.status,
+        aux=aux,
     )
 
 
@@ -328,6 +349,7 @@ def minimize(
     max_steps: int | jax.Array = 1000,
     extra_args: dict[str, Any] | None = None,
     options: dict[str, Any] | None = None,
+    has_aux: bool = False,
 ) -> MinimizeResult:
     r"""Minimise ``fun(x, *args)`` from ``x0`` with ``method``, in one compiled loop.
 
@@ -349,10 +371,12 @@ def minimize(
         compiled program's identity); arrays are traced.
       options: keyword arguments for the method's factory when ``method`` is a name, e.g.
         ``{"memory_size": 5}`` for ``"lbfgs"``.
+      has_aux: ``fun`` returns ``(value, aux)``; ``result.aux`` is ``aux`` at the final point
+        (one extra evaluation, counted in ``num_fun_evals``).
 
     Returns:
       A :class:`MinimizeResult` ``(params, value, grad_norm, num_steps, num_fun_evals,
-      num_grad_evals, status)``; ``result.summary()`` prints it.
+      num_grad_evals, status, aux)``; ``result.summary()`` prints it.
 
     Raises:
       ValueError: unknown method name. TypeError: a method that is not a transformation.
@@ -366,4 +390,8 @@ def minimize(
             )
     static_extra = tuple(sorted((k, v) for k, v in extra_args.items() if callable(v)))
     dynamic_extra = {k: v for k, v in extra_args.items() if not callable(v)}
-    return _run(fun, solver, static_extra, x0, tuple(args), tol, atol, max_steps, dynamic_extra)
+    if not isinstance(has_aux, bool):
+        raise TypeError(f"minimize: has_aux must be a bool, got {has_aux!r}")
+    return _run(
+        fun, solver, static_extra, x0, tuple(args), tol, atol, max_steps, dynamic_extra, has_aux
+    )

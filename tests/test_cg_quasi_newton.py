@@ -8,7 +8,6 @@ import pytest
 import scipy.optimize as so
 from jax import enable_x64
 
-import gradlab
 from gradlab.linesearch import scale_by_exact_linesearch
 from gradlab.minimize import minimize
 from gradlab.second_order.conjugate_gradient import (
@@ -226,16 +225,11 @@ def test_same_minimizer_as_scipy_and_record_evaluations(problem, method, record_
     assert int(res.num_fun_evals) <= 4 * max(int(ref.nfev), 10)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("method", ["bfgs", "lbfgs", "cg"])
-def test_rosenbrock_100_against_scipy(method):
+def test_rosenbrock_100_against_scipy(method):  # ~2 s each: not marked slow
     x0 = np.tile([-1.2, 1.0], 50)
     ref = _scipy(rosenbrock, x0, method)
     res = minimize(rosenbrock, jnp.asarray(x0, jnp.float32), method, tol=1e-6, max_steps=5000)
     assert int(res.status) == Status.CONVERGED, res.summary()
     np.testing.assert_allclose(np.asarray(res.params), np.ones(100), atol=5e-2)
     assert int(res.num_fun_evals) <= 2 * int(ref.nfev)
-
-
-def test_public_names():
-    assert gradlab.base.GradientTransformation  # the package imports

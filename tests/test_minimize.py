@@ -158,3 +158,32 @@ def METHODS_LBFGS(**kw):
     from gradlab.second_order.quasi_newton import lbfgs
 
     return lbfgs(**kw)
+
+
+def test_pytree_parameters_with_lbfgs():
+    def fun(p):
+        return jnp.sum((p["w"] - 2.0) ** 2) + (p["b"] + 1.0) ** 2 + 0.1 * jnp.sum(p["w"] ** 4)
+
+    x0 = {"w": jnp.zeros((2, 2)), "b": jnp.asarray(0.0)}
+    res = minimize(fun, x0, "lbfgs")
+    assert int(res.status) == Status.CONVERGED
+    assert res.params["w"].shape == (2, 2) and res.params["w"].dtype == jnp.float32
+    np.testing.assert_allclose(float(res.params["b"]), -1.0, atol=1e-3)
+
+
+def test_optax_backtracking_without_stored_gradient_is_evaluated_not_reused():
+    tx = optax.chain(optax.sgd(1.0), optax.scale_by_backtracking_linesearch(15))
+    res = minimize(scaled_quadratic, jnp.zeros(4), tx, args=(1.0,), max_steps=300)
+    assert int(res.status) == Status.CONVERGED
+    assert int(res.num_fun_evals) == int(res.num_steps) + 1  # minimize evaluates each step
+
+
+def test_has_aux_returns_aux_at_the_final_point():
+    def fun(x):
+        return jnp.sum((x - 3.0) ** 2), {"mean": jnp.mean(x)}
+
+    res = minimize(fun, jnp.zeros(3), "bfgs", has_aux=True)
+    assert int(res.status) == Status.CONVERGED
+    np.testing.assert_allclose(float(res.aux["mean"]), 3.0, atol=1e-3)
+    with pytest.raises(TypeError, match="has_aux"):
+        minimize(rosenbrock, jnp.zeros(2), "bfgs", has_aux=1)

@@ -206,14 +206,14 @@ def scale_by_zoom_linesearch(
         if t_max is not None:
             tau_max = jnp.minimum(tau_max, base.resolve(t_max, count, dtype) * safe_norm)
 
-        g_norm = common.safe_norm(grad, dtype)
-        first_guess = 1.01 * g_norm / jnp.abs(s0)  # unit-length displacement for -g
         if initial_guess_strategy == "one":
             tau0 = safe_norm
         elif initial_guess_strategy == "keep":
             prev = state.step_size
             tau0 = jnp.where((prev > 0) & jnp.isfinite(prev), prev, 1.0) * safe_norm
         else:
+            # First search: about a unit-length displacement (exactly 1.01 for d = -g).
+            first_guess = 1.01 * common.safe_norm(grad, dtype) / jnp.abs(s0)
             quad = 1.01 * 2.0 * (f0 - state.start_value) / s0
             usable = (count > 0) & jnp.isfinite(quad) & (quad > 0)
             tau0 = jnp.where(usable, quad, first_guess)
@@ -243,7 +243,8 @@ def scale_by_zoom_linesearch(
             f = jnp.asarray(f, dtype)
             g = base.cast_like(g, grad)
             s = common.tree_vdot(g, unit, dtype)
-            finite = jnp.isfinite(f) & jnp.isfinite(s) & base.tree_all_finite(g)
+            # A NaN/Inf anywhere in g makes s = g . unit NaN (0 * NaN = NaN): one check suffices.
+            finite = jnp.isfinite(f) & jnp.isfinite(s)
             f = jnp.where(finite, f, jnp.inf)
             s = jnp.where(finite, s, 0.0)
             # Strict decrease as well: in float32, f0 + c1*tau*s0 can round to f0 and accept a

@@ -79,20 +79,19 @@ def _pair(x, g, prev_x, prev_g, count):
     return s, y, sy, accept, gamma
 
 
-def _first_scale(g, scale_init_precond):
-    if not scale_init_precond:
-        return jnp.ones([], g.dtype)
-    n = _norm(g)
-    return jnp.where((n > 0) & jnp.isfinite(n), 1.0 / jnp.where(n > 0, n, 1.0), 1.0)
-
-
-def _is_descent(g, d):
-    """g.d < 0, computed on rescaled vectors (no underflow for tiny gradients)."""
-    ng, nd = _norm(g), _norm(d)
-    ok = (ng > 0) & (nd > 0) & jnp.isfinite(ng) & jnp.isfinite(nd)
-    gh = g / jnp.where(ok, ng, 1.0)
-    dh = d / jnp.where(ok, nd, 1.0)
-    return ok & (jnp.vdot(gh, dh) < 0)
+def _finish(g, d, scale_init_precond):
+    """``(d, reset)``: ``d``, or the restart direction ``-g`` (unit length when scaling) when
+    ``d`` is not a finite descent direction. ``g . d < 0`` is tested on ``g/|g|`` and
+    ``d/max|d|`` (no underflow for tiny gradients); ``|g|`` is computed once."""
+    ng = _norm(g)
+    ok_g = (ng > 0) & jnp.isfinite(ng)
+    inv = 1.0 / jnp.where(ok_g, ng, 1.0)
+    steepest = -(inv * g) if scale_init_precond else -g
+    md = jnp.max(jnp.abs(d))
+    ok_d = (md > 0) & jnp.isfinite(md)
+    slope = jnp.vdot(inv * g, d / jnp.where(ok_d, md, 1.0))
+    descent = ok_g & ok_d & (slope < 0)
+    return jnp.where(descent, d, steepest), ~descent
 
 
 def _dtype(params, state_dtype):
@@ -157,25 +156,34 @@ def scale_by_bfgs(
         g, x = g.astype(dtype), x.astype(dtype)
         s, y, sy, accept, gamma = _pair(x, g, state.prev_params, state.prev_grad, state.count)
 
-        eye = jnp.eye(g.size, dtype=dtype)
-        # N&W eq. 6.20: H0 = (s'y / y'y) I just before the first update (scale-invariant).
-        h = jnp.where(scale_init_precond & (state.num_updates == 0), gamma * eye, state.inv_hessian)
+        # A "fresh" matrix (no update since the start or a reset) is c0 * I, never materialised:
+        # N&W eq. 6.20, H0 = (s'y / y'y) I just before the first update (scale-invariant).
+        fresh = state.num_updates == 0
+        c0 = jnp.where(scale_init_precond, gamma, 1.0)
+        acc = accept.astype(dtype)
         rho = 1.0 / jnp.where(accept, sy, 1.0)
-        hy = h @ y
+        hy = jnp.where(fresh, c0 * y, state.inv_hessian @ y)
         # rho * (rho * y'Hy): never form rho**2 (it under/overflows at 1e+-30 scales).
         coef = rho * jax.lax.optimization_barrier(rho * jnp.vdot(y, hy)) + rho
-        h_new = h - rho * (jnp.outer(hy, s) + jnp.outer(s, hy)) + coef * jnp.outer(s, s)
-        h = jnp.where(accept, h_new, state.inv_hessian)
+        eye = jnp.eye(g.size, dtype=dtype)
+        # One fused elementwise pass (no n x n select): skipped pairs have acc = 0.
+        h = (
+            jnp.where(fresh, 0.0, 1.0) * state.inv_hessian
+            + jnp.where(fresh, c0, 0.0) * eye
+            - (rho * acc) * (jnp.outer(hy, s) + jnp.outer(s, hy))
+            + (coef * acc) * jnp.outer(s, s)
+        )
         num_updates = state.num_updates + accept.astype(jnp.int32)
         skipped = (state.count > 0) & ~accept
 
         first = num_updates == 0
-        d = jnp.where(first, -_first_scale(g, scale_init_precond) * g, -(h @ g))
-        reset = ~_is_descent(g, d) | ~jnp.all(jnp.isfinite(d))
-        d = jnp.where(reset, -_first_scale(g, scale_init_precond) * g, d)
+        # On the first step (nothing learned yet) d = 0 is "not descent": the restart
+        # direction -g (unit length with scaling) is taken, without counting a reset.
+        d, reset = _finish(g, jnp.where(first, 0.0, -(h @ g)), scale_init_precond)
+        reset = reset & ~first
         new_state = ScaleByBFGSState(
             count=base.safe_increment(state.count),
-            inv_hessian=jnp.where(reset, eye, h),
+            inv_hessian=h,  # after a reset num_updates = 0 marks it stale (treated as c0 * I)
             num_updates=jnp.where(reset, 0, num_updates).astype(jnp.int32),
             num_skipped=state.num_skipped + skipped.astype(jnp.int32),
             num_resets=state.num_resets + (reset & (state.count > 0)).astype(jnp.int32),
@@ -274,22 +282,24 @@ def scale_by_lbfgs(
         s, y, sy, accept, gamma = _pair(x, g, state.prev_params, state.prev_grad, state.count)
 
         slot = jnp.mod(state.num_pairs, m)
-        mem_s = jnp.where(accept, state.memory_s.at[slot].set(s), state.memory_s)
-        mem_y = jnp.where(accept, state.memory_y.at[slot].set(y), state.memory_y)
+        # In-place slot writes (a skipped pair rewrites the slot with its old contents).
+        mem_s = state.memory_s.at[slot].set(jnp.where(accept, s, state.memory_s[slot]))
+        mem_y = state.memory_y.at[slot].set(jnp.where(accept, y, state.memory_y[slot]))
         rho = 1.0 / jnp.where(accept, sy, 1.0)
-        mem_rho = jnp.where(accept, state.memory_rho.at[slot].set(rho), state.memory_rho)
+        mem_rho = state.memory_rho.at[slot].set(jnp.where(accept, rho, state.memory_rho[slot]))
         num_pairs = state.num_pairs + accept.astype(jnp.int32)
         gamma = jnp.where(accept, gamma, state.gamma) if scale_init_precond else state.gamma
 
         hg = _two_loop(g, mem_s, mem_y, mem_rho, num_pairs, gamma)
         first = num_pairs == 0
-        d = jnp.where(first, -_first_scale(g, scale_init_precond) * g, -hg)
-        reset = ~_is_descent(g, d) | ~jnp.all(jnp.isfinite(d))
-        d = jnp.where(reset, -_first_scale(g, scale_init_precond) * g, d)
+        d, reset = _finish(g, jnp.where(first, 0.0, -hg), scale_init_precond)
+        reset = reset & ~first
         new_state = ScaleByLBFGSState(
             count=base.safe_increment(state.count),
-            memory_s=jnp.where(reset, 0.0, mem_s),
-            memory_y=jnp.where(reset, 0.0, mem_y),
+            # A reset empties the memory by zeroing rho: a slot with rho = 0 contributes
+            # nothing to the two-loop recursion (stored pairs are finite), so s and y stay.
+            memory_s=mem_s,
+            memory_y=mem_y,
             memory_rho=jnp.where(reset, 0.0, mem_rho),
             gamma=jnp.where(reset, 1.0, gamma).astype(dtype),
             num_pairs=jnp.where(reset, 0, num_pairs).astype(jnp.int32),

@@ -37,10 +37,10 @@ from gradlab.sweep.space import settings_from
 __all__ = ["sweep", "choose_strategy", "step_flops", "AUTO_VMAP_MAX_FLOPS"]
 
 #: On a single CPU device, ``strategy="auto"`` vmaps when one training step of one run costs
-#: fewer FLOPs than this (per-step overhead dominates: vmap amortises it over the runs, 4x
-#: faster for a 1.5 kFLOP step), and loops over one compiled run otherwise (XLA:CPU runs N
-#: small matmuls one after another no slower than batched: loop 1.0-1.5x faster from 1e6 to
-#: 2e8 FLOPs per step). Measured with ``benchmarks/sweep.py``; see ``docs/sweeps.md``.
+#: fewer FLOPs than this (per-step overhead dominates and vmap pays it once for all runs: 4x
+#: faster for a 2 kFLOP step), and otherwise loops over one compiled run, one run in flight per
+#: core (0.9-1.6x the vmap speed at 9e5 FLOPs depending on the machine's load, 1.5-2x from
+#: 3.6e6 to 2.3e8). Measured with ``benchmarks/sweep.py``; see ``docs/sweeps.md``.
 AUTO_VMAP_MAX_FLOPS = 3e5
 
 _TRACE_ERRORS = (
@@ -412,6 +412,8 @@ def _seed_inputs(task, seeds, steps):
     if hit is not None and hit[0] is task:
         return hit[1]
     value = seed_inputs(task, seeds, steps)
+    if jax.process_count() == 1:  # keep a device copy: repeated sweeps skip the transfer
+        value = jax.device_put(value)
     _SEED_INPUTS[key] = (task, value)
     while len(_SEED_INPUTS) > 8:
         _SEED_INPUTS.pop(next(iter(_SEED_INPUTS)))

@@ -201,14 +201,18 @@ def run_loop(
     n_runs = int(runs["seed_index"].shape[0])
     prog = make_program(n_evals)
     start = _cached((prog, "loop"), lambda: jax.jit(prog.start))
-    datas = [jax.device_put(data, dev) for dev in devices]
+    # on the default device alone, jit places the inputs itself (no per-call transfers)
+    default = len(devices) == 1 and devices[0] == jax.devices()[0]
+    datas = [data] if default else [jax.device_put(data, dev) for dev in devices]
     out = _Output(n_runs)
     workers = loop_workers(devices) if workers is None else max(1, int(workers))
 
     def one(r: int):
         i = r % len(devices)
-        hp_r = jax.device_put({k: v[r] for k, v in hp.items()}, devices[i])
-        run_r = jax.device_put({k: np.asarray(v)[r] for k, v in runs.items()}, devices[i])
+        hp_r = {k: v[r] for k, v in hp.items()}
+        run_r = {k: np.asarray(v)[r] for k, v in runs.items()}
+        if not default:
+            hp_r, run_r = jax.device_put((hp_r, run_r), devices[i])
         state, m0, m = start(hp_r, run_r, datas[i])
         metrics = _concat_metrics(m0, [m], axis=0)
         return r, metrics, to_host(state.diverged), to_host(state.diverged_at)
