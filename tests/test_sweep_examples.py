@@ -17,7 +17,13 @@ def _load(folder, name):
 
 
 def test_08_sweep_lr_momentum_quick(tmp_path, capsys):
-    res = _load("examples", "08_sweep_lr_momentum").main(["--quick", "--out", str(tmp_path)])
+    ex = _load("examples", "08_sweep_lr_momentum")
+    res = ex.main(["--quick", "--out", str(tmp_path)])
+    # effective learning rate: (lr, momentum 0.9) trains like (10 lr, no momentum)
+    pairs = ex.effective_lr_pairs(res, 0.9)
+    assert [round(p[0], 6) for p in pairs] == [0.01, 0.1, 1.0]
+    lr, with_mu, without = pairs[0]
+    assert abs(with_mu - without) / without < 0.3
     assert len(res.settings) == 8 and res.names == ["learning_rate", "momentum"]
     labels = res.labels()
     assert "ok" in labels and "diverged" in labels  # lr = 10 diverges, the small ones do not
