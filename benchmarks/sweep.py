@@ -69,7 +69,7 @@ def matmul_peak(n: int = 2048, reps: int = 5) -> float:
 
 def optax_alternatives(task, steps: int):
     """Jitted single-run and vmapped-inject training functions on the task's own code."""
-    inputs = seed_inputs(task, [0], steps)
+    inputs, _ = seed_inputs(task, [0], steps)
     params0, model_state, _ = jax.tree.map(lambda a: jnp.asarray(a[0]), inputs["seeds"])
     plan = jnp.asarray(inputs["plan"][0]) if inputs["plan"] is not None else None
     data = task.data

@@ -11,16 +11,22 @@ and adds the three policies every gradlab atom follows:
   with Python control flow, so an invalid traced value is replaced by NaN *in its own lane only*:
   the run it belongs to is poisoned (and reported by sweeps), the others are untouched.
 * **Precision.** Hyperparameters and accumulators live in float32 (or a chosen ``state_dtype``)
-  whatever the parameter dtype; :func:`cast_like` returns updates in the gradient dtype.
+  whatever the parameter dtype; arithmetic runs in :func:`compute_dtype` (at least float32) and
+  updates come back in the gradient's dtype. Denominators are floored (:func:`safe_divide`,
+  :data:`TINY`), so a zero gradient never gives ``0 / 0`` in any dtype.
 * **Structure.** :func:`check_tree_match` compares two pytrees' structure and leaf shapes (static
   information, free under ``jit``) and raises :class:`TreeMismatchError` naming the offending key
-  path, so a ``(3, 1)`` gradient is never silently broadcast onto a ``(3,)`` parameter.
+  path, so a ``(3, 1)`` gradient is never silently broadcast onto a ``(3,)`` parameter;
+  :func:`check_update` is the one entry check of every ``update`` (state type, tree, float
+  leaves), and :func:`named_chain` gives named optimizers the same state check.
+
+Every gradlab atom uses these helpers and no others, so the policies hold library-wide.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,20 +58,42 @@ __all__ = [
     "StateMismatchError",
     "apply_updates",
     "chain",
+    "named_chain",
+    "counted_transformation",
     "identity",
     "safe_increment",
+    "zero_count",
     "hyperparameter",
     "resolve",
+    "resolve_decay",
     "is_concrete",
+    "check_bool",
+    "check_choice",
+    "check_order",
+    "check_positive_int",
     "check_tree_match",
     "check_state",
+    "check_float_leaves",
+    "check_update",
+    "require_params",
+    "state_dtype_of",
+    "compute_dtype",
+    "to_dtype",
+    "abs_sq",
+    "safe_divide",
+    "debias_factor",
     "zeros_like",
+    "full_like",
     "cast_like",
+    "map_leaves",
+    "find_states",
+    "global_norm",
+    "tree_all_finite",
     "DEFAULT_STATE_DTYPE",
 ]
 
 Schedule = Callable[[jax.Array], jax.Array]
-ScalarOrSchedule = Union[float, int, jax.Array, np.ndarray, Schedule]
+ScalarOrSchedule = float | int | jax.Array | np.ndarray | Schedule
 
 DEFAULT_STATE_DTYPE = jnp.float32
 
@@ -242,8 +270,96 @@ def check_positive_int(value: Any, name: str, *, owner: str = "", minimum: int =
     return int(value)
 
 
+def check_bool(value: Any, name: str, owner: str) -> bool:
+    """A static boolean switch: ``TypeError`` for anything but ``True``/``False``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{owner}: {name} must be a Python bool (it is static), got {value!r}")
+    return bool(value)
+
+
+def check_choice(value: Any, name: str, choices: tuple[str, ...], owner: str) -> str:
+    """A static variant name: ``TypeError`` if not a string, ``ValueError`` if unknown."""
+    if not isinstance(value, str):
+        raise TypeError(f"{owner}: {name} must be one of {choices}, got {value!r}")
+    if value not in choices:
+        raise ValueError(f"{owner}: {name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def resolve_decay(value: ScalarOrSchedule, count: jax.Array, dtype=DEFAULT_STATE_DTYPE):
+    r"""A decay rate $\rho$ and its complement $1-\rho$ at ``count``, as ``dtype`` scalars.
+
+    For a Python number the complement is computed in double precision before rounding
+    (``1 - 0.999`` is then exact to float32 precision, unlike ``1 - float32(0.999)``).
+    """
+    if isinstance(value, float):
+        return jnp.asarray(value, dtype), jnp.asarray(1.0 - value, dtype)
+    v = resolve(value, count, dtype)
+    return v, 1 - v
+
+
 # --------------------------------------------------------------------------------------------
-# Trees: structure checks, dtypes
+# Precision
+# --------------------------------------------------------------------------------------------
+
+#: Smallest normal float32: a floor for denominators, so that 0 / 0 becomes 0 (not NaN).
+TINY = float(np.finfo(np.float32).tiny)
+
+
+def state_dtype_of(state_dtype: Any, owner: str = "", name: str = "state_dtype") -> Any:
+    """Normalise a ``state_dtype`` argument: ``None`` means float32; must be a floating dtype."""
+    if state_dtype is None:
+        return jnp.dtype(DEFAULT_STATE_DTYPE)
+    where = f"{owner}: " if owner else ""
+    try:
+        dt = jnp.dtype(state_dtype)
+    except TypeError as e:
+        raise TypeError(f"{where}{name} must be a floating dtype, got {state_dtype!r}") from e
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise TypeError(f"{where}{name} must be a floating dtype, got {dt}")
+    return dt
+
+
+def compute_dtype(*dtypes: Any) -> Any:
+    """Arithmetic dtype: the given (state) dtypes promoted to at least float32."""
+    out = jnp.dtype(jnp.float32)
+    for dt in dtypes:
+        out = jnp.promote_types(out, dt)
+    return out
+
+
+def to_dtype(x: jax.Array, dtype: Any) -> jax.Array:
+    """Cast a leaf to ``dtype``, keeping complex leaves complex (no-op when it already matches)."""
+    x = jnp.asarray(x)
+    if jnp.iscomplexobj(x) and not jnp.issubdtype(dtype, jnp.complexfloating):
+        dtype = jnp.result_type(dtype, jnp.complex64)
+    return x if x.dtype == dtype else x.astype(dtype)
+
+
+def abs_sq(x: jax.Array) -> jax.Array:
+    r"""$|x|^2$, real for complex ``x``."""
+    if jnp.iscomplexobj(x):
+        return jnp.real(x) ** 2 + jnp.imag(x) ** 2
+    return x * x
+
+
+def safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:
+    """``num / den`` where ``den > 0``, else ``num`` (so ``0 / 0`` is 0 when ``eps = 0``)."""
+    return num / jnp.where(den > 0, den, jnp.ones_like(den))
+
+
+def debias_factor(decay: jax.Array, count: jax.Array) -> jax.Array:
+    r"""$1 - \beta^t$ in the (float32 or wider) dtype of ``decay`` (optax #328)."""
+    return 1 - decay ** count.astype(decay.dtype)
+
+
+def cast_like(tree: Any, like: Any) -> Any:
+    """Cast each leaf of ``tree`` to the dtype of the matching leaf of ``like``."""
+    return jax.tree.map(lambda x, y: jnp.asarray(x).astype(jnp.asarray(y).dtype), tree, like)
+
+
+# --------------------------------------------------------------------------------------------
+# Trees: structure checks, state construction, leafwise maps
 # --------------------------------------------------------------------------------------------
 
 
@@ -287,7 +403,7 @@ def check_tree_match(
             path=first,
         )
     if check_shapes:
-        for (path, a), (_, b) in zip(ref_leaves, oth_leaves):
+        for (path, a), (_, b) in zip(ref_leaves, oth_leaves, strict=True):
             sa, sb = jnp.shape(a), jnp.shape(b)
             if sa != sb:
                 p = _path_str(path)
@@ -313,35 +429,96 @@ def check_state(state: Any, expected: type | tuple[type, ...], owner: str) -> No
         )
 
 
-def zeros_like(tree: Any, dtype=DEFAULT_STATE_DTYPE) -> Any:
-    """Zeros shaped like ``tree`` in ``dtype`` (float32 accumulators by default).
+def check_float_leaves(tree: Any, name: str, owner: str) -> None:
+    """``TypeError`` naming the path of the first leaf that is not floating point or complex.
 
-    ``dtype=None`` keeps each leaf's own dtype. Complex leaves keep a complex dtype.
+    Integer (and ``float0``) leaves have no gradient step: freeze them with ``None`` leaves or
+    ``optax.masked``/``optax.set_to_zero`` instead of passing them to an optimizer.
+    """
+    for path, g in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        dt = jnp.result_type(g)
+        if not jnp.issubdtype(dt, jnp.inexact):
+            raise TypeError(
+                f"{owner}: {name}{_path_str(path)} has dtype {dt}; gradients must be floating "
+                "point or complex (freeze integer leaves with None or optax.masked)"
+            )
+
+
+def check_update(
+    owner: str,
+    state: Any,
+    expected: type | tuple[type, ...],
+    updates: Any,
+    field: str | None = None,
+) -> None:
+    """The entry check of every ``update``: state type, then tree structure and leaf shapes
+    against the per-leaf state field ``field`` (when given), then floating-point leaves.
+
+    Raises:
+      StateMismatchError: ``state`` is not what ``init`` produced (e.g. swapped arguments).
+      TreeMismatchError: ``updates`` does not match the tree ``init`` saw (names the path).
+      TypeError: a gradient leaf is an integer (names the path).
+    """
+    check_state(state, expected, owner)
+    if field is not None:
+        check_tree_match(getattr(state, field), updates, "state", "updates", owner=owner)
+    check_float_leaves(updates, "updates", owner)
+
+
+def require_params(params: Any, updates: Any, owner: str) -> None:
+    """``ValueError`` when an atom that reads the parameters is called without them; else a
+    :class:`TreeMismatchError` unless ``updates`` matches ``params``."""
+    if params is None:
+        raise ValueError(f"{owner} needs the current params: call update(updates, state, params)")
+    check_tree_match(params, updates, "params", "updates", owner=owner)
+
+
+def full_like(
+    tree: Any, value: Any, dtype: Any = DEFAULT_STATE_DTYPE, *, real: bool = False
+) -> Any:
+    """``value`` (possibly traced) broadcast to every leaf's shape, in ``dtype``.
+
+    ``dtype=None`` keeps each leaf's own dtype. Complex leaves get a complex dtype unless
+    ``real=True`` (second moments of complex gradients are real).
     """
 
     def leaf(x):
         x = jnp.asarray(x)
         dt = x.dtype if dtype is None else dtype
-        if jnp.iscomplexobj(x) and not jnp.issubdtype(dt, jnp.complexfloating):
+        if jnp.iscomplexobj(x) and not real and not jnp.issubdtype(dt, jnp.complexfloating):
             dt = jnp.result_type(dt, jnp.complex64)
-        return jnp.zeros(x.shape, dt)
+        return jnp.full(x.shape, value, dt)
 
     return jax.tree.map(leaf, tree)
 
 
-def full_like(tree: Any, value: Any, dtype=DEFAULT_STATE_DTYPE) -> Any:
-    """``value`` broadcast to every leaf of ``tree``, in ``dtype``."""
-    return jax.tree.map(lambda x: jnp.full(jnp.shape(x), value, dtype), tree)
+def zeros_like(tree: Any, dtype: Any = DEFAULT_STATE_DTYPE, *, real: bool = False) -> Any:
+    """Zeros shaped like ``tree`` in ``dtype`` (float32 accumulators by default); see
+    :func:`full_like` for ``dtype=None`` and complex leaves."""
+    return full_like(tree, 0, dtype, real=real)
 
 
-def cast_like(tree: Any, like: Any) -> Any:
-    """Cast each leaf of ``tree`` to the dtype of the matching leaf of ``like``."""
-    return jax.tree.map(lambda x, y: jnp.asarray(x).astype(jnp.asarray(y).dtype), tree, like)
+def zero_count() -> jax.Array:
+    """The int32 step counter every state starts with."""
+    return jnp.zeros([], jnp.int32)
 
 
-def state_dtype_of(state_dtype: Any) -> Any:
-    """Normalise a ``state_dtype`` argument (``None`` means float32)."""
-    return DEFAULT_STATE_DTYPE if state_dtype is None else jnp.dtype(state_dtype)
+def map_leaves(fn: Callable[..., tuple], updates: Any, *states: Any) -> tuple:
+    """Apply ``fn(g, *state_leaves) -> (out, *new_state_leaves)`` leaf by leaf.
+
+    Returns ``(out_tree, *new_state_trees)``, each with the structure of ``updates`` (``None``
+    leaves stay ``None``; an empty tree gives empty trees).
+    """
+    g_leaves, treedef = jax.tree.flatten(updates)
+    cols = [treedef.flatten_up_to(s) for s in states]
+    results = [fn(jnp.asarray(g), *xs) for g, *xs in zip(g_leaves, *cols, strict=True)]
+    return tuple(treedef.unflatten([r[i] for r in results]) for i in range(1 + len(states)))
+
+
+def find_states(opt_state: Any, cls: type) -> list:
+    """Every sub-state of type ``cls`` inside ``opt_state`` (a chain, a dict, a wrapper...)."""
+    is_cls = lambda x: isinstance(x, cls)  # noqa: E731
+    return [x for x in jax.tree.leaves(opt_state, is_leaf=is_cls) if is_cls(x)]
 
 
 def global_norm(tree: Any) -> jax.Array:
@@ -360,3 +537,53 @@ def tree_all_finite(tree: Any) -> jax.Array:
         return jnp.asarray(True)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
+
+# --------------------------------------------------------------------------------------------
+# Building transformations
+# --------------------------------------------------------------------------------------------
+
+
+def counted_transformation(
+    state_cls: type, owner: str, apply: Callable[[Any, jax.Array, Any], Any]
+) -> GradientTransformation:
+    """A transformation whose state is only a step count (``state_cls(count=...)``).
+
+    ``apply(updates, count, params) -> updates`` does the work; the count it sees is the number
+    of updates already taken (0 on the first), for evaluating schedules.
+    """
+
+    def init_fn(params):
+        del params
+        return state_cls(count=zero_count())
+
+    def update_fn(updates, state, params=None):
+        check_update(owner, state, state_cls, updates)
+        return apply(updates, state.count, params), state_cls(count=safe_increment(state.count))
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def named_chain(name: str, *transforms: GradientTransformation) -> GradientTransformationExtraArgs:
+    """``optax.chain(*transforms)`` whose ``update`` first checks that it got its own state.
+
+    optax's chain only compares lengths (and raises a bare ``ValueError``, or iterates a
+    params dict as if it were a state); a named optimizer raises :class:`StateMismatchError`
+    naming itself when the state is not the tuple its ``init`` produced (forgotten or swapped
+    arguments, another optimizer's state). The state itself is optax's plain tuple.
+    """
+    inner = chain(*transforms)
+    n = len(transforms)
+
+    def update_fn(updates, state, params=None, **extra):
+        if type(state) not in (tuple, list) or len(state) != n:
+            got = type(state).__name__
+            if type(state) in (tuple, list):
+                got = f"a {got} of {len(state)} states"
+            raise StateMismatchError(
+                f"{name}.update expected the state produced by {name}.init (a tuple of {n} "
+                f"states), got {got}. Did you pass the arguments in the order "
+                "(updates, state, params)?"
+            )
+        return inner.update(updates, state, params, **extra)
+
+    return GradientTransformationExtraArgs(inner.init, update_fn)

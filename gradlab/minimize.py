@@ -43,8 +43,10 @@ chained) state with ``optax.tree.get_all_with_path`` and reports
 * ``num_fun_evals = ``its own evaluations ``+`` the sum of all ``num_fun_evals`` fields (same
   for gradients);
 * a step whose state holds a ``status`` in ``FATAL_STATUSES`` (``NON_FINITE``,
-  ``LINE_SEARCH_FAILED``, ``NOT_DESCENT``, ``UNBOUNDED``) ends the run with that status; other
-  codes (``OK``, ``NEGATIVE_CURVATURE`` after a modified Newton step...) are informational.
+  ``LINE_SEARCH_FAILED``, ``NOT_DESCENT``, ``UNBOUNDED``) ends the run with that status;
+  otherwise a step reporting ``CONVERGED`` (Levenberg–Marquardt when no decrease is possible at
+  machine precision) ends it as converged; other codes (``OK``, ``NEGATIVE_CURVATURE`` after a
+  modified Newton step...) are informational.
 
 **Reusing the search's evaluations.** Fields named ``value`` and ``grad`` in the state mean
 "the loss and gradient at ``params + updates``" (the point the update leads to; the old point
@@ -197,16 +199,21 @@ def _counter(state, key):
     return total
 
 
-def _fatal_status(state):
-    """The first fatal status code found in ``state`` (or RUNNING when there is none)."""
+def _step_status(state):
+    """What the step's own ``status`` fields say: the first fatal code found in ``state``, else
+    ``CONVERGED`` when any link reports it (e.g. Levenberg–Marquardt at machine precision),
+    else ``RUNNING``."""
     code = jnp.asarray(int(Status.RUNNING), jnp.int32)
+    converged = jnp.asarray(False)
     for v in reversed(_fields(state, "status")):
         v = jnp.asarray(v, jnp.int32)
         if v.shape != ():
             continue
         fatal = jnp.isin(v, jnp.asarray(FATAL_STATUSES, jnp.int32))
         code = jnp.where(fatal, v, code)
-    return code
+        converged = converged | (v == int(Status.CONVERGED))
+    fallback = jnp.where(converged, int(Status.CONVERGED), int(Status.RUNNING))
+    return jnp.where(code != int(Status.RUNNING), code, fallback).astype(jnp.int32)
 
 
 class _Carry(NamedTuple):
@@ -299,8 +306,8 @@ def _run(fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_extr
         count = c.count + 1
         finite = jnp.isfinite(value) & base.tree_all_finite(grad) & base.tree_all_finite(params)
         status = classify(value, grad_norm, finite, count)
-        fatal = _fatal_status(state)
-        status = jnp.where(finite & (fatal != int(Status.RUNNING)), fatal, status)
+        reported = _step_status(state)
+        status = jnp.where(finite & (reported != int(Status.RUNNING)), reported, status)
         # A non-finite step is not taken: the run is frozen at the last finite point.
         keep = finite
         new = _Carry(

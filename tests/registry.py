@@ -1,5 +1,7 @@
 """A registry of every named gradlab optimizer and variant, for the conformance suite.
 
+(Also the home of small test helpers shared by the first-order test modules.)
+
 Each :class:`Entry` is ``(name, factory, kwargs, hyperparameters, ...)``: ``factory(**kwargs)``
 builds the optimizer; ``hyperparameters`` are the numeric arguments the conformance suite vmaps
 over (each with the values it sweeps); the remaining fields set the convergence runs. The numeric
@@ -13,11 +15,32 @@ import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from gradlab import schedules
 from gradlab.optimizers import adaptive, rprop, sgd
 
 #: Modules whose ``__all__`` lists named optimizers (every name must have an entry).
 OPTIMIZER_MODULES = (sgd, rprop, adaptive)
+
+
+def assert_vmap_matches_loop(run, values, dtype=jnp.float32, rtol=1e-6, atol=1e-7):
+    """``jit(vmap(run))`` over ``values`` equals ``jit(run)`` on each value (every output leaf).
+
+    Shared by the per-family test modules: one compiled batched program, one compiled single
+    run reused for every value.
+    """
+    hs = jnp.asarray(values, dtype)
+    batched = jax.jit(jax.vmap(run))(hs)
+    single = jax.jit(run)
+    for i, h in enumerate(hs):
+        jax.tree.map(
+            lambda b, s, i=i: np.testing.assert_allclose(b[i], s, rtol=rtol, atol=atol),
+            batched,
+            single(h),
+        )
 
 
 class Entry(NamedTuple):
@@ -138,29 +161,24 @@ def _adaptive_entries() -> list[Entry]:
     A = adaptive
     rms_sweep = dict(learning_rate=_lr(0.01), decay=(0.5, 0.9), eps=(1e-8, 1e-3))
     out = [
-        Entry(
-            "adagrad",
-            A.adagrad,
-            dict(learning_rate=0.5),
-            dict(
-                learning_rate=_lr(0.5),
-                initial_accumulator_value=(0.0, 0.1, 1.0),
-                eps=(1e-7, 1e-2),
-            ),
-            rosenbrock=dict(learning_rate=0.5),
-            rosenbrock_steps=5000,
-        ),
-        Entry(
-            "adagrad_eps_outside",
-            A.adagrad,
-            dict(learning_rate=0.5, initial_accumulator_value=0.0, eps=1e-10, eps_in_sqrt=False),
-            dict(
-                learning_rate=_lr(0.5),
-                initial_accumulator_value=(0.0, 0.1),
-                eps=(1e-10, 1e-2),
-            ),
-            rosenbrock=dict(learning_rate=0.5),
-            rosenbrock_steps=5000,
+        *(
+            Entry(
+                name,
+                A.adagrad,
+                dict(learning_rate=0.5, **kwargs),
+                dict(learning_rate=_lr(0.5), initial_accumulator_value=g0, eps=eps),
+                rosenbrock=dict(learning_rate=0.5),
+                rosenbrock_steps=5000,
+            )
+            for name, kwargs, g0, eps in (
+                ("adagrad", {}, (0.0, 0.1, 1.0), (1e-7, 1e-2)),
+                (
+                    "adagrad_eps_outside",
+                    dict(initial_accumulator_value=0.0, eps=1e-10, eps_in_sqrt=False),
+                    (0.0, 0.1),
+                    (1e-10, 1e-2),
+                ),
+            )
         ),
         Entry(
             "rmsprop",

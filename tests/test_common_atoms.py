@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from registry import assert_vmap_matches_loop
 
 from gradlab import base
 from gradlab.optimizers.sgd import sgd
@@ -287,15 +288,7 @@ def test_vmap_over_hyperparameter_equals_loop(case):
         return us, jax.tree.leaves(s)
 
     dtype = jnp.int32 if case.startswith("apply_if_finite") else jnp.float32
-    hs = jnp.asarray(values, dtype)
-    batched = jax.jit(jax.vmap(run))(hs)
-    single = jax.jit(run)
-    for i, h in enumerate(hs):
-        jax.tree.map(
-            lambda b, s, i=i: np.testing.assert_allclose(b[i], s, rtol=1e-6, atol=1e-7),
-            batched,
-            single(h),
-        )
+    assert_vmap_matches_loop(run, values, dtype)
 
 
 def test_degenerate_trees_are_no_ops():

@@ -275,3 +275,8 @@ def test_least_squares_convenience_through_minimize():
             assert int(r.status) == Status.CONVERGED, (method, r.summary())
             np.testing.assert_allclose(np.asarray(r.params), [2.0, -1.0], atol=1e-7)
             assert int(r.num_steps) <= 6  # scipy MINPACK lm: 7 residual, 6 Jacobian evaluations
+    # float32 with an unreachable tolerance: LM reports CONVERGED at machine precision (zero
+    # update) and minimize stops there instead of spinning to max_steps (regression).
+    r = least_squares(exp_fit, jnp.array([1.0, 0.0]), tol=1e-12)
+    assert int(r.status) == Status.CONVERGED and int(r.num_steps) < 30, r.summary()
+    np.testing.assert_allclose(np.asarray(r.params), [2.0, -1.0], atol=1e-4)

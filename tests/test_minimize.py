@@ -1,5 +1,7 @@
 """minimize: stopping rules, status per problem, vmapped batches, counters, any transformation."""
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -117,6 +119,33 @@ def _scale_by_extra():
         return jax.tree.map(lambda g: -factor * shift_fn(g), updates), state
 
     return base.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _converged_after(k):
+    """Takes gradient steps of 0.1, then reports CONVERGED with a zero update from step k on."""
+
+    class State(NamedTuple):
+        count: jax.Array
+        status: jax.Array
+
+    def init_fn(params):
+        return State(jnp.zeros([], jnp.int32), jnp.asarray(int(Status.OK), jnp.int32))
+
+    def update_fn(updates, state, params=None, **extra):
+        done = state.count >= k
+        upd = jax.tree.map(lambda g: jnp.where(done, 0.0, -0.1 * g), updates)
+        code = jnp.where(done, int(Status.CONVERGED), int(Status.OK)).astype(jnp.int32)
+        return upd, State(state.count + 1, code)
+
+    return base.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def test_a_step_reporting_converged_ends_the_run_as_converged():
+    # Regression: a transformation that says CONVERGED (LM at machine precision, zero update)
+    # used to spin to max_steps when the gradient tolerance was out of reach.
+    res = minimize(scaled_quadratic, jnp.zeros(4), _converged_after(3), args=(1.0,), tol=1e-30)
+    assert int(res.status) == Status.CONVERGED
+    assert int(res.num_steps) == 4  # three gradient steps, then the step that reports it
 
 
 def test_extra_args_are_forwarded_arrays_traced_callables_static():

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from registry import assert_vmap_matches_loop
 
 from gradlab import base
 from gradlab.optimizers.sgd import nesterov_lookahead, sgd
@@ -365,11 +366,7 @@ def test_vmap_over_hyperparameter_equals_loop(case):
 
         return jax.lax.scan(step, tx.init(GRADS[0]), GRADS[:10])[1]
 
-    hs = jnp.asarray(values, jnp.float32)
-    batched = jax.jit(jax.vmap(run))(hs)
-    single = jax.jit(run)
-    for i, h in enumerate(hs):
-        np.testing.assert_allclose(batched[i], single(h), rtol=1e-6, atol=1e-7)
+    assert_vmap_matches_loop(run, values)
 
 
 def test_traced_invalid_momentum_poisons_only_its_lane():

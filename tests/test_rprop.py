@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from registry import assert_vmap_matches_loop
 
 from gradlab import base
 from gradlab.optimizers.rprop import rprop
@@ -267,11 +268,7 @@ def test_vmap_over_hyperparameter_equals_loop(name):
         kwargs = {"learning_rate": 0.7, name: h}
         return run(rprop(variant="irprop+", **kwargs), 15)[1][-1]
 
-    hs = jnp.asarray(VMAP_CASES[name], jnp.float32)
-    batched = jax.jit(jax.vmap(final))(hs)
-    single = jax.jit(final)
-    for i, h in enumerate(hs):
-        np.testing.assert_allclose(batched[i], single(h), rtol=1e-6, atol=1e-7)
+    assert_vmap_matches_loop(final, VMAP_CASES[name])
 
 
 def test_traced_min_above_max_poisons_only_its_lane():

@@ -65,8 +65,9 @@ def _reference(task, tx, seed, steps=STEPS, every=EVERY, cache_key=None):
     return out
 
 
-def _reference_run(task, tx, seed, steps, every):
-    """The run written out by hand: documented keys, plan, plain loop of jitted steps."""
+def _reference_run(task, tx, seed, steps, every, losses=None):
+    """The run written out by hand: documented keys, plan, plain loop of jitted steps (the
+    mini-batch losses are appended to ``losses`` when given)."""
     k_init, _, _ = jax.random.split(jax.random.PRNGKey(seed), 3)
     params, model_state = task.init(k_init)
     plan = task.batch_plan(seed, steps)
@@ -75,14 +76,18 @@ def _reference_run(task, tx, seed, steps, every):
     @jax.jit
     def step(params, state, idx):
         batch = task.get_batch(task.data, idx)
-        grads = jax.grad(lambda p: task.loss(p, model_state, batch, None)[0])(params)
+        loss, grads = jax.value_and_grad(lambda p: task.loss(p, model_state, batch, None)[0])(
+            params
+        )
         updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
+        return optax.apply_updates(params, updates), state, loss
 
     evaluate = jax.jit(lambda p: task.evaluate(p, model_state, task.data))
     curves = [evaluate(params)]
     for t in range(steps):
-        params, state = step(params, state, plan[t])
+        params, state, loss = step(params, state, plan[t])
+        if losses is not None:
+            losses.append(float(loss))
         if (t + 1) % every == 0:
             curves.append(evaluate(params))
     return {k: np.array([float(c[k]) for c in curves]) for k in curves[0]}
@@ -130,9 +135,11 @@ def test_strategies_agree(by_strategy):
 
 def test_diverged_run_is_frozen_and_isolated_bitwise():
     kw = dict(seeds=2, task=TASK, steps=STEPS, eval_every=EVERY, strategy="vmap", progress=False)
+    kw.update(divergence_threshold=None)  # the non-finite test alone (the ratio trips first)
     bad = sweep(sgd, {"lr": [0.05, 1e4], "momentum": [0.9]}, **kw)
     good = sweep(sgd, {"lr": [0.05, 0.02], "momentum": [0.9]}, **kw)
     assert list(bad.status) == [int(Status.OK)] * 2 + [int(Status.NON_FINITE)] * 2
+    assert "non-finite training loss" in bad.messages[2]
     for k in bad.curves:  # the healthy lanes are bit-for-bit what they are beside a healthy run
         np.testing.assert_array_equal(bad.curves[k][:2], good.curves[k][:2])
     for r in (2, 3):
@@ -144,6 +151,36 @@ def test_diverged_run_is_frozen_and_isolated_bitwise():
     rows = bad.table().rows
     assert [row["status"] for row in rows] == ["ok", "diverged"]
     assert bad.best["lr"] == 0.05
+
+
+def test_finite_blow_up_is_diverged_by_the_threshold_rule():
+    # lr = 1 drives this MLP's loss up ~1e28-fold within 24 steps without overflowing
+    kw = dict(seeds=1, task=TASK, steps=STEPS, eval_every=EVERY, strategy="vmap", progress=False)
+    res = sweep(sgd, {"lr": [0.05, 1.0], "momentum": [0.9]}, **kw)
+    off = sweep(sgd, {"lr": [0.05, 1.0], "momentum": [0.9]}, divergence_threshold=None, **kw)
+    assert res.info["divergence_threshold"] == 100.0
+    assert res.labels() == ["ok", "diverged"] and off.labels() == ["ok", "ok"]
+    assert np.all(np.isfinite(off.curves["train_loss"][1]))  # finite: only the ratio catches it
+    assert off.curves["train_loss"][1, -1] > 1e6 * off.curves["train_loss"][1, 0]
+    for k in res.curves:  # the healthy lane is bit-for-bit unaffected
+        np.testing.assert_array_equal(res.curves[k][0], off.curves[k][0])
+    # the rule, written out: first step whose mini-batch loss exceeds 100 x the first one
+    losses = []
+    _reference_run(TASK, optax.sgd(1.0, momentum=0.9), 0, STEPS, EVERY, losses)
+    losses = np.asarray(losses)
+    first = int(np.argmax(losses > 100.0 * losses[0]))
+    assert 0 < first < STEPS and np.all(np.isfinite(losses))
+    assert res.diverged_at[1] == first
+    assert "100 x its first value" in res.messages[1] and res.messages[0] == ""
+    frozen = res.steps > first
+    assert np.all(np.isnan(res.curves["train_loss"][1][frozen]))
+    np.testing.assert_array_equal(
+        res.curves["train_loss"][1][~frozen], off.curves["train_loss"][1][~frozen]
+    )
+    with pytest.raises(ValueError):
+        sweep(sgd, {"lr": [0.1], "momentum": [0.0]}, divergence_threshold=0.5, **kw)
+    with pytest.raises(TypeError):
+        sweep(sgd, {"lr": [0.1], "momentum": [0.0]}, divergence_threshold="big", **kw)
 
 
 def test_invalid_hyperparameter_marks_only_its_run():

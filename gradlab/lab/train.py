@@ -5,7 +5,9 @@ the epoch's mini-batches, buffers donated): a fresh random permutation per epoch
 update per batch, then loss and accuracy on the full training and validation sets (evaluation
 mode: BatchNorm running averages, no dropout), early-stopping bookkeeping and the best
 parameters, all inside the same program. The Python loop only logs, draws the progress bar and
-writes checkpoints.
+writes checkpoints. The compiled epoch is cached on its static configuration (model structure,
+optimizer object, loss, data size, options): calling :func:`train` again with the same optimizer
+object reuses it instead of compiling again.
 
 The optimizer is any ``optax.GradientTransformation``. Transformations that take extra
 arguments (``GradientTransformationExtraArgs``, e.g. reduce-on-plateau) receive
@@ -201,11 +203,23 @@ def make_step(
     graphdef: Any,
     optimizer: optax.GradientTransformation,
     loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy,
+    *,
+    batch_value: bool = False,
+    line_search: bool = False,
 ):
     """A pure training step, for users who write their own loop (jit/vmap/scan it freely).
 
+    Args:
+      graphdef: the model's graph definition (from :func:`~gradlab.lab.models.split_model`).
+      optimizer: any optax-compatible transformation.
+      loss_fn: per-example loss ``(outputs, targets) -> (batch,)``.
+      batch_value: pass ``value=`` (the mini-batch loss at the current parameters, from the
+        same forward pass as the gradient) to ``optimizer.update``.
+      line_search: also pass ``grad=`` and ``value_fn=`` (the mini-batch loss as a function of
+        the parameters: same batch, dropout mask and BatchNorm input state).
+
     Returns:
-      ``step(params, model_state, opt_state, x, y, key, **extra) -> (params, model_state,
+      ``step(params, model_state, opt_state, x, y, key=None, **extra) -> (params, model_state,
       opt_state, loss)``; ``extra`` (e.g. ``value=``) is forwarded to ``optimizer.update``.
     """
     opt = optax.with_extra_args_support(optimizer)
@@ -216,124 +230,102 @@ def make_step(
             return jnp.mean(loss_fn(out, y)), new_state
 
         (loss, new_state), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        if batch_value or line_search:
+            extra["value"] = loss
+        if line_search:
+            extra.update(grad=grads, value_fn=lambda p: objective(p)[0])
         updates, opt_state = opt.update(grads, opt_state, params, **extra)
-        params = optax.apply_updates(params, updates)
-        return params, new_state, opt_state, loss
+        return optax.apply_updates(params, updates), new_state, opt_state, loss
 
     return step
 
 
-def _as_arrays(x, y):
-    return jnp.asarray(x, jnp.float32), jnp.asarray(y)
-
-
 def _evaluate(graphdef, params, model_state, x, y, loss_fn, classification):
+    """``(loss, accuracy)`` in evaluation mode (NaN accuracy for regression)."""
     out, _ = apply_model(graphdef, params, model_state, x, train=False)
-    loss = jnp.mean(loss_fn(out, y))
+    loss = jnp.mean(loss_fn(out, y)).astype(jnp.float32)
     if classification:
-        acc = jnp.mean((jnp.argmax(out, axis=-1) == y).astype(jnp.float32))
-    else:
-        acc = jnp.asarray(jnp.nan, jnp.float32)
-    return loss.astype(jnp.float32), acc
+        return loss, jnp.mean((jnp.argmax(out, axis=-1) == y).astype(jnp.float32))
+    return loss, jnp.asarray(jnp.nan, jnp.float32)
+
+
+class _Spec(NamedTuple):
+    """The static configuration of a compiled epoch (hashable: the jit cache key)."""
+
+    graphdef: Any
+    optimizer: optax.GradientTransformation
+    loss_fn: Callable
+    classification: bool
+    n: int
+    batch_size: int
+    value_from: str | None
+    min_delta: float
+    line_search: bool
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _initial_metrics(graphdef, loss_fn, classification, params, mstate, x, y, xv, yv):
-    """Metrics of the initial model (compiled once per architecture and loss)."""
-    tr = _evaluate(graphdef, params, mstate, x, y, loss_fn, classification)
-    if xv is None:
-        nan = jnp.asarray(jnp.nan, jnp.float32)
-        return (*tr, nan, nan)
-    return (*tr, *_evaluate(graphdef, params, mstate, xv, yv, loss_fn, classification))
+def _metrics(graphdef, loss_fn, classification, params, model_state, x, y, xv, yv):
+    """Loss and accuracy on the training and validation sets (NaN without validation)."""
+    ev = functools.partial(_evaluate, graphdef, params, model_state)
+    nan = jnp.asarray(jnp.nan, jnp.float32)
+    val = (nan, nan) if xv is None else ev(xv, yv, loss_fn, classification)
+    return (*ev(x, y, loss_fn, classification), *val)
 
 
-def _build_epoch_fn(
-    graphdef, opt, loss_fn, classification, n, b, value_from, min_delta, has_val, line_search
-):
-    step_fn = make_step(graphdef, opt, loss_fn)
+def _epoch(ts: TrainState, x, y, xv, yv, spec: _Spec):
+    """One epoch: a fresh permutation, one update per batch (``lax.scan``), then metrics."""
+    step = make_step(
+        spec.graphdef,
+        spec.optimizer,
+        spec.loss_fn,
+        batch_value=spec.value_from == "batch",
+        line_search=spec.line_search,
+    )
+    ekey = jax.random.fold_in(ts.key, ts.epoch)
+    idx = epoch_indices(ekey, spec.n, spec.batch_size)
+    extra = {"value": ts.last_val} if spec.value_from == "val" else {}
 
-    def epoch_fn(ts: TrainState, x, y, xv, yv):
-        ekey = jax.random.fold_in(ts.key, ts.epoch)
-        idx = epoch_indices(ekey, n, b)
+    def body(carry, inp):
+        i, bidx = inp
+        *carry, loss = step(*carry, x[bidx], y[bidx], jax.random.fold_in(ekey, i), **extra)
+        return tuple(carry), loss
 
-        def body(carry, inp):
-            params, mstate, ostate = carry
-            i, bidx = inp
-            extra = {}
-            if value_from == "val":
-                extra["value"] = ts.last_val
-            xb, yb = x[bidx], y[bidx]
-            dkey = jax.random.fold_in(ekey, i)
-            if value_from == "batch":
-                # value = the mini-batch loss at the current parameters (plateau rules,
-                # line searches), computed by the same forward pass as the gradient.
-                params, mstate, ostate, loss = _step_with_value(
-                    opt, graphdef, loss_fn, params, mstate, ostate, xb, yb, dkey, line_search
-                )
-            else:
-                params, mstate, ostate, loss = step_fn(
-                    params, mstate, ostate, xb, yb, dkey, **extra
-                )
-            return (params, mstate, ostate), loss
-
-        steps = idx.shape[0]
-        (params, mstate, ostate), losses = jax.lax.scan(
-            body, (ts.params, ts.model_state, ts.opt_state), (jnp.arange(steps), idx)
+    steps = idx.shape[0]
+    (params, mstate, ostate), losses = jax.lax.scan(
+        body, (ts.params, ts.model_state, ts.opt_state), (jnp.arange(steps), idx)
+    )
+    tr_loss, tr_acc, va_loss, va_acc = _metrics(
+        spec.graphdef, spec.loss_fn, spec.classification, params, mstate, x, y, xv, yv
+    )
+    epoch = ts.epoch + 1
+    improved = va_loss < ts.best_val - spec.min_delta
+    pick = functools.partial(jax.tree.map, lambda new, old: jnp.where(improved, new, old))
+    new = ts._replace(
+        params=params,
+        model_state=mstate,
+        opt_state=ostate,
+        epoch=epoch,
+        step=ts.step + steps,
+        last_val=va_loss,
+        best_val=jnp.where(improved, va_loss, ts.best_val),
+        best_epoch=jnp.where(improved, epoch, ts.best_epoch),
+        bad_epochs=jnp.where(improved, 0, ts.bad_epochs + 1),
+    )
+    if ts.best_params is not None:
+        new = new._replace(
+            best_params=pick(params, ts.best_params),
+            best_model_state=pick(mstate, ts.best_model_state),
         )
-        tr_loss, tr_acc = _evaluate(graphdef, params, mstate, x, y, loss_fn, classification)
-        if has_val:
-            va_loss, va_acc = _evaluate(graphdef, params, mstate, xv, yv, loss_fn, classification)
-        else:
-            va_loss = va_acc = jnp.asarray(jnp.nan, jnp.float32)
-        epoch = ts.epoch + 1
-        improved = va_loss < ts.best_val - min_delta
-        best_val = jnp.where(improved, va_loss, ts.best_val)
-        best_epoch = jnp.where(improved, epoch, ts.best_epoch)
-        bad = jnp.where(improved, 0, ts.bad_epochs + 1)
-        best_params, best_mstate = ts.best_params, ts.best_model_state
-        if best_params is not None:
-            best_params = jax.tree.map(lambda a, c: jnp.where(improved, a, c), params, best_params)
-            best_mstate = jax.tree.map(lambda a, c: jnp.where(improved, a, c), mstate, best_mstate)
-        new = TrainState(
-            params=params,
-            model_state=mstate,
-            opt_state=ostate,
-            key=ts.key,
-            epoch=epoch,
-            step=ts.step + steps,
-            last_val=va_loss,
-            best_val=best_val,
-            best_epoch=best_epoch,
-            bad_epochs=bad,
-            best_params=best_params,
-            best_model_state=best_mstate,
-        )
-        metrics = {
-            "train_loss": tr_loss,
-            "train_acc": tr_acc,
-            "val_loss": va_loss,
-            "val_acc": va_acc,
-            "batch_loss": jnp.mean(losses.astype(jnp.float32)),
-        }
-        return new, metrics
-
-    return epoch_fn
+    batch_loss = jnp.mean(losses.astype(jnp.float32))
+    return new, dict(zip(METRICS, (tr_loss, tr_acc, va_loss, va_acc, batch_loss), strict=True))
 
 
-def _step_with_value(opt, graphdef, loss_fn, params, mstate, ostate, x, y, key, line_search):
-    def objective(p):
-        out, new_state = apply_model(graphdef, p, mstate, x, train=True, key=key)
-        return jnp.mean(loss_fn(out, y)), new_state
-
-    (loss, new_state), grads = jax.value_and_grad(objective, has_aux=True)(params)
-    extra = {"value": loss}
-    if line_search:
-        # The same mini-batch objective (same batch, dropout mask and BatchNorm input state).
-        extra["grad"] = grads
-        extra["value_fn"] = lambda p: objective(p)[0]
-    updates, ostate = opt.update(grads, ostate, params, **extra)
-    params = optax.apply_updates(params, updates)
-    return params, new_state, ostate, loss
+# Module-level jit: train() calls with an equal spec (same model structure, optimizer object,
+# loss, data size and options) reuse the compiled epoch.
+_RUN_EPOCH = {
+    donate: jax.jit(_epoch, static_argnums=5, donate_argnums=(0,) if donate else ())
+    for donate in (True, False)
+}
 
 
 def _resolve_data(data, val):
@@ -358,17 +350,12 @@ def _resolve_data(data, val):
         val = None
     if val is not None and not (isinstance(val, (tuple, list)) and len(val) == 2):
         raise TypeError("val must be 'auto', True, False, None or an (x_val, y_val) pair")
-    x, y = _as_arrays(x, y)
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
-    xv = yv = None
-    if val is not None:
-        xv, yv = _as_arrays(*val)
-    return x, y, xv, yv, bool(classification)
-
-
-def _host(tree):
-    return jax.tree.map(lambda a: np.asarray(a) if isinstance(a, jax.Array) else a, tree)
+    xv, yv = (
+        (None, None) if val is None else (jnp.asarray(val[0], jnp.float32), jnp.asarray(val[1]))
+    )
+    return jnp.asarray(x, jnp.float32), jnp.asarray(y), xv, yv, bool(classification)
 
 
 def train(
@@ -455,61 +442,47 @@ def train(
             f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}"
         )
     x, y, xv, yv, classification = _resolve_data(data, val)
-    has_val = xv is not None
-    if (patience is not None or restore_best or value_from == "val") and not has_val:
+    if (patience is not None or restore_best or value_from == "val") and xv is None:
         raise ValueError("patience, restore_best and value_from='val' need validation data")
     if loss_fn is None:
         loss_fn = cross_entropy if classification else squared_error
     n = int(x.shape[0])
     b = resolve_batch_size(batch_size, n)
-
     if isinstance(model, ModelParts):
         graphdef, params, mstate = model
         module = None
     elif isinstance(model, nnx.Module):
-        graphdef, params, mstate = split_model(model)
-        module = model
+        (graphdef, params, mstate), module = split_model(model), model
     else:
         raise TypeError("model must be an nnx.Module or ModelParts")
-    # Copy: the state is donated to the compiled epoch, the user's arrays must survive.
-    params = jax.tree.map(jnp.array, params)
-    mstate = jax.tree.map(jnp.array, mstate)
-    opt = optax.with_extra_args_support(optimizer)
-
-    init_loss, init_acc, init_vloss, init_vacc = _initial_metrics(
-        graphdef, loss_fn, classification, params, mstate, x, y, xv, yv
+    spec = _Spec(
+        graphdef,
+        optimizer,
+        loss_fn,
+        classification,
+        n,
+        b,
+        value_from,
+        float(min_delta),
+        line_search,
     )
     ts = TrainState(
         params=params,
         model_state=mstate,
-        opt_state=opt.init(params),
+        opt_state=optimizer.init(params),
         key=jax.random.key_data(jax.random.key(seed)),
         epoch=jnp.zeros((), jnp.int32),
         step=jnp.zeros((), jnp.int32),
-        last_val=jnp.asarray(init_vloss, jnp.float32),
+        last_val=jnp.asarray(jnp.nan, jnp.float32),
         best_val=jnp.asarray(jnp.inf, jnp.float32),
         best_epoch=jnp.asarray(-1, jnp.int32),
         bad_epochs=jnp.zeros((), jnp.int32),
-        best_params=jax.tree.map(jnp.array, params) if restore_best else None,
-        best_model_state=jax.tree.map(jnp.array, mstate) if restore_best else None,
+        best_params=params if restore_best else None,
+        best_model_state=mstate if restore_best else None,
     )
-    rows = [
-        dict(
-            epoch=0.0,
-            step=0.0,
-            examples=0.0,
-            train_loss=float(init_loss),
-            train_acc=float(init_acc),
-            val_loss=float(init_vloss),
-            val_acc=float(init_vacc),
-            batch_loss=math.nan,
-            time=0.0,
-        )
-    ]
     config = dict(batch_size=b, seed=seed, n=n, value_from=value_from, min_delta=min_delta)
     if resume and ckpt.checkpoint_exists(checkpoint_dir):
         ts, meta = ckpt.restore_checkpoint(checkpoint_dir, ts)
-        ts = jax.tree.map(jnp.asarray, ts)
         rows = list(meta["history"])
         stored = meta.get("config", {})
         for k in ("batch_size", "seed", "n"):
@@ -518,54 +491,35 @@ def train(
                     f"cannot resume from {checkpoint_dir!r}: it was written with {k}="
                     f"{stored.get(k)!r}, this call has {k}={config[k]!r}"
                 )
-
-    epoch_fn = _build_epoch_fn(
-        graphdef,
-        opt,
-        loss_fn,
-        classification,
-        n,
-        b,
-        value_from,
-        float(min_delta),
-        has_val,
-        line_search,
-    )
-    run_epoch = jax.jit(epoch_fn, donate_argnums=(0,) if donate else ())
-
-    def save(state):
-        meta = {"history": rows, "config": config}
-        ckpt.save_checkpoint(checkpoint_dir, state, metadata=meta)
-
-    if donate:
-        # Donation needs one buffer per leaf; optimizer states may share arrays (e.g. the same
-        # zeros for several slots), so give every leaf its own copy once.
-        ts = jax.tree.map(lambda a: jnp.array(a, copy=True), ts)
+    else:  # row 0: the initial model
+        first = _metrics(graphdef, loss_fn, classification, params, mstate, x, y, xv, yv)
+        ts = ts._replace(last_val=first[2])
+        first = {k: float(v) for k, v in zip(METRICS, (*first, math.nan), strict=True)}
+        rows = [dict(epoch=0.0, step=0.0, examples=0.0, time=0.0, **first)]
+    # Fresh device buffers, one per leaf: the state is donated to the compiled epoch (the
+    # user's arrays must survive; optimizer states may share arrays; best_params is params).
+    # An explicit dtype also drops weak types (as the epoch's outputs do): one compilation.
+    ts = jax.tree.map(lambda a: jnp.array(a, dtype=a.dtype, copy=True), ts)
+    run_epoch = _RUN_EPOCH[bool(donate)]
     start = int(ts.epoch)
-    status = "completed"
     stopped_early = patience is not None and int(ts.bad_epochs) >= patience
-    if stopped_early:
-        status = "early_stopped"
+    status = "early_stopped" if stopped_early else "completed"
     bar = None
     if progress and not stopped_early and start < epochs:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=epochs, initial=start, desc="train", unit="epoch", leave=False)
-    for _ in range(start, 0 if stopped_early else epochs):
+    for _ in range(start, start if stopped_early else epochs):
         t0 = time.perf_counter()
-        ts, metrics = run_epoch(ts, x, y, xv, yv)
+        ts, metrics = run_epoch(ts, x, y, xv, yv, spec)
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        elapsed = time.perf_counter() - t0
         e, s = int(ts.epoch), int(ts.step)
-        rows.append(
-            dict(epoch=float(e), step=float(s), examples=float(s * b), time=elapsed, **metrics)
-        )
+        elapsed = time.perf_counter() - t0
+        rows.append(dict(epoch=e, step=s, examples=s * b, time=elapsed, **metrics))
         if bar is not None:
             bar.update(1)
-            post = {"loss": f"{metrics['train_loss']:.4g}"}
-            if has_val:
-                post["val"] = f"{metrics['val_loss']:.4g}"
-            bar.set_postfix(post)
+            val = "" if xv is None else f", val {metrics['val_loss']:.4g}"
+            bar.set_postfix_str(f"loss {metrics['train_loss']:.4g}{val}")
         if stop_on_nonfinite and not math.isfinite(metrics["train_loss"]):
             status = "non_finite"
         elif patience is not None and int(ts.bad_epochs) >= patience:
@@ -573,7 +527,8 @@ def train(
         if checkpoint_dir is not None and (
             e % checkpoint_every == 0 or e == epochs or status != "completed"
         ):
-            save(ts)
+            meta = {"history": rows, "config": config}
+            ckpt.save_checkpoint(checkpoint_dir, ts, metadata=meta)
         if status != "completed":
             break
     if bar is not None:
@@ -582,16 +537,8 @@ def train(
     final = ts
     if restore_best and int(ts.best_epoch) >= 0:
         final = ts._replace(params=ts.best_params, model_state=ts.best_model_state)
-    if module is not None:
-        trained = merge_model(graphdef, final.params, final.model_state)
+    trained = merge_model(graphdef, final.params, final.model_state)
+    if module is not None:  # update the user's model in place
         nnx.update(module, nnx.state(trained))
-        out_model = module
-    else:
-        out_model = merge_model(graphdef, final.params, final.model_state)
-    return TrainResult(
-        model=out_model,
-        state=final,
-        history=History.from_rows(rows),
-        stopped_early=stopped_early,
-        status=status,
-    )
+        trained = module
+    return TrainResult(trained, final, History.from_rows(rows), stopped_early, status)

@@ -102,16 +102,7 @@ def scale_by_backtracking_linesearch(
     t_max = base.hyperparameter(max_learning_rate, "max_learning_rate", base.POSITIVE, owner=_OWNER)
 
     def init_fn(params):
-        dtype = common.compute_dtype(params)
-        return ScaleByBacktrackingLinesearchState(
-            count=jnp.zeros([], jnp.int32),
-            step_size=jnp.asarray(jnp.inf, dtype),
-            value=jnp.asarray(jnp.inf, dtype),
-            grad=base.zeros_like(params, dtype=None),
-            status=jnp.asarray(int(Status.OK), jnp.int32),
-            num_fun_evals=jnp.zeros([], jnp.int32),
-            num_grad_evals=jnp.zeros([], jnp.int32),
-        )
+        return ScaleByBacktrackingLinesearchState(**common.initial_search_fields(params, jnp.inf))
 
     def update_fn(
         updates: base.Updates,
@@ -124,18 +115,15 @@ def scale_by_backtracking_linesearch(
         **extra: Any,
     ):
         del extra
-        base.check_state(state, ScaleByBacktrackingLinesearchState, _OWNER)
-        base.check_tree_match(params, updates, "params", "updates", owner=_OWNER)
-        base.check_tree_match(params, grad, "params", "grad", owner=_OWNER)
-        dtype = state.value.dtype
+        dtype, grad, f0 = common.check_search_inputs(
+            _OWNER, state, ScaleByBacktrackingLinesearchState, params, updates, grad, value
+        )
         count = state.count
         c1_t = base.resolve(c1, count, dtype)
         rho_t = base.resolve(rho, count, dtype)
         gamma_t = base.resolve(gamma, count, dtype)
         t_max_t = base.resolve(t_max, count, dtype)
 
-        grad = jax.tree.map(jnp.asarray, grad)
-        f0 = jnp.asarray(value, dtype)
         _, d_norm, slope, code = common.unit_direction(updates, grad, dtype)
         prev = state.step_size
         t0 = jnp.where(
@@ -158,23 +146,17 @@ def scale_by_backtracking_linesearch(
 
         carry = (jnp.zeros([], jnp.int32), t0, jnp.asarray(False), f0, grad)
         n, t, accepted, f, g = jax.lax.while_loop(cond, body, carry)
-        step = jnp.where(accepted, t, jnp.zeros_like(t))
-        status = jnp.where(
-            code != int(Status.OK),
-            code,
-            jnp.where(accepted, int(Status.OK), int(Status.LINE_SEARCH_FAILED)),
-        ).astype(jnp.int32)
-        new_state = ScaleByBacktrackingLinesearchState(
-            count=base.safe_increment(count),
-            step_size=step,
-            value=jnp.where(accepted, f, f0),
-            grad=base.cast_like(
-                jax.tree.map(lambda a, b: jnp.where(accepted, a, b), g, grad), state.grad
-            ),
-            status=status,
-            num_fun_evals=state.num_fun_evals + n,
-            num_grad_evals=state.num_grad_evals + n,
+        return common.finish_search(
+            state,
+            updates,
+            code=code,
+            accepted=accepted,
+            step=t,
+            value=f,
+            grad=g,
+            f0=f0,
+            grad0=grad,
+            num_evals=(n, n),
         )
-        return common.scaled_or_zero(step, accepted, updates), new_state
 
     return base.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -14,12 +14,13 @@ the usual rescaling by :math:`\max_i |v_i|` for the same reason.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from gradlab import base
 from gradlab.status import Status
 
 __all__ = [
@@ -27,11 +28,17 @@ __all__ = [
     "safe_norm",
     "tree_vdot",
     "tree_scale",
+    "tree_axpy",
+    "tree_select",
+    "first_status",
     "trial_point",
     "scaled_or_zero",
     "unit_direction",
     "cubic_min",
     "quadratic_min",
+    "initial_search_fields",
+    "check_search_inputs",
+    "finish_search",
     "FATAL_STATUSES",
 ]
 
@@ -80,6 +87,22 @@ def tree_vdot(a: Any, b: Any, dtype=jnp.float32) -> jax.Array:
 def tree_scale(s: jax.Array, tree: Any) -> Any:
     """``s * tree``, each leaf back in its own dtype."""
     return jax.tree.map(lambda x: (s * x).astype(x.dtype), tree)
+
+
+def tree_axpy(alpha: jax.Array, x: Any, y: Any) -> Any:
+    """``y + alpha * x`` leafwise (``alpha`` cast to each leaf's dtype)."""
+    return jax.tree.map(lambda xi, yi: yi + jnp.asarray(alpha).astype(yi.dtype) * xi, x, y)
+
+
+def tree_select(pred: jax.Array, a: Any, b: Any) -> Any:
+    """``jnp.where(pred, a, b)`` leafwise (``pred`` a scalar)."""
+    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+def first_status(cases: list[tuple[Any, Status]], default: Status) -> jax.Array:
+    """The int32 code of the first case whose predicate holds, else ``default``."""
+    preds = [jnp.asarray(p) for p, _ in cases]
+    return jnp.select(preds, [int(code) for _, code in cases], int(default)).astype(jnp.int32)
 
 
 def scaled_or_zero(t: jax.Array, accepted: jax.Array, direction: Any) -> Any:
@@ -149,3 +172,77 @@ def safeguarded_interpolation(lo, f_lo, s_lo, hi, f_hi, s_hi, margin=0.1):
     quad = quadratic_min(lo, f_lo, s_lo, hi, f_hi)
     mid = 0.5 * (lo + hi)
     return jnp.where(inside(cubic), cubic, jnp.where(inside(quad), quad, mid))
+
+
+# --------------------------------------------------------------------------------------------
+# What every search does before and after its own loop
+# --------------------------------------------------------------------------------------------
+
+
+def initial_search_fields(params: Any, step_size: float) -> dict[str, Any]:
+    """The fields every search state starts with (``value`` = inf: no search yet)."""
+    dtype = compute_dtype(params)
+    zero = jnp.zeros([], jnp.int32)
+    return dict(
+        count=zero,
+        step_size=jnp.asarray(step_size, dtype),
+        value=jnp.asarray(jnp.inf, dtype),
+        grad=base.zeros_like(params, dtype=None),
+        status=jnp.asarray(int(Status.OK), jnp.int32),
+        num_fun_evals=zero,
+        num_grad_evals=zero,
+    )
+
+
+def check_search_inputs(
+    owner: str, state: Any, state_type: type, params: Any, updates: Any, grad: Any, value: Any
+) -> tuple[Any, Any, jax.Array]:
+    """Check a search's inputs (state type, tree structures); return ``(dtype, grad, f0)``."""
+    base.check_state(state, state_type, owner)
+    base.check_tree_match(params, updates, "params", "updates", owner=owner)
+    base.check_tree_match(params, grad, "params", "grad", owner=owner)
+    dtype = state.value.dtype
+    return dtype, jax.tree.map(jnp.asarray, grad), jnp.asarray(value, dtype)
+
+
+def finish_search(
+    state: NamedTuple,
+    direction: Any,
+    *,
+    code: jax.Array,
+    accepted: jax.Array,
+    step: jax.Array,
+    value: jax.Array,
+    grad: Any,
+    f0: jax.Array,
+    grad0: Any,
+    num_evals: tuple[jax.Array, jax.Array],
+    unbounded: Any = False,
+    **fields: Any,
+) -> tuple[Any, NamedTuple]:
+    r"""The update :math:`t\,d` (exact zeros when rejected) and the search's new state.
+
+    The status is ``code`` when the search did not start (``code != OK``), else ``OK`` /
+    ``UNBOUNDED`` for an accepted step and ``LINE_SEARCH_FAILED`` otherwise. ``value``/``grad``
+    are kept when ``accepted``, else ``f0``/``grad0`` (the old point); ``num_evals`` (function,
+    gradient) are added to the counters; ``fields`` are other state fields to set.
+    """
+    status = jnp.where(
+        code != int(Status.OK),
+        code,
+        first_status(
+            [(accepted & unbounded, Status.UNBOUNDED), (accepted, Status.OK)],
+            Status.LINE_SEARCH_FAILED,
+        ),
+    ).astype(jnp.int32)
+    new_state = state._replace(
+        count=base.safe_increment(state.count),
+        step_size=jnp.where(accepted, step, jnp.zeros_like(step)),
+        value=jnp.where(accepted, value, f0),
+        grad=base.cast_like(tree_select(accepted, grad, grad0), state.grad),
+        status=status,
+        num_fun_evals=state.num_fun_evals + num_evals[0],
+        num_grad_evals=state.num_grad_evals + num_evals[1],
+        **fields,
+    )
+    return scaled_or_zero(step, accepted, direction), new_state

@@ -86,16 +86,7 @@ def scale_by_exact_linesearch(
     )
 
     def init_fn(params):
-        dtype = common.compute_dtype(params)
-        return ScaleByExactLinesearchState(
-            count=jnp.zeros([], jnp.int32),
-            step_size=jnp.asarray(0.0, dtype),
-            value=jnp.asarray(jnp.inf, dtype),
-            grad=base.zeros_like(params, dtype=None),
-            status=jnp.asarray(int(Status.OK), jnp.int32),
-            num_fun_evals=jnp.zeros([], jnp.int32),
-            num_grad_evals=jnp.zeros([], jnp.int32),
-        )
+        return ScaleByExactLinesearchState(**common.initial_search_fields(params, 0.0))
 
     def update_fn(
         updates: base.Updates,
@@ -108,12 +99,9 @@ def scale_by_exact_linesearch(
         **extra: Any,
     ):
         del extra
-        base.check_state(state, ScaleByExactLinesearchState, _OWNER)
-        base.check_tree_match(params, updates, "params", "updates", owner=_OWNER)
-        base.check_tree_match(params, grad, "params", "grad", owner=_OWNER)
-        dtype = state.value.dtype
-        grad = jax.tree.map(jnp.asarray, grad)
-        f0 = jnp.asarray(value, dtype)
+        dtype, grad, f0 = common.check_search_inputs(
+            _OWNER, state, ScaleByExactLinesearchState, params, updates, grad, value
+        )
         unit, d_norm, _, code = common.unit_direction(updates, grad, dtype)
         code = jnp.where(jnp.isfinite(f0), code, int(Status.NON_FINITE))
         searching = code == int(Status.OK)
@@ -146,7 +134,7 @@ def scale_by_exact_linesearch(
 
         zero = jnp.zeros([], dtype)
         inf = jnp.asarray(jnp.inf, dtype)
-        j, a, fa, b, fb, upper, _, bracketed = jax.lax.while_loop(
+        j, a, fa, b, fb, upper, _, _ = jax.lax.while_loop(
             br_cond, br_body, (jnp.zeros([], jnp.int32), zero, f0, zero, f0, inf, h0, False)
         )
         found = searching & (b > 0)
@@ -171,7 +159,6 @@ def scale_by_exact_linesearch(
         init = (a, c, x1, phi(x1), x2, phi(x2))
         _, _, x1, f1, x2, f2 = jax.lax.fori_loop(0, n_golden, golden, init)
         tau_g = jnp.where(f1 < f2, x1, x2)
-        f_g = jnp.minimum(f1, f2)
         # One parabolic step through (a, b, c) (exact for a quadratic along the line).
         fc = phi(c)
         num = (b - a) ** 2 * (fb - fc) - (b - c) ** 2 * (fb - fa)
@@ -195,33 +182,20 @@ def scale_by_exact_linesearch(
         f_p, g_p, s_p, ok_p = at(tau_p)
         f_g2, g_g, s_g, ok_g = at(tau_g)
         use_p = s_p <= s_g
-        tau = jnp.where(use_p, tau_p, tau_g)
-        f = jnp.where(use_p, f_p, f_g2)
-        g = jax.tree.map(lambda x, y: jnp.where(use_p, x, y), g_p, g_g)
-        accept = found & jnp.where(use_p, ok_p, ok_g)
-        step = jnp.where(accept, tau, zero) / safe_norm
-        status = jnp.where(
-            ~searching,
-            code,
-            jnp.where(
-                accept,
-                jnp.where(unbounded, int(Status.UNBOUNDED), int(Status.OK)),
-                int(Status.LINE_SEARCH_FAILED),
-            ),
-        ).astype(jnp.int32)
-        del bracketed, f_g
         n_fun = jnp.where(searching, j + n_golden + 5, 0).astype(jnp.int32)
         n_grad = jnp.where(searching, 2, 0).astype(jnp.int32)
-        g_new = jax.tree.map(lambda x, y: jnp.where(accept, x, y), g, grad)
-        new_state = ScaleByExactLinesearchState(
-            count=base.safe_increment(state.count),
-            step_size=step,
-            value=jnp.where(accept, f, f0),
-            grad=base.cast_like(g_new, state.grad),
-            status=status,
-            num_fun_evals=state.num_fun_evals + n_fun,
-            num_grad_evals=state.num_grad_evals + n_grad,
+        return common.finish_search(
+            state,
+            updates,
+            code=code,
+            accepted=found & jnp.where(use_p, ok_p, ok_g),
+            step=jnp.where(use_p, tau_p, tau_g) / safe_norm,
+            value=jnp.where(use_p, f_p, f_g2),
+            grad=common.tree_select(use_p, g_p, g_g),
+            f0=f0,
+            grad0=grad,
+            num_evals=(n_fun, n_grad),
+            unbounded=unbounded,
         )
-        return common.scaled_or_zero(step, accept, updates), new_state
 
     return base.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -164,15 +164,9 @@ def scale_by_zoom_linesearch(
     def init_fn(params):
         dtype = common.compute_dtype(params)
         return ScaleByZoomLinesearchState(
-            count=jnp.zeros([], jnp.int32),
-            step_size=jnp.asarray(1.0, dtype),
-            value=jnp.asarray(jnp.inf, dtype),
-            grad=base.zeros_like(params, dtype=None),
             start_value=jnp.asarray(jnp.inf, dtype),
             curvature_satisfied=jnp.asarray(False),
-            status=jnp.asarray(int(Status.OK), jnp.int32),
-            num_fun_evals=jnp.zeros([], jnp.int32),
-            num_grad_evals=jnp.zeros([], jnp.int32),
+            **common.initial_search_fields(params, 1.0),
         )
 
     def update_fn(
@@ -186,17 +180,14 @@ def scale_by_zoom_linesearch(
         **extra: Any,
     ):
         del extra
-        base.check_state(state, ScaleByZoomLinesearchState, _OWNER)
-        base.check_tree_match(params, updates, "params", "updates", owner=_OWNER)
-        base.check_tree_match(params, grad, "params", "grad", owner=_OWNER)
-        dtype = state.value.dtype
+        dtype, grad, f0 = common.check_search_inputs(
+            _OWNER, state, ScaleByZoomLinesearchState, params, updates, grad, value
+        )
         count = state.count
         c1_t = base.resolve(c1, count, dtype)
         c2_t = base.resolve(c2, count, dtype)
         # An invalid traced pair (c1 >= c2) poisons this lane instead of misbehaving silently.
         c2_t = jnp.where(c1_t < c2_t, c2_t, jnp.nan)
-        grad = jax.tree.map(jnp.asarray, grad)
-        f0 = jnp.asarray(value, dtype)
         unit, d_norm, s0, code = common.unit_direction(updates, grad, dtype)
         code = jnp.where(jnp.isfinite(f0) & jnp.isfinite(c2_t), code, int(Status.NON_FINITE))
         searching = code == int(Status.OK)
@@ -309,7 +300,7 @@ def scale_by_zoom_linesearch(
             take = accept | unbounded | better
             tau_b = jnp.where(take, tau, c.tau_b)
             f_b = jnp.where(take, f, c.f_b)
-            g_b = jax.tree.map(lambda a, b: jnp.where(take, a, b), g, c.g_b)
+            g_b = common.tree_select(take, g, c.g_b)
 
             i = c.i + 1
             tiny_interval = zooming & (
@@ -359,29 +350,20 @@ def scale_by_zoom_linesearch(
         )
         c = jax.lax.while_loop(cond, body, carry)
         found = searching & (c.tau_b > 0)
-        tau = jnp.where(found, c.tau_b, zero)
-        step = tau / safe_norm
-        status = jnp.where(
-            ~searching,
-            code,
-            jnp.where(
-                found,
-                jnp.where(c.unbounded, int(Status.UNBOUNDED), int(Status.OK)),
-                int(Status.LINE_SEARCH_FAILED),
-            ),
-        ).astype(jnp.int32)
-        g_new = jax.tree.map(lambda a, b: jnp.where(found, a, b), c.g_b, grad)
-        new_state = ScaleByZoomLinesearchState(
-            count=base.safe_increment(count),
-            step_size=step,
-            value=jnp.where(found, c.f_b, f0),
-            grad=base.cast_like(g_new, state.grad),
+        return common.finish_search(
+            state,
+            updates,
+            code=code,
+            accepted=found,
+            step=c.tau_b / safe_norm,
+            value=c.f_b,
+            grad=c.g_b,
+            f0=f0,
+            grad0=grad,
+            num_evals=(c.i, c.i),
+            unbounded=c.unbounded,
             start_value=f0,
             curvature_satisfied=found & c.wolfe,
-            status=status,
-            num_fun_evals=state.num_fun_evals + c.i,
-            num_grad_evals=state.num_grad_evals + c.i,
         )
-        return common.scaled_or_zero(step, found, updates), new_state
 
     return base.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -19,27 +19,41 @@ from __future__ import annotations
 from typing import Any
 
 from gradlab import base
-from gradlab.transforms import rms as _rms
 from gradlab.transforms.adadelta import scale_by_adadelta
 from gradlab.transforms.adagrad import scale_by_rss
 from gradlab.transforms.adam import scale_by_adam, scale_by_adamax
 from gradlab.transforms.learning_rate import scale_by_learning_rate
 from gradlab.transforms.momentum import trace
 from gradlab.transforms.rms import scale_by_rms
+from gradlab.transforms.weight_decay import add_decayed_weights
 
 __all__ = ["adadelta", "adagrad", "adam", "adamax", "adamw", "nadam", "nadamw", "rmsprop"]
 
 
-def _lr(learning_rate: Any, owner: str) -> Any:
-    """Validate the learning rate under the optimizer's own name (clearer messages)."""
-    return base.hyperparameter(learning_rate, "learning_rate", base.NONNEGATIVE, owner=owner)
+def _named(name: str, learning_rate: Any, *parts: base.GradientTransformation):
+    """``named_chain(name, *parts, scale_by_learning_rate(learning_rate))``, the learning rate
+    validated under the optimizer's own name (clearer messages)."""
+    lr = base.hyperparameter(learning_rate, "learning_rate", base.NONNEGATIVE, owner=name)
+    return base.named_chain(name, *parts, scale_by_learning_rate(lr))
 
 
-def _decayed_weights(weight_decay: Any, mask: Any) -> base.GradientTransformation:
-    # Imported lazily: the weight-decay atom lives in its own module.
-    from gradlab.transforms.weight_decay import add_decayed_weights
+def _adam(name: str, learning_rate: Any, decay: tuple | None, betas: tuple, variant: tuple):
+    """The Adam family: ``scale_by_adam`` [-> ``add_decayed_weights(*decay)``] -> lr.
 
-    return add_decayed_weights(weight_decay, mask=mask)
+    ``betas = (b1, b2, eps, eps_root, mu_dtype)`` and ``variant = (nesterov, bias_correction,
+    eps_in_sqrt, state_dtype)``, as in :func:`gradlab.transforms.adam.scale_by_adam`.
+    """
+    nesterov, bias_correction, eps_in_sqrt, state_dtype = variant
+    scale = scale_by_adam(
+        *betas,
+        nesterov=nesterov,
+        bias_correction=bias_correction,
+        eps_in_sqrt=eps_in_sqrt,
+        state_dtype=state_dtype,
+    )
+    if decay is None:
+        return _named(name, learning_rate, scale)
+    return _named(name, learning_rate, scale, add_decayed_weights(decay[0], mask=decay[1]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,12 +89,10 @@ def adagrad(
     References:
       Duchi, Hazan & Singer, JMLR 12, 2011.
     """
-    return base.chain(
-        scale_by_rss(
-            initial_accumulator_value, eps, eps_in_sqrt=eps_in_sqrt, state_dtype=state_dtype
-        ),
-        scale_by_learning_rate(_lr(learning_rate, "adagrad")),
+    scale = scale_by_rss(
+        initial_accumulator_value, eps, eps_in_sqrt=eps_in_sqrt, state_dtype=state_dtype
     )
+    return _named("adagrad", learning_rate, scale)
 
 
 def rmsprop(
@@ -122,23 +134,22 @@ def rmsprop(
     References:
       Tieleman & Hinton, COURSERA lecture 6.5, 2012. Graves, arXiv:1308.0850, 2013.
     """
-    nesterov = _rms.check_bool(nesterov, "nesterov", "rmsprop")
-    parts = [
-        scale_by_rms(
-            decay,
-            eps,
-            initial_scale,
-            eps_in_sqrt,
-            bias_correction,
-            centered=centered,
-            init_with_first_gradient=init_with_first_gradient,
-            state_dtype=state_dtype,
-        ),
-        scale_by_learning_rate(_lr(learning_rate, "rmsprop")),
-    ]
-    if momentum is not None:
-        parts.append(trace(momentum, nesterov, state_dtype=state_dtype))
-    return base.chain(*parts)
+    nesterov = base.check_bool(nesterov, "nesterov", "rmsprop")
+    scale = scale_by_rms(
+        decay,
+        eps,
+        initial_scale,
+        eps_in_sqrt,
+        bias_correction,
+        centered=centered,
+        init_with_first_gradient=init_with_first_gradient,
+        state_dtype=state_dtype,
+    )
+    if momentum is None:
+        return _named("rmsprop", learning_rate, scale)
+    lr = base.hyperparameter(learning_rate, "learning_rate", base.NONNEGATIVE, owner="rmsprop")
+    velocity = trace(momentum, nesterov, state_dtype=state_dtype)
+    return base.named_chain("rmsprop", scale, scale_by_learning_rate(lr), velocity)
 
 
 def adadelta(
@@ -169,15 +180,11 @@ def adadelta(
     References:
       Zeiler, *ADADELTA: An Adaptive Learning Rate Method*, arXiv:1212.5701, 2012.
     """
-    lr = 1.0 if learning_rate is None else _lr(learning_rate, "adadelta")
     parts = []
     if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
-        parts.append(_decayed_weights(weight_decay, weight_decay_mask))
-    parts += [
-        scale_by_adadelta(rho, eps, state_dtype=state_dtype),
-        scale_by_learning_rate(lr),
-    ]
-    return base.chain(*parts)
+        parts.append(add_decayed_weights(weight_decay, mask=weight_decay_mask))
+    parts.append(scale_by_adadelta(rho, eps, state_dtype=state_dtype))
+    return _named("adadelta", 1.0 if learning_rate is None else learning_rate, *parts)
 
 
 def adam(
@@ -217,20 +224,9 @@ def adam(
     References:
       Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015.
     """
-    return base.chain(
-        scale_by_adam(
-            b1,
-            b2,
-            eps,
-            eps_root,
-            mu_dtype,
-            nesterov=nesterov,
-            bias_correction=bias_correction,
-            eps_in_sqrt=eps_in_sqrt,
-            state_dtype=state_dtype,
-        ),
-        scale_by_learning_rate(_lr(learning_rate, "nadam" if nesterov else "adam")),
-    )
+    betas = (b1, b2, eps, eps_root, mu_dtype)
+    variant = (nesterov, bias_correction, eps_in_sqrt, state_dtype)
+    return _adam("nadam" if nesterov else "adam", learning_rate, None, betas, variant)
 
 
 def adamw(
@@ -273,21 +269,10 @@ def adamw(
     References:
       Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, ICLR 2019.
     """
-    return base.chain(
-        scale_by_adam(
-            b1,
-            b2,
-            eps,
-            eps_root,
-            mu_dtype,
-            nesterov=nesterov,
-            bias_correction=bias_correction,
-            eps_in_sqrt=eps_in_sqrt,
-            state_dtype=state_dtype,
-        ),
-        _decayed_weights(weight_decay, mask),
-        scale_by_learning_rate(_lr(learning_rate, "nadamw" if nesterov else "adamw")),
-    )
+    betas = (b1, b2, eps, eps_root, mu_dtype)
+    variant = (nesterov, bias_correction, eps_in_sqrt, state_dtype)
+    decay = (weight_decay, mask)
+    return _adam("nadamw" if nesterov else "adamw", learning_rate, decay, betas, variant)
 
 
 def adamax(
@@ -316,10 +301,8 @@ def adamax(
     References:
       Kingma & Ba, ICLR 2015, §7.1.
     """
-    return base.chain(
-        scale_by_adamax(b1, b2, eps, bias_correction=bias_correction, state_dtype=state_dtype),
-        scale_by_learning_rate(_lr(learning_rate, "adamax")),
-    )
+    scale = scale_by_adamax(b1, b2, eps, bias_correction=bias_correction, state_dtype=state_dtype)
+    return _named("adamax", learning_rate, scale)
 
 
 def nadam(
@@ -357,18 +340,9 @@ def nadam(
     References:
       Dozat, *Incorporating Nesterov Momentum into Adam*, ICLR workshop 2016.
     """
-    return adam(
-        learning_rate,
-        b1,
-        b2,
-        eps,
-        eps_root,
-        mu_dtype,
-        nesterov=True,
-        bias_correction=bias_correction,
-        eps_in_sqrt=eps_in_sqrt,
-        state_dtype=state_dtype,
-    )
+    betas = (b1, b2, eps, eps_root, mu_dtype)
+    variant = (True, bias_correction, eps_in_sqrt, state_dtype)
+    return _adam("nadam", learning_rate, None, betas, variant)
 
 
 def nadamw(
@@ -403,17 +377,6 @@ def nadamw(
     References:
       Dozat 2016; Loshchilov & Hutter, ICLR 2019.
     """
-    return adamw(
-        learning_rate,
-        b1,
-        b2,
-        eps,
-        eps_root,
-        mu_dtype,
-        weight_decay,
-        mask,
-        nesterov=True,
-        bias_correction=bias_correction,
-        eps_in_sqrt=eps_in_sqrt,
-        state_dtype=state_dtype,
-    )
+    betas = (b1, b2, eps, eps_root, mu_dtype)
+    variant = (True, bias_correction, eps_in_sqrt, state_dtype)
+    return _adam("nadamw", learning_rate, (weight_decay, mask), betas, variant)

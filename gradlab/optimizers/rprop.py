@@ -45,7 +45,8 @@ def rprop(
       Riedmiller & Braun, 1993; Igel & Hüsken, 2000 (see
       :func:`gradlab.transforms.rprop.scale_by_rprop`).
     """
-    return base.chain(
+    return base.named_chain(
+        "rprop",
         scale_by_rprop(
             learning_rate,
             eta_minus,

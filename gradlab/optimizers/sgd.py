@@ -65,42 +65,27 @@ def sgd(
       of initialization and momentum in deep learning
       <http://proceedings.mlr.press/v28/sutskever13.pdf>`_, 2013.
     """
-    if momentum_form not in _m.MOMENTUM_FORMS:
-        raise ValueError(
-            f"sgd: momentum_form must be one of {', '.join(map(repr, _m.MOMENTUM_FORMS))}; "
-            f"got {momentum_form!r}"
-        )
-    if not isinstance(nesterov, bool):
-        raise TypeError(f"sgd: nesterov must be a Python bool (it is static), got {nesterov!r}")
+    momentum_form = base.check_choice(momentum_form, "momentum_form", _m.MOMENTUM_FORMS, "sgd")
+    nesterov = base.check_bool(nesterov, "nesterov", "sgd")
     if state_dtype is not None and accumulator_dtype is not None:
         raise ValueError("sgd: pass state_dtype or its optax spelling accumulator_dtype")
     state_dtype = state_dtype if state_dtype is not None else accumulator_dtype
     # Validate under the user's argument names (the atoms call momentum "decay").
     learning_rate = base.hyperparameter(learning_rate, "learning_rate", owner="sgd")
-    if momentum is not None:
-        momentum = base.hyperparameter(
-            momentum, "momentum", base.UNIT_INTERVAL_OPEN_RIGHT, owner="sgd"
-        )
     if momentum is None:
         if nesterov:
             raise ValueError("sgd: nesterov=True needs a momentum (got momentum=None)")
-        return base.chain(scale_by_learning_rate(learning_rate))
+        return base.named_chain("sgd", scale_by_learning_rate(learning_rate))
+    momentum = base.hyperparameter(momentum, "momentum", base.UNIT_INTERVAL_OPEN_RIGHT, owner="sgd")
     if momentum_form == "trace":
-        return base.chain(
-            _m.trace(momentum, nesterov, state_dtype=state_dtype),
-            scale_by_learning_rate(learning_rate),
-        )
-    if momentum_form == "ema":
-        return base.chain(
-            _m.ema(momentum, debias=False, nesterov=nesterov, state_dtype=state_dtype),
-            scale_by_learning_rate(learning_rate),
-        )
-    atom = {
-        "heavy_ball": _m.heavy_ball_momentum,
-        "sutskever": _m.sutskever_momentum,
-        "damped": _m.damped_momentum,
-    }[momentum_form]
-    return base.chain(atom(learning_rate, momentum, nesterov, state_dtype=state_dtype))
+        velocity = _m.trace(momentum, nesterov, state_dtype=state_dtype)
+    elif momentum_form == "ema":
+        velocity = _m.ema(momentum, debias=False, nesterov=nesterov, state_dtype=state_dtype)
+    else:  # the learning rate sits inside the velocity: the atom is the whole step
+        atom = getattr(_m, f"{momentum_form}_momentum")
+        step = atom(learning_rate, momentum, nesterov, state_dtype=state_dtype)
+        return base.named_chain("sgd", step)
+    return base.named_chain("sgd", velocity, scale_by_learning_rate(learning_rate))
 
 
 def nesterov_lookahead(
@@ -125,6 +110,5 @@ def nesterov_lookahead(
       momentum: :math:`\mu \in [0, 1)`; number, array or schedule.
       state_dtype: dtype of the velocity (default float32).
     """
-    return base.chain(
-        _m.scale_by_nesterov_lookahead(learning_rate, momentum, state_dtype=state_dtype)
-    )
+    step = _m.scale_by_nesterov_lookahead(learning_rate, momentum, state_dtype=state_dtype)
+    return base.named_chain("nesterov_lookahead", step)

@@ -52,6 +52,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from gradlab import base
+from gradlab.linesearch import common
+from gradlab.second_order.common import check_update_inputs, with_search
 from gradlab.second_order.newton_cg import conjugate_gradient
 from gradlab.status import Status
 
@@ -95,10 +97,6 @@ def _check_static_args(owner, jacobian, jacobian_memory_budget, max_cg_steps):
 
 
 def _linearize(owner, residual_fn, params, jacobian, budget, state_dtype) -> _Linearized:
-    if residual_fn is None:
-        raise ValueError(f"{owner}: update needs the keyword extra residual_fn=params->residuals")
-    if params is None:
-        raise ValueError(f"{owner}: update needs params (the point of the linearisation)")
     flat, unravel = ravel_pytree(params)
     out = jax.eval_shape(lambda z: ravel_pytree(residual_fn(unravel(z)))[0], flat)
     dtype = jnp.promote_types(
@@ -216,8 +214,9 @@ def scale_by_gauss_newton(
 
     def update_fn(updates, state, params=None, *, residual_fn=None, **extra_args):
         del extra_args
-        base.check_state(state, GaussNewtonState, owner)
-        base.check_tree_match(params, updates, "params", "updates", owner=owner)
+        check_update_inputs(
+            owner, state, GaussNewtonState, params, updates, residual_fn=residual_fn
+        )
         lin = _linearize(owner, residual_fn, params, jacobian, jacobian_memory_budget, state_dtype)
         r = lin.residual
         num_products = jnp.zeros((), jnp.int32)
@@ -258,32 +257,27 @@ def gauss_newton(
     learning_rate: base.ScalarOrSchedule | None = None,
     *,
     linesearch: base.GradientTransformation | str | None = "strong_wolfe",
-    jacobian: str = "auto",
-    forcing: base.ScalarOrSchedule | None = None,
-    max_cg_steps: int | None = None,
-    jacobian_memory_budget: int = 256 * 2**20,
-    state_dtype: Any = None,
+    **gauss_newton_options: Any,
 ) -> base.GradientTransformationExtraArgs:
     r"""Gauss-Newton: :func:`scale_by_gauss_newton`, an optional fixed factor, a line search.
 
     .. math:: x_{t+1} = x_t - \alpha_t J_t^{+} r(x_t)
 
-    ``chain(scale_by_gauss_newton, [scale_by_learning_rate(learning_rate)], linesearch)``; the
-    default strong-Wolfe search (on :math:`\tfrac12\lVert r\rVert^2`, through the ``value``,
-    ``grad`` and ``value_fn`` extras) tries :math:`\alpha = 1` first. ``linesearch=None`` with
-    ``learning_rate=None`` is classical (undamped) Gauss-Newton. Other arguments are
-    :func:`scale_by_gauss_newton`'s.
-    """
-    from gradlab.second_order.newton_cg import with_search
+    ``chain(scale_by_gauss_newton(**gauss_newton_options),
+    [scale_by_learning_rate(learning_rate)], linesearch)``; the default strong-Wolfe search (on
+    :math:`\tfrac12\lVert r\rVert^2`, through the ``value``, ``grad`` and ``value_fn`` extras)
+    tries :math:`\alpha = 1` first. ``linesearch=None`` with ``learning_rate=None`` is
+    classical (undamped) Gauss-Newton.
 
-    descent = scale_by_gauss_newton(
-        jacobian=jacobian,
-        forcing=forcing,
-        max_cg_steps=max_cg_steps,
-        jacobian_memory_budget=jacobian_memory_budget,
-        state_dtype=state_dtype,
-    )
-    return with_search(descent, learning_rate, linesearch)
+    Args:
+      learning_rate: optional fixed factor applied before the search (``None``: none).
+      linesearch: a transformation, ``"strong_wolfe"`` (default), ``"backtracking"``,
+        ``"exact"`` or ``None``.
+      **gauss_newton_options: :func:`scale_by_gauss_newton`'s keyword arguments
+        (``jacobian``, ``forcing``, ``max_cg_steps``, ``jacobian_memory_budget``,
+        ``state_dtype``).
+    """
+    return with_search(scale_by_gauss_newton(**gauss_newton_options), learning_rate, linesearch)
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,12 +341,8 @@ def levenberg_marquardt(
         Jacobians only). Marquardt's scaling is invariant to rescaling the parameters.
       max_inner_steps: trials per update (static, ``>= 1``; 1 = one trial, the optimistix style
         where a rejected step returns a zero update).
-      jacobian: ``"auto"``, ``"jacfwd"``, ``"jacrev"`` or ``"matrix_free"``.
-      forcing: relative CG tolerance in :math:`(0, 1)` (matrix-free; default
-        :math:`\min(0.1, \sqrt{\lVert g\rVert})`).
-      max_cg_steps: the most CG products per trial (static; default :math:`2d`).
-      jacobian_memory_budget: bytes above which ``"auto"`` goes matrix-free (static).
-      state_dtype: compute dtype (default float32, or wider parameters' dtype).
+      jacobian, forcing, max_cg_steps, jacobian_memory_budget, state_dtype: as in
+        :func:`scale_by_gauss_newton` (``max_cg_steps`` bounds each trial's CG solve).
 
     Returns:
       A ``GradientTransformationExtraArgs`` needing ``params`` and the extra ``residual_fn``.
@@ -398,8 +388,9 @@ def levenberg_marquardt(
 
     def update_fn(updates, state, params=None, *, residual_fn=None, **extra_args):
         del extra_args
-        base.check_state(state, LevenbergMarquardtState, owner)
-        base.check_tree_match(params, updates, "params", "updates", owner=owner)
+        check_update_inputs(
+            owner, state, LevenbergMarquardtState, params, updates, residual_fn=residual_fn
+        )
         lin = _linearize(owner, residual_fn, params, jacobian, jacobian_memory_budget, state_dtype)
         if lin.jac is None and marquardt:
             raise ValueError(
@@ -499,16 +490,15 @@ def levenberg_marquardt(
         )
         trials, mu, nu, h, accepted, stalled, rho, products = jax.lax.while_loop(cond, body, init)
         step = jnp.where(accepted, h, 0.0)
-        status = jnp.select(
-            [~finite, ~valid, accepted, stalled],
+        status = common.first_status(
             [
-                int(Status.NON_FINITE),
-                int(Status.INVALID_HYPERPARAMETER),
-                int(Status.OK),
-                int(Status.CONVERGED),
+                (~finite, Status.NON_FINITE),
+                (~valid, Status.INVALID_HYPERPARAMETER),
+                (accepted, Status.OK),
+                (stalled, Status.CONVERGED),
             ],
-            int(Status.LINE_SEARCH_FAILED),
-        ).astype(jnp.int32)
+            Status.LINE_SEARCH_FAILED,
+        )
         keep = ~running
         new_state = LevenbergMarquardtState(
             count=base.safe_increment(state.count),

@@ -57,6 +57,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from gradlab import base
+from gradlab.linesearch import common
+from gradlab.second_order.common import check_update_inputs, with_search
 from gradlab.status import Status
 
 __all__ = ["ScaleByNewtonState", "newton", "scale_by_newton", "hessian_bytes"]
@@ -220,12 +222,7 @@ def scale_by_newton(
 
     def update_fn(updates, state, params=None, *, value_fn=None, **extra_args):
         del extra_args
-        base.check_state(state, ScaleByNewtonState, _OWNER)
-        if params is None:
-            raise ValueError(f"{_OWNER}: update needs params (the point of the Hessian)")
-        if value_fn is None:
-            raise ValueError(f"{_OWNER}: update needs the keyword extra value_fn=params->loss")
-        base.check_tree_match(params, updates, "params", "updates", owner=_OWNER)
+        check_update_inputs(_OWNER, state, ScaleByNewtonState, params, updates, value_fn=value_fn)
         _check_budget(params, hessian_memory_budget, state_dtype)
         flat, unravel = ravel_pytree(params)
         dtype = jnp.promote_types(flat.dtype, base.state_dtype_of(state_dtype))
@@ -256,11 +253,9 @@ def scale_by_newton(
             )
         ok = finite & jnp.all(jnp.isfinite(modified))
         direction = jnp.where(ok, modified, 0.0)
-        status = jnp.where(
-            ~ok,
-            int(Status.NON_FINITE),
-            jnp.where(plain_ok, int(Status.OK), int(Status.NEGATIVE_CURVATURE)),
-        ).astype(jnp.int32)
+        status = common.first_status(
+            [(~ok, Status.NON_FINITE), (plain_ok, Status.OK)], Status.NEGATIVE_CURVATURE
+        )
         new_state = ScaleByNewtonState(
             count=base.safe_increment(state.count),
             shift=shift.astype(state.shift.dtype),
@@ -278,38 +273,28 @@ def newton(
     learning_rate: base.ScalarOrSchedule | None = None,
     *,
     linesearch: base.GradientTransformation | str | None = "strong_wolfe",
-    fallback: str = "eigen",
-    damping_init: base.ScalarOrSchedule = 1e-3,
-    damping_increase: base.ScalarOrSchedule = 10.0,
-    max_shift_tries: int = 60,
-    eigenvalue_floor: base.ScalarOrSchedule = 1e-6,
-    hessian_memory_budget: int = 512 * 2**20,
-    state_dtype: Any = None,
+    **newton_options: Any,
 ) -> base.GradientTransformationExtraArgs:
     r"""Newton's method: :func:`scale_by_newton`, an optional fixed factor, then a line search.
 
     .. math:: x_{t+1} = x_t - \alpha_t \tilde H_t^{-1} \nabla f(x_t)
 
-    ``chain(scale_by_newton, [scale_by_learning_rate(learning_rate)], linesearch)``. The
-    default strong-Wolfe search tries :math:`\alpha = 1` first (the classical Newton–Raphson
-    step); ``linesearch=None`` with ``learning_rate=None`` takes the unit step as is, and
-    ``learning_rate=eta, linesearch=None`` is the damped iteration
-    :math:`x - \eta H^{-1} g` of the lecture notes. The other arguments are
-    :func:`scale_by_newton`'s.
+    ``chain(scale_by_newton(**newton_options), [scale_by_learning_rate(learning_rate)],
+    linesearch)``. The default strong-Wolfe search tries :math:`\alpha = 1` first (the classical
+    Newton–Raphson step); ``linesearch=None`` with ``learning_rate=None`` takes the unit step as
+    is, and ``learning_rate=eta, linesearch=None`` is the damped iteration
+    :math:`x - \eta H^{-1} g` of the lecture notes.
+
+    Args:
+      learning_rate: optional fixed factor applied before the search (``None``: none).
+      linesearch: a transformation, ``"strong_wolfe"`` (default), ``"backtracking"``,
+        ``"exact"`` or ``None``.
+      **newton_options: :func:`scale_by_newton`'s keyword arguments (``fallback``,
+        ``damping_init``, ``damping_increase``, ``max_shift_tries``, ``eigenvalue_floor``,
+        ``hessian_memory_budget``, ``state_dtype``).
 
     Returns:
       A chain whose ``update`` needs ``params`` and the extra ``value_fn`` (and ``value``,
       ``grad`` for a line search).
     """
-    from gradlab.second_order.newton_cg import with_search
-
-    descent = scale_by_newton(
-        fallback=fallback,
-        damping_init=damping_init,
-        damping_increase=damping_increase,
-        max_shift_tries=max_shift_tries,
-        eigenvalue_floor=eigenvalue_floor,
-        hessian_memory_budget=hessian_memory_budget,
-        state_dtype=state_dtype,
-    )
-    return with_search(descent, learning_rate, linesearch)
+    return with_search(scale_by_newton(**newton_options), learning_rate, linesearch)

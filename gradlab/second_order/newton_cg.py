@@ -38,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradlab import base
+from gradlab.linesearch import common
+from gradlab.second_order.common import check_update_inputs, with_search
 from gradlab.status import Status
 
 __all__ = [
@@ -47,40 +49,13 @@ __all__ = [
     "hvp",
     "newton_cg",
     "scale_by_newton_cg",
-    "with_search",
 ]
 
 _OWNER = "scale_by_newton_cg"
 
 
-# --------------------------------------------------------------------------------------------
-# Tree arithmetic (every reduction accumulates in the vectors' own, at-least-float32 dtype)
-# --------------------------------------------------------------------------------------------
-
-
-def _vdot(a: Any, b: Any) -> jax.Array:
-    leaves = [
-        jnp.vdot(x.ravel(), y.ravel()).real
-        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-    ]
-    return sum(leaves[1:], leaves[0]) if leaves else jnp.zeros((), jnp.float32)
-
-
-def _axpy(alpha: jax.Array, x: Any, y: Any) -> Any:
-    """``y + alpha * x`` leafwise."""
-    return jax.tree.map(lambda xi, yi: yi + alpha.astype(yi.dtype) * xi, x, y)
-
-
-def _scale(alpha: jax.Array, x: Any) -> Any:
-    return jax.tree.map(lambda xi: alpha.astype(xi.dtype) * xi, x)
-
-
 def _compute_dtype(x: Any, state_dtype: Any) -> Any:
     return jnp.promote_types(jnp.asarray(x).dtype, base.state_dtype_of(state_dtype))
-
-
-def _where(pred: jax.Array, a: Any, b: Any) -> Any:
-    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,7 +125,8 @@ def conjugate_gradient(
     """
     max_steps = base.check_positive_int(max_steps, "max_steps", owner="conjugate_gradient")
     x0 = jax.tree.map(jnp.zeros_like, b)
-    rs0 = _vdot(b, b)
+    dtype = common.compute_dtype(b)
+    rs0 = common.tree_vdot(b, b, dtype)
     tol = jnp.asarray(tol, rs0.dtype)
     eps = jnp.finfo(rs0.dtype).eps
     status0 = jnp.where(
@@ -167,31 +143,30 @@ def conjugate_gradient(
     def body(carry):
         k, x, r, p, rs, qmax, _, _ = carry
         ap = matvec(p)
-        pap = _vdot(p, ap)
-        pp = _vdot(p, p)
+        pap = common.tree_vdot(p, ap, dtype)
+        pp = common.tree_vdot(p, p, dtype)
         nonfinite = ~jnp.isfinite(pap)
         negative = ~nonfinite & (pap <= eps * qmax * pp)
         bad = nonfinite | negative
         alpha = rs / jnp.where(bad, 1.0, pap)
-        x_new = _axpy(alpha, p, x)
-        r_new = _axpy(-alpha, ap, r)
-        rs_new = _vdot(r_new, r_new)
+        x_new = common.tree_axpy(alpha, p, x)
+        r_new = common.tree_axpy(-alpha, ap, r)
+        rs_new = common.tree_vdot(r_new, r_new, dtype)
         nonfinite = nonfinite | (~bad & ~jnp.isfinite(rs_new))
         bad = bad | nonfinite
-        p_new = _axpy(rs_new / jnp.where(rs > 0, rs, 1.0), p, r_new)
+        p_new = common.tree_axpy(rs_new / jnp.where(rs > 0, rs, 1.0), p, r_new)
         k = k + 1
-        status = jnp.select(
-            [nonfinite, negative, jnp.sqrt(rs_new) <= tol, k >= max_steps],
+        status = common.first_status(
             [
-                int(Status.NON_FINITE),
-                int(Status.NEGATIVE_CURVATURE),
-                int(Status.CONVERGED),
-                int(Status.MAX_STEPS),
+                (nonfinite, Status.NON_FINITE),
+                (negative, Status.NEGATIVE_CURVATURE),
+                (jnp.sqrt(rs_new) <= tol, Status.CONVERGED),
+                (k >= max_steps, Status.MAX_STEPS),
             ],
-            int(Status.RUNNING),
-        ).astype(jnp.int32)
+            Status.RUNNING,
+        )
         qmax = jnp.where(bad, qmax, jnp.maximum(qmax, pap / jnp.where(pp > 0, pp, 1.0)))
-        keep = lambda new, old: _where(bad, old, new)
+        keep = lambda new, old: common.tree_select(bad, old, new)
         return (
             k,
             keep(x_new, x),
@@ -276,17 +251,12 @@ def scale_by_newton_cg(
 
     def update_fn(updates, state, params=None, *, value_fn=None, **extra_args):
         del extra_args
-        base.check_state(state, ScaleByNewtonCGState, _OWNER)
-        if params is None:
-            raise ValueError(f"{_OWNER}: update needs params (the point of the Hessian)")
-        if value_fn is None:
-            raise ValueError(f"{_OWNER}: update needs the keyword extra value_fn=params->loss")
-        base.check_tree_match(params, updates, "params", "updates", owner=_OWNER)
+        check_update_inputs(_OWNER, state, ScaleByNewtonCGState, params, updates, value_fn=value_fn)
         leaves = jax.tree.leaves(params)
         size = int(sum(np.size(x) for x in leaves))
         steps = max_cg_steps if max_cg_steps is not None else max(1, 20 * size)
         g = jax.tree.map(lambda u: u.astype(_compute_dtype(u, state_dtype)), updates)
-        gg = _vdot(g, g)
+        gg = common.tree_vdot(g, g, common.compute_dtype(g))
         gnorm = jnp.sqrt(gg)
         if forcing is None:
             eta = jnp.minimum(0.5, jnp.sqrt(gnorm))
@@ -299,21 +269,19 @@ def scale_by_newton_cg(
             return jax.tree.map(lambda h, w: h.astype(w.dtype), hv, v)
 
         res = conjugate_gradient(
-            matvec, _scale(jnp.asarray(-1.0, gg.dtype), g), tol=eta * gnorm, max_steps=steps
+            matvec, common.tree_scale(-1.0, g), tol=eta * gnorm, max_steps=steps
         )
         negative = res.status == int(Status.NEGATIVE_CURVATURE)
         first = negative & (res.num_matvecs == 1)
         curv = jnp.abs(res.curvature)
         sd_scale = jnp.where(curv > 0, gg / jnp.where(curv > 0, curv, 1.0), 1.0)
-        direction = _where(first, _scale(-sd_scale, g), res.x)
+        direction = common.tree_select(first, common.tree_scale(-sd_scale, g), res.x)
         ok = (res.status != int(Status.NON_FINITE)) & base.tree_all_finite(direction)
         ok = ok & jnp.isfinite(gg)
-        direction = _where(ok, direction, jax.tree.map(jnp.zeros_like, direction))
-        status = jnp.where(
-            ~ok,
-            int(Status.NON_FINITE),
-            jnp.where(negative, int(Status.NEGATIVE_CURVATURE), int(Status.OK)),
-        ).astype(jnp.int32)
+        direction = common.tree_select(ok, direction, jax.tree.map(jnp.zeros_like, direction))
+        status = common.first_status(
+            [(~ok, Status.NON_FINITE), (negative, Status.NEGATIVE_CURVATURE)], Status.OK
+        )
         new_state = ScaleByNewtonCGState(
             count=base.safe_increment(state.count),
             num_fun_evals=state.num_fun_evals,
@@ -325,30 +293,6 @@ def scale_by_newton_cg(
         return base.cast_like(direction, updates), new_state
 
     return base.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def with_search(
-    descent: base.GradientTransformation,
-    learning_rate: base.ScalarOrSchedule | None,
-    linesearch: base.GradientTransformation | str | None,
-) -> base.GradientTransformationExtraArgs:
-    """``chain(descent, [scale_by_learning_rate(lr, flip_sign=False)], [line search])``.
-
-    ``linesearch`` is a transformation, a name understood by
-    :func:`gradlab.linesearch.get_linesearch` (``"strong_wolfe"``, ``"backtracking"``,
-    ``"exact"``; the first trial step is 1, Newton's natural step) or ``None``. With neither a
-    learning rate nor a search the descent's direction is applied as is (unit step).
-    """
-    from gradlab.linesearch import get_linesearch
-    from gradlab.transforms.learning_rate import scale_by_learning_rate
-
-    links = [descent]
-    if learning_rate is not None:
-        links.append(scale_by_learning_rate(learning_rate, flip_sign=False))
-    search = get_linesearch(linesearch, initial_guess_strategy="one")
-    if search is not None:
-        links.append(search)
-    return base.chain(*links)
 
 
 def newton_cg(

@@ -48,8 +48,8 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from gradlab import base
-from gradlab.linesearch import common, get_linesearch
-from gradlab.transforms.learning_rate import scale_by_learning_rate
+from gradlab.linesearch import common
+from gradlab.second_order.common import check_update_inputs, with_search
 
 __all__ = [
     "ScaleByBFGSState",
@@ -96,6 +96,14 @@ def _finish(g, d, scale_init_precond):
 
 def _dtype(params, state_dtype):
     return common.compute_dtype(params) if state_dtype is None else jnp.dtype(state_dtype)
+
+
+def _flat_inputs(owner, state, state_type, updates, params, dtype):
+    """Checked, raveled ``(g, x, unravel)`` in ``dtype`` (``params`` give :math:`s_k`)."""
+    check_update_inputs(owner, state, state_type, params, updates)
+    g, unravel = ravel_pytree(updates)
+    x, _ = ravel_pytree(params)
+    return g.astype(dtype), x.astype(dtype), unravel
 
 
 class ScaleByBFGSState(NamedTuple):
@@ -146,14 +154,10 @@ def scale_by_bfgs(
 
     def update_fn(updates, state, params=None, **extra):
         del extra
-        base.check_state(state, ScaleByBFGSState, "scale_by_bfgs")
-        if params is None:
-            raise ValueError("scale_by_bfgs.update needs params (to form s = x_k - x_{k-1})")
-        base.check_tree_match(params, updates, "params", "updates", owner="scale_by_bfgs")
         dtype = state.inv_hessian.dtype
-        g, unravel = ravel_pytree(updates)
-        x, _ = ravel_pytree(params)
-        g, x = g.astype(dtype), x.astype(dtype)
+        g, x, unravel = _flat_inputs(
+            "scale_by_bfgs", state, ScaleByBFGSState, updates, params, dtype
+        )
         s, y, sy, accept, gamma = _pair(x, g, state.prev_params, state.prev_grad, state.count)
 
         # A "fresh" matrix (no update since the start or a reset) is c0 * I, never materialised:
@@ -271,14 +275,10 @@ def scale_by_lbfgs(
 
     def update_fn(updates, state, params=None, **extra):
         del extra
-        base.check_state(state, ScaleByLBFGSState, "scale_by_lbfgs")
-        if params is None:
-            raise ValueError("scale_by_lbfgs.update needs params (to form s = x_k - x_{k-1})")
-        base.check_tree_match(params, updates, "params", "updates", owner="scale_by_lbfgs")
         dtype = state.memory_s.dtype
-        g, unravel = ravel_pytree(updates)
-        x, _ = ravel_pytree(params)
-        g, x = g.astype(dtype), x.astype(dtype)
+        g, x, unravel = _flat_inputs(
+            "scale_by_lbfgs", state, ScaleByLBFGSState, updates, params, dtype
+        )
         s, y, sy, accept, gamma = _pair(x, g, state.prev_params, state.prev_grad, state.count)
 
         slot = jnp.mod(state.num_pairs, m)
@@ -313,16 +313,6 @@ def scale_by_lbfgs(
     return base.GradientTransformation(init_fn, update_fn)
 
 
-def _with_search(descent, learning_rate, linesearch):
-    links = [descent]
-    if learning_rate is not None:
-        links.append(scale_by_learning_rate(learning_rate, flip_sign=False))
-    search = get_linesearch(linesearch, initial_guess_strategy="quadratic_capped")
-    if search is not None:
-        links.append(search)
-    return base.chain(*links)
-
-
 def bfgs(
     learning_rate: base.ScalarOrSchedule | None = None,
     scale_init_precond: bool = True,
@@ -342,7 +332,8 @@ def bfgs(
         ``"exact"`` or ``None``.
       state_dtype: see :func:`scale_by_bfgs`.
     """
-    return _with_search(scale_by_bfgs(scale_init_precond, state_dtype), learning_rate, linesearch)
+    descent = scale_by_bfgs(scale_init_precond, state_dtype)
+    return with_search(descent, learning_rate, linesearch, "quadratic_capped")
 
 
 def lbfgs(
@@ -366,4 +357,4 @@ def lbfgs(
       state_dtype: see :func:`scale_by_lbfgs`.
     """
     descent = scale_by_lbfgs(memory_size, scale_init_precond, state_dtype)
-    return _with_search(descent, learning_rate, linesearch)
+    return with_search(descent, learning_rate, linesearch, "quadratic_capped")

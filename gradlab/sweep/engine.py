@@ -10,13 +10,17 @@ The flow of one call:
 3. Settings are grouped by their static values; each group is one compiled program in which the
    factory is called *inside* the trace with the traced hyperparameters.
 4. A strategy (``vmap``, ``chunked`` or ``loop``; ``auto`` picks) runs every (setting, seed) of
-   the group; a run whose loss or parameters become non-finite is frozen and marked diverged.
+   the group; a run whose training loss becomes non-finite or exceeds ``divergence_threshold``
+   times its first value, or whose parameters become non-finite, is frozen and marked diverged
+   (the rule: :mod:`gradlab.sweep.program`).
 5. The curves and statuses come back as a :class:`~gradlab.sweep.result.SweepResult`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import math
 import sys
 import time
 import warnings
@@ -30,7 +34,7 @@ import optax
 from gradlab.status import Status
 from gradlab.sweep import strategies as strat
 from gradlab.sweep import tasks as tasks_mod
-from gradlab.sweep.program import make_program, seed_inputs
+from gradlab.sweep.program import Cause, make_program, memoise, seed_inputs
 from gradlab.sweep.result import SweepResult
 from gradlab.sweep.space import settings_from
 
@@ -86,7 +90,7 @@ def step_flops(prog, hp: dict, runs: dict, data: Any) -> float | None:
     try:
         hp0 = {k: jax.numpy.asarray(v[0]) for k, v in hp.items()}
         run0 = {k: jax.numpy.asarray(v[0]) for k, v in runs.items()}
-        state, _ = jax.eval_shape(prog.init, hp0, run0, data)
+        state = jax.eval_shape(prog.init, hp0, run0, data)
         cost = jax.jit(prog.step).lower(state, hp0, data).cost_analysis()
         if isinstance(cost, (list, tuple)):
             cost = cost[0] if cost else None
@@ -149,30 +153,47 @@ def _make_task(task, init_fn, loss_fn, data, batch_size) -> tasks_mod.Task:
     return tasks_mod.custom(init_fn, loss_fn, data, batch_size=batch_size)
 
 
-_METRIC_NAMES: dict[int, tuple[Any, list[str]]] = {}
-
-
-def _metric_names(task: tasks_mod.Task) -> list[str]:
-    """The names ``task.evaluate`` returns (abstract evaluation: nothing is computed),
-    memoised on the task's identity."""
-    hit = _METRIC_NAMES.get(id(task))
-    if hit is not None and hit[0] is task:
-        return hit[1]
-    shapes = jax.eval_shape(
-        lambda k: task.evaluate(*task.init(k), task.data), jax.random.PRNGKey(0)
-    )
-    _METRIC_NAMES[id(task)] = (task, list(shapes))
-    while len(_METRIC_NAMES) > 8:
-        _METRIC_NAMES.pop(next(iter(_METRIC_NAMES)))
-    return list(shapes)
-
-
 def _default_eval_every(steps: int) -> int:
     want = max(1, steps // 20)
-    for k in range(want, 0, -1):
-        if steps % k == 0:
-            return k
-    return 1
+    return next(k for k in range(want, 0, -1) if steps % k == 0)
+
+
+def _check_schedule(steps: Any, eval_every: Any) -> tuple[int, int]:
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    steps = int(steps)
+    eval_every = _default_eval_every(steps) if eval_every is None else eval_every
+    if isinstance(eval_every, bool) or not isinstance(eval_every, (int, np.integer)):
+        raise TypeError(f"eval_every must be an int, got {eval_every!r}")
+    if eval_every < 1 or steps % eval_every:
+        raise ValueError(f"eval_every must be >= 1 and divide steps={steps}, got {eval_every}")
+    return steps, int(eval_every)
+
+
+def _check_threshold(tau: Any) -> float | None:
+    if tau is None:
+        return None
+    if isinstance(tau, bool) or not isinstance(tau, (int, float, np.integer, np.floating)):
+        raise TypeError(f"divergence_threshold must be a number > 1 or None, got {tau!r}")
+    if not (math.isfinite(tau) and tau > 1):
+        raise ValueError(f"divergence_threshold must be a finite number > 1, got {tau!r}")
+    return float(tau)
+
+
+def _target(target: Any, task: tasks_mod.Task, metric_names: Sequence[str]):
+    if target is None:
+        target = task.target
+    elif target is False:
+        target = None
+    elif isinstance(target, (int, float)) and not isinstance(target, bool):
+        target = (task.primary, float(target))
+    elif isinstance(target, (tuple, list)) and len(target) == 2:
+        target = (str(target[0]), float(target[1]))
+    else:
+        raise TypeError(f"target must be (metric, threshold), a number or False, got {target!r}")
+    if target is not None and target[0] not in metric_names:
+        raise ValueError(f"target metric {target[0]!r} is not one of {sorted(metric_names)}")
+    return target
 
 
 def _seeds(seeds: int | Sequence[int]) -> list[int]:
@@ -200,6 +221,18 @@ def _progress_bar(progress: bool | None, total: int):
     return tqdm(total=total, unit="step", desc="sweep", unit_scale=True, leave=True)
 
 
+def _why(cause: int, step: int, loss: float, loss0: float, tau: float | None) -> str:
+    """The message of a diverged run."""
+    if cause == Cause.LOSS_ABOVE_THRESHOLD:
+        return (
+            f"diverged: training loss {loss:.4g} > {tau:g} x its first value {loss0:.4g} "
+            f"at step {step}"
+        )
+    if cause == Cause.NON_FINITE_LOSS:
+        return f"diverged: non-finite training loss ({loss}) at step {step}"
+    return f"diverged: non-finite parameters after step {step}"
+
+
 def sweep(
     optimizer: Callable[..., optax.GradientTransformation],
     space: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
@@ -215,6 +248,7 @@ def sweep(
     samples: int | None = None,
     sample_seed: int = 0,
     target: tuple[str, float] | float | bool | None = None,
+    divergence_threshold: float | None = 100.0,
     strategy: str = "auto",
     chunk_size: int | None = None,
     memory_budget: int | None = None,
@@ -243,6 +277,10 @@ def sweep(
       sample_seed: seed of the random search.
       target: ``(metric, threshold)`` for the ``steps_to_target`` column; a number applies to
         the task's primary metric; ``False`` disables it; ``None`` uses the task's default.
+      divergence_threshold: a run is ``diverged`` (and frozen) at the first step whose training
+        loss is non-finite or, when its first loss :math:`L_0` is positive, exceeds
+        ``divergence_threshold`` :math:`\times L_0` (a number > 1; ``None`` keeps only the
+        non-finite test, for losses that may be negative or start at zero).
       strategy: ``"auto"``, ``"vmap"``, ``"chunked"`` or ``"loop"`` (see ``docs/sweeps.md``).
       chunk_size: runs per vmapped chunk (``"chunked"``); default from ``memory_budget``.
       memory_budget: bytes per device a chunk may use (default: half the device memory on
@@ -252,20 +290,16 @@ def sweep(
       progress: show a progress bar (default: when stderr is a terminal).
 
     Returns:
-      A :class:`~gradlab.sweep.result.SweepResult`.
+      A :class:`~gradlab.sweep.result.SweepResult`. A diverged run has status
+      ``Status.NON_FINITE`` (label ``diverged``), its step in ``diverged_at`` and the reason in
+      ``messages``.
     """
     t_start = time.perf_counter()
     if strategy not in strat.STRATEGIES:
         raise ValueError(f"strategy must be one of {strat.STRATEGIES}, got {strategy!r}")
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    steps = int(steps)
-    eval_every = _default_eval_every(steps) if eval_every is None else eval_every
-    if isinstance(eval_every, bool) or not isinstance(eval_every, (int, np.integer)):
-        raise TypeError(f"eval_every must be an int, got {eval_every!r}")
-    if eval_every < 1 or steps % eval_every:
-        raise ValueError(f"eval_every must be >= 1 and divide steps={steps}, got {eval_every}")
-    n_evals = steps // int(eval_every)
+    steps, eval_every = _check_schedule(steps, eval_every)
+    tau = _check_threshold(divergence_threshold)
+    n_evals = steps // eval_every
     the_task = _make_task(task, init_fn, loss_fn, data, batch_size)
     settings, traced = settings_from(space, samples=samples, sample_seed=sample_seed)
     names = list(settings[0])
@@ -273,71 +307,43 @@ def sweep(
     seed_list = _seeds(seeds)
     _check_factory(optimizer, names)
     devices = list(jax.devices() if devices is None else devices)
-    backend = devices[0].platform
-
-    if target is None:
-        target = the_task.target
-    elif target is False:
-        target = None
-    elif isinstance(target, (int, float)) and not isinstance(target, bool):
-        target = (the_task.primary, float(target))
-    elif isinstance(target, (tuple, list)) and len(target) == 2:
-        target = (str(target[0]), float(target[1]))
-    else:
-        raise TypeError(f"target must be (metric, threshold), a number or False, got {target!r}")
-    metric_names = _metric_names(the_task)
-    if target is not None and target[0] not in metric_names:
-        raise ValueError(f"target metric {target[0]!r} is not one of {sorted(metric_names)}")
+    seed_data, metrics0 = _seed_inputs(the_task, seed_list, steps)
+    target = _target(target, the_task, list(metrics0))
 
     n_settings, n_seeds = len(settings), len(seed_list)
     n_runs = n_settings * n_seeds
-    messages = [""] * n_runs
-    invalid = np.zeros(n_settings, bool)
-    for i, s in enumerate(settings):
-        msg = _validate(optimizer, s)
-        if msg is not None:
-            invalid[i] = True
-            messages[i * n_seeds : (i + 1) * n_seeds] = [msg] * n_seeds
-
+    errors = [_validate(optimizer, s) for s in settings]
+    invalid = np.asarray([e is not None for e in errors])
+    messages = [e or "" for e in errors for _ in seed_list]
     groups: dict[tuple, list[int]] = {}
     for i, s in enumerate(settings):
         groups.setdefault(_group_key(s, static), []).append(i)
-    work = [(idx, list(traced)) for idx in groups.values()]
+    work = [(idx, list(traced)) for idx in groups.values() if not invalid[idx].all()]
 
-    program_data = {"task": the_task.data}
-    if (~invalid).any():
-        program_data.update(_seed_inputs(the_task, seed_list, steps))
-    curves: dict[str, np.ndarray] = {}
-    diverged = np.zeros(n_runs, bool)
-    diverged_at = np.full(n_runs, -1, np.int32)
+    seed_of_run = np.tile(np.arange(n_seeds), n_settings)
+    curves = {k: np.full((n_runs, n_evals + 1), np.nan, np.float32) for k in metrics0}
+    outcome = {k: np.zeros(n_runs, np.float32) for k in ("loss0", "bad_loss")}
+    outcome.update(cause=np.zeros(n_runs, np.int32), diverged_at=np.full(n_runs, -1, np.int32))
     used: list[dict[str, Any]] = []
-    total = int((~invalid).sum()) * n_seeds * steps
-    bar = _progress_bar(progress, total)
+    bar = _progress_bar(progress, int((~invalid).sum()) * n_seeds * steps)
+    config = dict(
+        eval_every=eval_every,
+        n_evals=n_evals,
+        tau=tau,
+        strategy=strategy,
+        chunk_size=chunk_size,
+        memory_budget=memory_budget,
+        devices=devices,
+        progress=bar,
+    )
     try:
         while work:
             idx, traced_here = work.pop(0)
-            valid = [i for i in idx if not invalid[i]]
-            if not valid:
-                continue
             try:
                 out, info = _run_group(
-                    optimizer,
-                    the_task,
-                    program_data,
-                    settings,
-                    idx,
-                    invalid,
-                    traced_here,
-                    seed_list,
-                    n_evals=n_evals,
-                    eval_every=int(eval_every),
-                    strategy=strategy,
-                    chunk_size=chunk_size,
-                    memory_budget=memory_budget,
-                    devices=devices,
-                    backend=backend,
-                    progress=bar,
-                )
+                    optimizer, the_task, {"task": the_task.data, **seed_data}, settings, idx,
+                    invalid, traced_here, n_seeds, **config,
+                )  # fmt: skip
             except _TRACE_ERRORS as err:
                 if not traced_here:
                     raise
@@ -349,38 +355,40 @@ def sweep(
                     RuntimeWarning,
                     stacklevel=2,
                 )
-                work = [([i], []) for i in idx] + work
+                work = [([i], []) for i in idx if not invalid[i]] + work
                 continue
             runs = np.asarray([i * n_seeds + j for i in idx for j in range(n_seeds)])
             for k, v in out.curves.items():
-                if k not in curves:
-                    curves[k] = np.full((n_runs, n_evals + 1), np.nan, np.float32)
-                curves[k][runs] = v
-            diverged[runs] = out.diverged
-            diverged_at[runs] = out.diverged_at
+                curves[k][runs, 1:] = v
+            for k, v in out.outcome.items():
+                outcome[k][runs] = v
             used.append(info)
     finally:
         if bar is not None:
             bar.close()
 
-    status = np.where(diverged, int(Status.NON_FINITE), int(Status.OK)).astype(np.int32)
-    for i in np.flatnonzero(invalid):
-        sl = slice(i * n_seeds, (i + 1) * n_seeds)
-        status[sl] = int(Status.INVALID_HYPERPARAMETER)
-        diverged_at[sl] = -1
-        for v in curves.values():
-            v[sl] = np.nan
-    if not curves:  # every setting invalid: still report the task's metric names
-        curves = {k: np.full((n_runs, n_evals + 1), np.nan, np.float32) for k in metric_names}
+    for k, v in curves.items():
+        v[:, 0] = metrics0[k][seed_of_run]
+    cause, diverged_at = outcome["cause"], outcome["diverged_at"]
+    status = np.where(cause > 0, int(Status.NON_FINITE), int(Status.OK)).astype(np.int32)
+    for r in range(n_runs):
+        if invalid[r // n_seeds]:
+            status[r], diverged_at[r] = int(Status.INVALID_HYPERPARAMETER), -1
+            for v in curves.values():
+                v[r] = np.nan
+        elif cause[r]:
+            loss, loss0 = outcome["bad_loss"][r], outcome["loss0"][r]
+            messages[r] = _why(cause[r], diverged_at[r], loss, loss0, tau)
     info = {
         "task": the_task.name,
         "task_config": dict(the_task.config),
         "optimizer": getattr(optimizer, "__qualname__", repr(optimizer)),
         "steps": steps,
-        "eval_every": int(eval_every),
+        "eval_every": eval_every,
+        "divergence_threshold": tau,
         "traced": list(traced),
         "static": static,
-        "backend": backend,
+        "backend": devices[0].platform,
         "devices": len(devices),
         "groups": used,
         "wall_time_s": time.perf_counter() - t_start,
@@ -390,7 +398,7 @@ def sweep(
         names=names,
         settings=settings,
         seeds=seed_list,
-        steps=np.arange(n_evals + 1) * int(eval_every),
+        steps=np.arange(n_evals + 1) * eval_every,
         curves=curves,
         status=status,
         diverged_at=diverged_at,
@@ -405,36 +413,17 @@ _PROGRAMS: dict[tuple, Any] = {}
 _SEED_INPUTS: dict[tuple, Any] = {}
 
 
-def _seed_inputs(task, seeds, steps):
-    """:func:`seed_inputs`, memoised on the task's identity (a repeated sweep skips it)."""
-    key = (id(task), tuple(seeds), steps)
-    hit = _SEED_INPUTS.get(key)
-    if hit is not None and hit[0] is task:
-        return hit[1]
-    value = seed_inputs(task, seeds, steps)
-    if jax.process_count() == 1:  # keep a device copy: repeated sweeps skip the transfer
-        value = jax.device_put(value)
-    _SEED_INPUTS[key] = (task, value)
-    while len(_SEED_INPUTS) > 8:
-        _SEED_INPUTS.pop(next(iter(_SEED_INPUTS)))
-    return value
+def _seed_inputs(task: tasks_mod.Task, seeds: Sequence[int], steps: int):
+    """:func:`~gradlab.sweep.program.seed_inputs`, memoised on the task's identity (a repeated
+    sweep skips the initialisation and the evaluation at step 0)."""
 
+    def build():
+        inputs, metrics0 = seed_inputs(task, seeds, steps)
+        if jax.process_count() == 1:  # keep a device copy: repeated sweeps skip the transfer
+            inputs = jax.device_put(inputs)
+        return inputs, metrics0
 
-def _program(task, optimizer, static_hp, eval_every, evals_per_call):
-    """The per-run program, memoised on the *identity* of the task and optimizer objects (and
-    the static values), so that a repeated sweep reuses its compiled executables."""
-    key = (id(task), id(optimizer), _group_key(static_hp, sorted(static_hp)), eval_every)
-    key += (evals_per_call,)
-    hit = _PROGRAMS.get(key)
-    if hit is not None and hit[0] is task and hit[1] is optimizer:
-        return hit[2]
-    prog = make_program(
-        task, optimizer, static_hp, eval_every=eval_every, evals_per_call=evals_per_call
-    )
-    _PROGRAMS[key] = (task, optimizer, prog)
-    while len(_PROGRAMS) > 32:
-        _PROGRAMS.pop(next(iter(_PROGRAMS)))
-    return prog
+    return memoise(_SEED_INPUTS, (task,), (tuple(seeds), steps), build, 8)
 
 
 def _run_group(
@@ -445,75 +434,65 @@ def _run_group(
     idx,
     invalid,
     traced,
-    seed_list,
+    n_seeds,
     *,
-    n_evals,
     eval_every,
+    n_evals,
+    tau,
     strategy,
     chunk_size,
     memory_budget,
     devices,
-    backend,
     progress,
-):
+) -> tuple[strat.Output, dict]:
     """Run every (setting, seed) of one static group; returns the outputs and a summary."""
     placeholder = next(settings[i] for i in idx if not invalid[i])
     static_hp = {k: v for k, v in settings[idx[0]].items() if k not in traced}
-    n_seeds = len(seed_list)
     hp = {}
     for name in traced:
         col = [(placeholder if invalid[i] else settings[i])[name] for i in idx]
         dtype = np.float32 if any(isinstance(v, float) for v in col) else np.int32
         hp[name] = np.repeat(np.asarray(col, dtype), n_seeds)
     runs = {"seed_index": np.tile(np.arange(n_seeds, dtype=np.int32), len(idx))}
-    n_runs = len(idx) * n_seeds
+    n_runs, backend = len(idx) * n_seeds, devices[0].platform
+    static_key = (_group_key(static_hp, sorted(static_hp)), eval_every, tau)
 
     def program(evals_per_call: int):
-        return _program(task, optimizer, static_hp, eval_every, evals_per_call)
+        def build():
+            return make_program(
+                task,
+                optimizer,
+                static_hp,
+                eval_every=eval_every,
+                evals_per_call=evals_per_call,
+                divergence_threshold=tau,
+            )
 
-    chosen = strategy
-    flops = task.flops_per_step
+        return memoise(_PROGRAMS, (task, optimizer), (*static_key, evals_per_call), build, 32)
+
+    chosen, flops = strategy, task.flops_per_step
     if strategy == "auto":
         if flops is None and backend == "cpu" and len(devices) == 1 and n_runs > 1:
             flops = step_flops(program(1), hp, runs, data)
         chosen = choose_strategy(backend, n_runs, flops, len(devices))
     t0 = time.perf_counter()
+    job = strat.Job(program, hp, runs, data, n_evals, eval_every, devices, progress)
     if chosen == "loop":
         local = [d for d in devices if d.process_index == jax.process_index()] or devices
-        out = strat.run_loop(
-            program,
-            hp,
-            runs,
-            data,
-            n_evals=n_evals,
-            steps_per_eval=eval_every,
-            devices=local,
-            progress=progress,
-        )
         size = 1
+        out = strat.run_loop(dataclasses.replace(job, devices=local))
     else:
         size = n_runs
         if chunk_size is not None:
             size = min(int(chunk_size), n_runs)
         elif chosen == "chunked" or strategy == "auto":
             budget = memory_budget or _default_budget(devices)
-            d = len(devices)
             # cheap estimate first (state only); XLA's memory analysis when it may matter
             per_run = strat.per_run_bytes(program(1), hp, runs, data, temporaries=False)
-            if chosen == "chunked" or per_run * n_runs > budget * d // 4:
+            if chosen == "chunked" or per_run * n_runs > budget * len(devices) // 4:
                 per_run = strat.per_run_bytes(program(1), hp, runs, data)
-            size = min(n_runs, max(1, budget // max(per_run, 1)) * d)
-        out = strat.run_batched(
-            program,
-            hp,
-            runs,
-            data,
-            n_evals=n_evals,
-            steps_per_eval=eval_every,
-            chunk_size=max(1, size),
-            devices=devices,
-            progress=progress,
-        )
+            size = min(n_runs, max(1, budget // max(per_run, 1)) * len(devices))
+        out = strat.run_batched(job, max(1, size))
     info = {
         "static": {k: repr(v) for k, v in static_hp.items()},
         "runs": n_runs,

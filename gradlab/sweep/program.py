@@ -1,25 +1,31 @@
 """The pure per-run training program that every execution strategy vmaps, maps or loops.
 
-One run is ``(hyperparameters, seed key) -> curves``. The optimizer is built *inside* the
+One run is ``(hyperparameters, seed index) -> curves``. The optimizer is built *inside* the
 traced function from (possibly traced) hyperparameters, so a vmap over the hyperparameters is
 one compiled program.
 
-Divergence is caught in two places, cheaply:
+**Divergence rule.** A run *diverges* at the first step whose training loss :math:`L_t` (the
+mini-batch loss the optimizer differentiates) satisfies
 
-* every step checks the (scalar) loss: the first non-finite loss marks the run ``diverged`` and
-  records the step;
-* at the end of every evaluation interval, the parameters are checked too (a run whose
-  parameters overflow while its loss still reads finite), and every diverged run is **frozen**:
-  ``jnp.where`` restores its parameters, optimizer state and model state to the snapshot taken
-  at the start of the interval (the last evaluated, finite state), and they stay there.
+.. math::
 
-So a healthy run pays one scalar check per step plus one tree check and one select per
-interval, and a diverged run costs the others nothing but its lane. Its metrics read NaN from
-the first evaluation after the divergence.
+    L_t \\notin \\mathbb{R} \\quad\\text{(NaN or } \\pm\\infty\\text{)}
+    \\qquad\\text{or}\\qquad
+    L_0 > 0 \\;\\text{and}\\; L_t > \\tau L_0,
+
+where :math:`L_0` is the loss of its first step and :math:`\\tau` the sweep's
+``divergence_threshold`` (``None``: only the non-finite test), or when its parameters are
+non-finite at the end of an evaluation interval. The loss tests cost a few scalar operations
+per step; the parameter test one tree reduction per interval. At the end of every interval a
+diverged run is **frozen**: ``jnp.where`` restores its parameters, optimizer state and model
+state to the snapshot taken at the start of the interval (its last evaluated state), and its
+metrics read NaN from then on. Every test and select is per lane, so a diverged run costs the
+others nothing but its lane, and their results are bit-for-bit what they would be without it.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -29,6 +35,20 @@ import numpy as np
 import optax
 
 from gradlab import base
+
+__all__ = ["Cause", "Program", "RunState", "make_program", "seed_inputs", "memoise"]
+
+
+class Cause(enum.IntEnum):
+    """Why a run was frozen (``RunState.cause``)."""
+
+    NONE = 0  #: healthy.
+    NON_FINITE_LOSS = 1  #: the training loss was NaN or infinite.
+    LOSS_ABOVE_THRESHOLD = 2  #: the training loss exceeded ``divergence_threshold`` x its first.
+    NON_FINITE_PARAMS = 3  #: a parameter was NaN or infinite at the end of an interval.
+
+
+_NONE, _NON_FINITE_LOSS, _ABOVE, _NON_FINITE_PARAMS = (int(c) for c in Cause)
 
 
 class RunState(NamedTuple):
@@ -40,32 +60,43 @@ class RunState(NamedTuple):
     key: jax.Array  # the run's dropout stream
     seed_index: jax.Array  # int32: row of the batch plan (runs sharing a seed share batches)
     step: jax.Array  # int32: steps taken
-    diverged: jax.Array  # bool: frozen after a non-finite loss or parameter
+    loss0: jax.Array  # float32: the first step's training loss (the threshold's reference)
+    cause: jax.Array  # int32 Cause: non-zero once the run diverged (frozen)
     diverged_at: jax.Array  # int32: the step that failed (-1 if none)
+    bad_loss: jax.Array  # float32: the training loss at that step
 
 
-def _mask_diverged(metrics: Mapping[str, jax.Array], diverged: jax.Array) -> dict:
-    return {
-        k: jnp.where(diverged, jnp.nan, jnp.asarray(v, jnp.float32)) for k, v in metrics.items()
-    }
+#: The per-run summary a strategy brings back to the host (besides the metrics).
+OUTCOME = ("cause", "diverged_at", "bad_loss", "loss0")
 
 
 class Program(NamedTuple):
-    """``init(hp, run, data) -> (state, metrics0)``; ``advance(state, hp, data) -> (state, m)``;
-    ``start(hp, run, data) -> (state, metrics0, m)`` is ``init`` then ``advance`` as one program
-    (one compilation when a single call covers the whole run).
+    """The pure single-run functions of one group of settings.
+
+    * ``init(hp, run, data) -> state``;
+    * ``advance(state, hp, data) -> (state, metrics)``: ``evals_per_call`` evaluation intervals
+      of ``eval_every`` steps inside ``lax.scan``, the metrics stacked along a leading axis;
+    * ``start(hp, run, data) -> (state, metrics)``: ``init`` then ``advance``, one program;
+    * ``finish(hp, run, data) -> (metrics, outcome)``: ``start`` returning only what the host
+      keeps (the metrics and ``{name: scalar}`` for :data:`OUTCOME`), not the state;
+    * ``step(state, hp, data) -> state``: one training step, for cost estimates.
 
     ``run`` is ``{"seed_index": int32}``; ``data`` is ``{"task": task.data, "seeds": per-seed
-    initial parameters, model state and dropout key (see :func:`seed_inputs`), "plan":
-    (n_seeds, steps, batch) int32 or None}``. ``advance`` runs ``evals_per_call`` evaluation
-    intervals of ``eval_every`` steps inside ``lax.scan`` and returns the metrics stacked along
-    a leading axis.
+    initial parameters, model state and dropout key, "plan": (n_seeds, steps, batch) int32 or
+    None}`` (see :func:`seed_inputs`). The evaluation before the first step depends on the seed
+    only, so it is not part of the program (see :func:`seed_inputs`).
     """
 
     init: Callable
     advance: Callable
     start: Callable
-    step: Callable  # one training step (state, hp, data) -> state, for cost estimates
+    finish: Callable
+    step: Callable
+
+
+def outcome(state: RunState) -> dict[str, jax.Array]:
+    """The :data:`OUTCOME` fields of a final state."""
+    return {k: getattr(state, k) for k in OUTCOME}
 
 
 def make_program(
@@ -75,9 +106,11 @@ def make_program(
     *,
     eval_every: int,
     evals_per_call: int,
+    divergence_threshold: float | None = None,
 ) -> Program:
     """Build the pure single-run functions for one group of settings (one static config)."""
     static_hp = dict(static_hp)
+    tau = None if divergence_threshold is None else float(divergence_threshold)
 
     def make_opt(hp):
         return factory(**static_hp, **hp)
@@ -85,19 +118,19 @@ def make_program(
     def init(hp, run, data):
         i = jnp.asarray(run["seed_index"], jnp.int32)
         params, model_state, k_run = jax.tree.map(lambda a: a[i], data["seeds"])
-        opt_state = make_opt(hp).init(params)
-        state = RunState(
+        f32, i32 = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
+        return RunState(
             params=params,
             model_state=model_state,
-            opt_state=opt_state,
+            opt_state=make_opt(hp).init(params),
             key=k_run,
             seed_index=i,
-            step=jnp.zeros((), jnp.int32),
-            diverged=jnp.zeros((), bool),
-            diverged_at=jnp.full((), -1, jnp.int32),
+            step=i32,
+            loss0=f32,
+            cause=i32,
+            diverged_at=i32 - 1,
+            bad_loss=f32,
         )
-        metrics = task.evaluate(params, model_state, data["task"])
-        return state, _mask_diverged(metrics, state.diverged)
 
     def train_step(state: RunState, hp, data, opt) -> RunState:
         k_loss = jax.random.fold_in(state.key, state.step)
@@ -110,27 +143,26 @@ def make_program(
 
         (loss, model_state), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
         if isinstance(opt, base.GradientTransformationExtraArgs):
-            updates, opt_state = opt.update(
-                grads,
-                state.opt_state,
-                state.params,
-                value=loss,
-                grad=grads,
-                value_fn=lambda p: loss_of(p)[0],
-            )
+            extra = {"value": loss, "grad": grads, "value_fn": lambda p: loss_of(p)[0]}
+            updates, opt_state = opt.update(grads, state.opt_state, state.params, **extra)
         else:
             updates, opt_state = opt.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        newly = ~jnp.isfinite(loss) & ~state.diverged
-        return RunState(
-            params=params,
+        loss = jnp.asarray(loss, jnp.float32)
+        loss0 = jnp.where(state.step == 0, loss, state.loss0)
+        cause = jnp.where(jnp.isfinite(loss), _NONE, _NON_FINITE_LOSS)
+        if tau is not None:
+            above = (loss0 > 0) & (loss > tau * loss0)
+            cause = jnp.where(above, _ABOVE, cause)
+        newly = (state.cause == _NONE) & (cause != _NONE)
+        return state._replace(
+            params=optax.apply_updates(state.params, updates),
             model_state=model_state,
             opt_state=opt_state,
-            key=state.key,
-            seed_index=state.seed_index,
             step=state.step + 1,
-            diverged=state.diverged | newly,
+            loss0=loss0,
+            cause=jnp.where(newly, cause, state.cause).astype(jnp.int32),
             diverged_at=jnp.where(newly, state.step, state.diverged_at),
+            bad_loss=jnp.where(newly, loss, state.bad_loss),
         )
 
     def advance(state, hp, data):
@@ -141,54 +173,79 @@ def make_program(
 
         def interval(s0, _):
             s, _ = jax.lax.scan(one_step, s0, None, length=eval_every)
-            overflow = ~s.diverged & ~base.tree_all_finite(s.params)
-            bad = s.diverged | overflow
+            overflow = (s.cause == _NONE) & ~base.tree_all_finite(s.params)
+            frozen = (s.cause != _NONE) | overflow
 
-            def frozen(new, old):
-                return jax.tree.map(lambda n, o: jnp.where(bad, o, n), new, old)
+            def keep(new, old):
+                return jax.tree.map(lambda n, o: jnp.where(frozen, o, n), new, old)
 
             s = s._replace(
-                params=frozen(s.params, s0.params),
-                model_state=frozen(s.model_state, s0.model_state),
-                opt_state=frozen(s.opt_state, s0.opt_state),
-                diverged=bad,
+                params=keep(s.params, s0.params),
+                model_state=keep(s.model_state, s0.model_state),
+                opt_state=keep(s.opt_state, s0.opt_state),
+                cause=jnp.where(overflow, _NON_FINITE_PARAMS, s.cause).astype(jnp.int32),
                 diverged_at=jnp.where(overflow, s.step - 1, s.diverged_at),
+                bad_loss=jnp.where(overflow, jnp.nan, s.bad_loss),
             )
             metrics = task.evaluate(s.params, s.model_state, data["task"])
-            return s, _mask_diverged(metrics, s.diverged)
+            return s, {
+                k: jnp.where(frozen, jnp.nan, jnp.asarray(v, jnp.float32))
+                for k, v in metrics.items()
+            }
 
         return jax.lax.scan(interval, state, None, length=evals_per_call)
 
     def start(hp, run, data):
-        state, metrics0 = init(hp, run, data)
-        state, metrics = advance(state, hp, data)
-        return state, metrics0, metrics
+        return advance(init(hp, run, data), hp, data)
+
+    def finish(hp, run, data):
+        state, metrics = start(hp, run, data)
+        return metrics, outcome(state)
 
     def step(state, hp, data):
         return train_step(state, hp, data, make_opt(hp))
 
-    return Program(init=init, advance=advance, start=start, step=step)
+    return Program(init=init, advance=advance, start=start, finish=finish, step=step)
 
 
-def seed_inputs(task: Any, seeds: Sequence[int], steps: int) -> dict:
+def seed_inputs(task: Any, seeds: Sequence[int], steps: int) -> tuple[dict, dict]:
     """Everything a run takes from its seed, computed once per seed outside the compiled
     program (so random initialisation is not recompiled per sweep or vmapped per setting).
 
     ``PRNGKey(seed)`` is split in three: the first key initialises the model
     (``task.init``), the third drives dropout (folded with the step number); the mini-batch
-    order is ``task.batch_plan(seed, steps)`` (numpy, on the host).
+    order is ``task.batch_plan(seed, steps)`` (numpy, on the host). The evaluation before the
+    first step depends on the seed only, so it is done here, once per seed, and shared by
+    every setting.
 
     Returns:
-      ``{"seeds": (params, model_state, dropout key) stacked over seeds, "plan": (n_seeds,
-      steps, batch) int32 or None}``.
+      ``({"seeds": (params, model_state, dropout key) stacked over seeds, "plan": (n_seeds,
+      steps, batch) int32 or None}, {metric: (n_seeds,) float32 evaluation at step 0})``.
     """
-    inits = []
+    inits, first = [], []
+    evaluate = jax.jit(task.evaluate)
     for seed in seeds:
         k_init, _, k_run = jax.random.split(jax.random.PRNGKey(int(seed)), 3)
         params, model_state = task.init(k_init)
         inits.append(jax.tree.map(np.asarray, (params, model_state, k_run)))
+        first.append(evaluate(params, model_state, task.data))
     stacked = jax.tree.map(lambda *xs: np.stack(xs), *inits)
+    metrics0 = {k: np.asarray([m[k] for m in first], np.float32) for k in first[0]}
     plan = None
     if task.batch_plan is not None:
         plan = np.stack([np.asarray(task.batch_plan(int(s), steps), np.int32) for s in seeds])
-    return {"seeds": stacked, "plan": plan}
+    return {"seeds": stacked, "plan": plan}, metrics0
+
+
+def memoise(cache: dict, owners: tuple, key: tuple, build: Callable[[], Any], size: int) -> Any:
+    """``build()``, cached under the *identity* of ``owners`` (kept alive by the cache, so an
+    id cannot be reused while its entry exists) and ``key``; the oldest entries are dropped
+    beyond ``size``. Repeated sweeps with the same task and optimizer objects reuse their
+    programs, compiled executables and seed inputs this way."""
+    full = tuple(id(o) for o in owners) + key
+    hit = cache.get(full)
+    if hit is None:
+        hit = cache[full] = (owners, build())
+        while len(cache) > size:
+            cache.pop(next(iter(cache)))
+    return hit[1]

@@ -17,6 +17,7 @@ The first call initialises and trains (one program); when a chunk is split into 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -28,9 +29,19 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gradlab.sweep.program import Program
+from gradlab.sweep.program import Program, memoise
+from gradlab.sweep.program import outcome as program_outcome
 
-__all__ = ["STRATEGIES", "run_batched", "run_loop", "loop_workers", "to_host", "per_run_bytes"]
+__all__ = [
+    "STRATEGIES",
+    "Job",
+    "Output",
+    "run_batched",
+    "run_loop",
+    "loop_workers",
+    "to_host",
+    "per_run_bytes",
+]
 
 STRATEGIES = ("auto", "vmap", "chunked", "loop")
 
@@ -47,18 +58,11 @@ def to_host(x: Any) -> np.ndarray:
 _JIT_CACHE: dict[tuple, Any] = {}
 
 
-def _cached(key: tuple, build: Callable[[], Any]) -> Any:
-    """Jitted functions per (program, strategy, devices), so that repeating a sweep with the same
-    task and optimizer objects reuses the compiled executables (a few entries, oldest dropped)."""
-    ident = tuple(id(k) if isinstance(k, Program) else k for k in key)
-    hit = _JIT_CACHE.get(ident)
-    if hit is not None and hit[0] is key[0]:
-        return hit[1]
-    value = build()
-    _JIT_CACHE[ident] = (key[0], value)
-    while len(_JIT_CACHE) > 32:
-        _JIT_CACHE.pop(next(iter(_JIT_CACHE)))
-    return value
+def _fetch(tree: Any) -> Any:
+    """A pytree of (possibly sharded) device arrays as numpy arrays, in one transfer."""
+    if jax.process_count() > 1:  # pragma: no cover - needs several hosts
+        return jax.tree.map(to_host, tree)
+    return jax.device_get(tree)
 
 
 def _put(tree: Any, sharding: Any) -> Any:
@@ -73,99 +77,104 @@ def _put(tree: Any, sharding: Any) -> Any:
     return jax.tree.map(leaf, tree)
 
 
-def _take(tree: Any, idx: np.ndarray) -> Any:
+def _take(tree: Any, idx: Any) -> Any:
     return jax.tree.map(lambda a: np.asarray(a)[idx], tree)
 
 
-class _Output:
-    """Collects per-run metrics of a group into ``{metric: (R, E)}`` host arrays."""
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """The runs of one group of settings, as every strategy receives them.
 
-    def __init__(self, n_runs: int):
-        self.n = n_runs
+    Attributes:
+      program: ``evals_per_call -> Program`` (memoised by the engine).
+      hp: ``{name: (R,) array}`` traced hyperparameters per run.
+      runs: ``{"seed_index": (R,) int32}``.
+      data: the programs' replicated ``data`` argument.
+      n_evals: evaluation intervals per run; ``steps_per_eval``: steps per interval.
+      devices: the devices to run on.
+      progress: a tqdm-like bar (``update(steps)``) or ``None``.
+    """
+
+    program: Callable[[int], Program]
+    hp: dict[str, np.ndarray]
+    runs: dict[str, np.ndarray]
+    data: Any
+    n_evals: int
+    steps_per_eval: int
+    devices: Sequence[Any]
+    progress: Any = None
+
+    @property
+    def n_runs(self) -> int:
+        return int(np.shape(self.runs["seed_index"])[0])
+
+    def tick(self, runs: int, evals: int) -> None:
+        if self.progress is not None:
+            self.progress.update(runs * evals * self.steps_per_eval)
+
+
+class Output:
+    """A group's results on the host: ``curves[metric]`` is ``(R, n_evals)`` (the evaluations
+    after each interval) and ``outcome[name]`` is ``(R,)`` for every name of
+    :data:`~gradlab.sweep.program.OUTCOME`."""
+
+    def __init__(self, n_runs: int, n_evals: int):
+        self.shape = (n_runs, n_evals)
         self.curves: dict[str, np.ndarray] = {}
-        self.diverged = np.zeros(n_runs, bool)
-        self.diverged_at = np.full(n_runs, -1, np.int32)
+        self.outcome: dict[str, np.ndarray] = {}
 
-    def put(self, runs: np.ndarray, metrics: dict, diverged, diverged_at) -> None:
+    def put(self, runs: np.ndarray, metrics: dict, outcome: dict) -> None:
+        """Store rows ``runs`` (``metrics``/``outcome`` may carry padded lanes after them)."""
+        n = len(runs)
         for k, v in metrics.items():
-            v = to_host(v)
-            if k not in self.curves:
-                self.curves[k] = np.full((self.n, v.shape[-1]), np.nan, np.float32)
-            self.curves[k][runs] = v[: len(runs)]
-        self.diverged[runs] = to_host(diverged)[: len(runs)]
-        self.diverged_at[runs] = to_host(diverged_at)[: len(runs)]
+            self.curves.setdefault(k, np.full(self.shape, np.nan, np.float32))[runs] = v[:n]
+        for k, v in outcome.items():
+            self.outcome.setdefault(k, np.zeros(self.shape[0], np.asarray(v).dtype))[runs] = v[:n]
 
 
-def _concat_metrics(first: dict, rest: Sequence[dict], axis: int) -> dict:
-    """Stack the initial evaluation before the later ones, on the host."""
-    return {
-        k: np.concatenate(
-            [np.expand_dims(to_host(first[k]), axis)] + [to_host(m[k]) for m in rest], axis=axis
-        )
-        for k in first
-    }
-
-
-def run_batched(
-    make_program: Callable[[int], Program],
-    hp: dict[str, np.ndarray],
-    runs: dict[str, np.ndarray],
-    data: Any,
-    *,
-    n_evals: int,
-    steps_per_eval: int,
-    chunk_size: int,
-    devices: Sequence[Any],
-    progress: Any = None,
-) -> _Output:
-    """Run ``R`` runs in vmapped chunks of ``chunk_size`` (a multiple of ``len(devices)``)."""
-    n_runs = int(runs["seed_index"].shape[0])
-    d = len(devices)
+def run_batched(job: Job, chunk_size: int) -> Output:
+    """Run the job in vmapped chunks of ``chunk_size`` runs (rounded to a multiple of the
+    device count; every chunk is padded to the same size, so there is one compilation)."""
+    n_runs, d = job.n_runs, len(job.devices)
     chunk_size = max(d, int(math.ceil(chunk_size / d)) * d)
     n_chunks = int(math.ceil(n_runs / chunk_size))
     # balance the chunks (less padding), keeping a multiple of the device count
     chunk_size = int(math.ceil(n_runs / n_chunks / d)) * d
-    evals_per_call = _evals_per_call(n_evals, steps_per_eval, chunk_size)
-    n_calls = n_evals // evals_per_call
-    prog = make_program(evals_per_call)
+    evals_per_call = _evals_per_call(job.n_evals, job.steps_per_eval, chunk_size)
+    n_calls = job.n_evals // evals_per_call
+    prog = job.program(evals_per_call)
 
-    mesh = Mesh(np.asarray(devices), ("runs",))
+    mesh = Mesh(np.asarray(job.devices), ("runs",))
     run_sh = NamedSharding(mesh, PartitionSpec("runs"))
     rep = NamedSharding(mesh, PartitionSpec())
-    start, advance = _cached(
-        (prog, "batched", tuple(devices)),
-        lambda: (
-            jax.jit(
-                jax.vmap(prog.start, in_axes=(0, 0, None)),
-                in_shardings=(run_sh, run_sh, rep),
-                out_shardings=run_sh,
-            ),
-            jax.jit(
-                jax.vmap(prog.advance, in_axes=(0, 0, None)),
-                in_shardings=(run_sh, run_sh, rep),
-                out_shardings=run_sh,
-                donate_argnums=0,
-            ),
-        ),
-    )
-    data = _put(data, rep)
-    out = _Output(n_runs)
+
+    def build():
+        def jit(fn, **kw):
+            vmapped = jax.vmap(fn, in_axes=(0, 0, None))
+            shardings = (run_sh, run_sh, rep)
+            return jax.jit(vmapped, in_shardings=shardings, out_shardings=run_sh, **kw)
+
+        return jit(prog.start), jit(prog.advance, donate_argnums=0)
+
+    start, advance = memoise(_JIT_CACHE, (prog,), ("batched", tuple(job.devices)), build, 32)
+    data = _put(job.data, rep)
+    out = Output(n_runs, job.n_evals)
     for c in range(n_chunks):
         which = np.arange(c * chunk_size, min((c + 1) * chunk_size, n_runs))
         lanes = np.concatenate([which, np.full(chunk_size - len(which), which[0])])
-        hp_c = _put(_take(hp, lanes), run_sh)
-        runs_c = _put(_take(runs, lanes), run_sh)
-        rest = []
-        for call in range(n_calls):
-            if call == 0:
-                state, m0, m = start(hp_c, runs_c, data)
-            else:
-                state, m = advance(state, hp_c, data)
-            rest.append(m)
-            if progress is not None:
+        hp, runs = _put(_take((job.hp, job.runs), lanes), run_sh)
+        state, first = start(hp, runs, data)
+        pieces = [first]
+        for _ in range(1, n_calls):
+            if job.progress is not None:
                 jax.block_until_ready(state.step)
-                progress.update(len(which) * evals_per_call * steps_per_eval)
-        out.put(which, _concat_metrics(m0, rest, axis=1), state.diverged, state.diverged_at)
+                job.tick(len(which), evals_per_call)
+            state, m = advance(state, hp, data)
+            pieces.append(m)
+        metrics, outcome = _fetch((pieces, program_outcome(state)))
+        job.tick(len(which), evals_per_call)
+        metrics = {k: np.concatenate([m[k] for m in metrics], axis=1) for k in metrics[0]}
+        out.put(which, metrics, outcome)
     return out
 
 
@@ -180,65 +189,45 @@ def loop_workers(devices: Sequence[Any]) -> int:
     return min(8, max(d, os.cpu_count() or 1))
 
 
-def run_loop(
-    make_program: Callable[[int], Program],
-    hp: dict[str, np.ndarray],
-    runs: dict[str, np.ndarray],
-    data: Any,
-    *,
-    n_evals: int,
-    steps_per_eval: int,
-    devices: Sequence[Any],
-    progress: Any = None,
-    workers: int | None = None,
-) -> _Output:
+def run_loop(job: Job, workers: int | None = None) -> Output:
     """Run each run alone with one compiled single-run program.
 
-    Runs go round-robin over ``devices``, ``workers`` at a time (threads that dispatch the
-    compiled program and wait for it; default :func:`loop_workers`). Every run is the same
-    executable on its own inputs, so the results do not depend on the scheduling.
+    Runs go round-robin over the job's devices, ``workers`` at a time (threads that dispatch
+    the compiled program and wait for it; default :func:`loop_workers`). Every run is the same
+    executable on its own inputs, so the results do not depend on the scheduling. The program
+    returns only the run's metrics and outcome (not its state): one small transfer per run.
     """
-    n_runs = int(runs["seed_index"].shape[0])
-    prog = make_program(n_evals)
-    start = _cached((prog, "loop"), lambda: jax.jit(prog.start))
+    n_runs, devices = job.n_runs, list(job.devices)
+    prog = job.program(job.n_evals)
+    finish = memoise(_JIT_CACHE, (prog,), ("loop",), lambda: jax.jit(prog.finish), 32)
     # on the default device alone, jit places the inputs itself (no per-call transfers)
     default = len(devices) == 1 and devices[0] == jax.devices()[0]
-    datas = [data] if default else [jax.device_put(data, dev) for dev in devices]
-    out = _Output(n_runs)
-    workers = loop_workers(devices) if workers is None else max(1, int(workers))
+    datas = [job.data] if default else [jax.device_put(job.data, dev) for dev in devices]
+    out = Output(n_runs, job.n_evals)
 
     def one(r: int):
+        hp, run = _take((job.hp, job.runs), r)
         i = r % len(devices)
-        hp_r = {k: v[r] for k, v in hp.items()}
-        run_r = {k: np.asarray(v)[r] for k, v in runs.items()}
         if not default:
-            hp_r, run_r = jax.device_put((hp_r, run_r), devices[i])
-        state, m0, m = start(hp_r, run_r, datas[i])
-        metrics = _concat_metrics(m0, [m], axis=0)
-        return r, metrics, to_host(state.diverged), to_host(state.diverged_at)
+            hp, run = jax.device_put((hp, run), devices[i])
+        return r, _fetch(finish(hp, run, datas[i]))
 
-    def finish(item):
-        r, metrics, diverged, diverged_at = item
-        out.put(
-            np.asarray([r]),
-            {k: v[None] for k, v in metrics.items()},
-            diverged[None],
-            diverged_at[None],
-        )
-        if progress is not None:
-            progress.update(n_evals * steps_per_eval)
+    def store(item):
+        r, (metrics, outcome) = item
+        out.put(np.asarray([r]), *jax.tree.map(lambda v: np.asarray(v)[None], (metrics, outcome)))
+        job.tick(1, job.n_evals)
 
     if n_runs == 0:
         return out
-    finish(one(0))  # compiles once, before any concurrency
+    store(one(0))  # compiles once, before any concurrency
+    workers = loop_workers(devices) if workers is None else max(1, int(workers))
     if workers == 1 or n_runs == 1:
         for r in range(1, n_runs):
-            finish(one(r))
+            store(one(r))
         return out
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(one, r) for r in range(1, n_runs)]
-        for fut in as_completed(futures):
-            finish(fut.result())
+        for fut in as_completed([pool.submit(one, r) for r in range(1, n_runs)]):
+            store(fut.result())
     return out
 
 
@@ -257,21 +246,16 @@ def _evals_per_call(n_evals: int, steps_per_eval: int, runs: int) -> int:
 def per_run_bytes(
     prog: Program, hp: dict, runs: dict, data: Any, *, temporaries: bool = True
 ) -> int:
-    """Bytes one run needs in a vmapped program: its state (current, interval snapshot, update,
-    donated copy: x4)
-    plus, with ``temporaries``, the scratch space of one training step from XLA's memory
-    analysis (this compiles the single-run step once)."""
-    hp0 = {k: jnp.asarray(v[0]) for k, v in hp.items()}
-    run0 = {k: jnp.asarray(v[0]) for k, v in runs.items()}
-    state, _ = jax.eval_shape(prog.init, hp0, run0, data)
-    state_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state))
-    temp = 0
-    if not temporaries:
-        return int(4 * state_bytes)
-    try:
-        compiled = jax.jit(prog.step).lower(state, hp0, data).compile()
-        analysis = compiled.memory_analysis()
-        temp = int(getattr(analysis, "temp_size_in_bytes", 0) or 0)
-    except Exception:  # pragma: no cover - memory analysis is backend-dependent
-        temp = 0
-    return int(4 * state_bytes + temp)
+    """Bytes one run needs in a vmapped program: 4x its state (current, interval snapshot,
+    update, donated copy) plus, with ``temporaries``, the scratch space of one training step
+    from XLA's memory analysis (this compiles the single-run step once)."""
+    hp0, run0 = jax.tree.map(lambda v: jnp.asarray(v[0]), (hp, runs))
+    state = jax.eval_shape(prog.init, hp0, run0, data)
+    total = 4 * sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state))
+    if temporaries:
+        try:
+            analysis = jax.jit(prog.step).lower(state, hp0, data).compile().memory_analysis()
+            total += int(getattr(analysis, "temp_size_in_bytes", 0) or 0)
+        except Exception:  # pragma: no cover - memory analysis is backend-dependent
+            pass
+    return int(total)

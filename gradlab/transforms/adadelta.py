@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 
 from gradlab import base
-from gradlab.transforms import rms
 
 __all__ = ["ScaleByAdaDeltaState", "scale_by_adadelta"]
 
@@ -56,34 +55,28 @@ def scale_by_adadelta(
     owner = "scale_by_adadelta"
     rho = base.hyperparameter(rho, "rho", base.UNIT_INTERVAL_OPEN_RIGHT, owner=owner)
     eps = base.hyperparameter(eps, "eps", base.NONNEGATIVE, owner=owner)
-    sdt = rms.check_state_dtype(state_dtype, owner)
-    cdt = rms.compute_dtype(sdt)
+    sdt = base.state_dtype_of(state_dtype, owner)
+    cdt = base.compute_dtype(sdt)
 
     def init_fn(params):
-        return ScaleByAdaDeltaState(
-            count=jnp.zeros([], jnp.int32),
-            e_g=rms.zeros(params, sdt, real=True),
-            e_x=rms.zeros(params, sdt, real=True),
-        )
+        zeros = base.zeros_like(params, sdt, real=True)
+        return ScaleByAdaDeltaState(count=base.zero_count(), e_g=zeros, e_x=zeros)
 
     def update_fn(updates, state, params=None):
         del params
-        base.check_state(state, ScaleByAdaDeltaState, owner)
-        rms.check_updates(updates, state.e_g, owner)
-        r, one_m_r = rms.resolve_decay(rho, state.count, cdt)
+        base.check_update(owner, state, ScaleByAdaDeltaState, updates, "e_g")
+        r, one_m_r = base.resolve_decay(rho, state.count, cdt)
         e = base.resolve(eps, state.count, cdt)
 
         def leaf(g, eg, ex):
-            gc = rms.to_dtype(g, cdt)
-            eg = one_m_r * rms.abs_sq(gc) + r * rms.to_dtype(eg, cdt)
-            exc = rms.to_dtype(ex, cdt)
-            den = jnp.sqrt(eg + e)
-            u = rms.safe_divide(jnp.sqrt(exc + e), den) * gc
-            ex_new = one_m_r * rms.abs_sq(u) + r * exc
+            gc = base.to_dtype(g, cdt)
+            eg = one_m_r * base.abs_sq(gc) + r * base.to_dtype(eg, cdt)
+            exc = base.to_dtype(ex, cdt)
+            u = base.safe_divide(jnp.sqrt(exc + e), jnp.sqrt(eg + e)) * gc
+            ex_new = one_m_r * base.abs_sq(u) + r * exc
             return u.astype(g.dtype), eg.astype(sdt), ex_new.astype(sdt)
 
-        triples = jax.tree.map(leaf, updates, state.e_g, state.e_x)
-        out, e_g, e_x = rms.tree_unzip(updates, triples, 3)
-        return out, ScaleByAdaDeltaState(count=base.safe_increment(state.count), e_g=e_g, e_x=e_x)
+        out, e_g, e_x = base.map_leaves(leaf, updates, state.e_g, state.e_x)
+        return out, ScaleByAdaDeltaState(base.safe_increment(state.count), e_g, e_x)
 
     return base.GradientTransformation(init_fn, update_fn)

@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 
 from gradlab import base
-from gradlab.transforms import rms
 
 __all__ = ["ScaleByRssState", "scale_by_rss"]
 
@@ -61,35 +60,31 @@ def scale_by_rss(
         initial_accumulator_value, "initial_accumulator_value", base.NONNEGATIVE, owner=owner
     )
     eps = base.hyperparameter(eps, "eps", base.NONNEGATIVE, owner=owner)
-    eps_in_sqrt = rms.check_bool(eps_in_sqrt, "eps_in_sqrt", owner)
-    sdt = rms.check_state_dtype(state_dtype, owner)
-    cdt = rms.compute_dtype(sdt)
+    eps_in_sqrt = base.check_bool(eps_in_sqrt, "eps_in_sqrt", owner)
+    sdt = base.state_dtype_of(state_dtype, owner)
+    cdt = base.compute_dtype(sdt)
 
     def init_fn(params):
-        count = jnp.zeros([], jnp.int32)
+        count = base.zero_count()
         g0 = base.resolve(initial_accumulator_value, count, cdt)
-        return ScaleByRssState(
-            count=count, sum_of_squares=rms.zeros(params, sdt, real=True, fill=g0)
-        )
+        return ScaleByRssState(count, base.full_like(params, g0, sdt, real=True))
 
     def update_fn(updates, state, params=None):
         del params
-        base.check_state(state, ScaleByRssState, owner)
-        rms.check_updates(updates, state.sum_of_squares, owner)
+        base.check_update(owner, state, ScaleByRssState, updates, "sum_of_squares")
         e = base.resolve(eps, state.count, cdt)
 
         def leaf(g, s):
-            gc = rms.to_dtype(g, cdt)
-            s_new = rms.to_dtype(s, cdt) + rms.abs_sq(gc)
+            gc = base.to_dtype(g, cdt)
+            s_new = base.to_dtype(s, cdt) + base.abs_sq(gc)
             # The TINY floor turns 0 * inf into 0 when G = eps = 0 (no NaN, no select).
             if eps_in_sqrt:
-                u = gc * jax.lax.rsqrt(jnp.maximum(s_new + e, rms.TINY))
+                u = gc * jax.lax.rsqrt(jnp.maximum(s_new + e, base.TINY))
             else:
-                u = gc / jnp.maximum(jnp.sqrt(s_new) + e, rms.TINY)
+                u = gc / jnp.maximum(jnp.sqrt(s_new) + e, base.TINY)
             return u.astype(g.dtype), s_new.astype(sdt)
 
-        pairs = jax.tree.map(leaf, updates, state.sum_of_squares)
-        out, new_s = rms.tree_unzip(updates, pairs, 2)
-        return out, ScaleByRssState(count=base.safe_increment(state.count), sum_of_squares=new_s)
+        out, new_s = base.map_leaves(leaf, updates, state.sum_of_squares)
+        return out, ScaleByRssState(base.safe_increment(state.count), new_s)
 
     return base.GradientTransformation(init_fn, update_fn)

@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 
 from gradlab import base
-from gradlab.transforms import rms
 
 __all__ = [
     "BIAS_CORRECTIONS",
@@ -36,6 +35,38 @@ class ScaleByAdamaxState(NamedTuple):
     count: jax.Array  # shape=(), dtype=jnp.int32.
     mu: base.Updates  # first moment m_t.
     nu: base.Updates  # exponentially weighted infinity norm u_t.
+
+
+def _betas(b1: Any, b2: Any, eps: Any, owner: str) -> tuple:
+    """Validate the hyperparameters every Adam-family atom shares."""
+    return (
+        base.hyperparameter(b1, "b1", base.UNIT_INTERVAL_OPEN_RIGHT, owner=owner),
+        base.hyperparameter(b2, "b2", base.UNIT_INTERVAL_OPEN_RIGHT, owner=owner),
+        base.hyperparameter(eps, "eps", base.NONNEGATIVE, owner=owner),
+    )
+
+
+def _resolve(b1: Any, b2: Any, eps: Any, count: jax.Array, cdt: Any) -> tuple:
+    """``(b1, 1 - b1, b2, 1 - b2, eps, count + 1)`` at ``count``, in the compute dtype."""
+    return (
+        *base.resolve_decay(b1, count, cdt),
+        *base.resolve_decay(b2, count, cdt),
+        base.resolve(eps, count, cdt),
+        base.safe_increment(count),
+    )
+
+
+def _moments_init(state_cls: type, mu_dtype: Any, nu_dtype: Any):
+    """``init`` of a two-moment state: zero ``mu`` (complex for complex params), real ``nu``."""
+
+    def init_fn(params):
+        return state_cls(
+            count=base.zero_count(),
+            mu=base.zeros_like(params, mu_dtype),
+            nu=base.zeros_like(params, nu_dtype, real=True),
+        )
+
+    return init_fn
 
 
 def scale_by_adam(
@@ -96,52 +127,35 @@ def scale_by_adam(
       Dozat, *Incorporating Nesterov Momentum into Adam*, ICLR workshop 2016.
     """
     owner = "scale_by_adam"
-    b1 = base.hyperparameter(b1, "b1", base.UNIT_INTERVAL_OPEN_RIGHT, owner=owner)
-    b2 = base.hyperparameter(b2, "b2", base.UNIT_INTERVAL_OPEN_RIGHT, owner=owner)
-    eps = base.hyperparameter(eps, "eps", base.NONNEGATIVE, owner=owner)
+    b1, b2, eps = _betas(b1, b2, eps, owner)
     eps_root = base.hyperparameter(eps_root, "eps_root", base.NONNEGATIVE, owner=owner)
-    nesterov = rms.check_bool(nesterov, "nesterov", owner)
-    eps_in_sqrt = rms.check_bool(eps_in_sqrt, "eps_in_sqrt", owner)
-    bias_correction = rms.check_choice(bias_correction, "bias_correction", BIAS_CORRECTIONS, owner)
+    nesterov = base.check_bool(nesterov, "nesterov", owner)
+    eps_in_sqrt = base.check_bool(eps_in_sqrt, "eps_in_sqrt", owner)
+    bias_correction = base.check_choice(bias_correction, "bias_correction", BIAS_CORRECTIONS, owner)
     correct_m = bias_correction in ("both", "first")
     correct_v = bias_correction in ("both", "second")
-    sdt = rms.check_state_dtype(state_dtype, owner)
-    mdt = sdt if mu_dtype is None else rms.check_state_dtype(mu_dtype, owner, "mu_dtype")
-    cdt = jnp.promote_types(rms.compute_dtype(sdt), rms.compute_dtype(mdt))
-
-    def init_fn(params):
-        return ScaleByAdamState(
-            count=jnp.zeros([], jnp.int32),
-            mu=rms.zeros(params, mdt),
-            nu=rms.zeros(params, sdt, real=True),
-        )
+    sdt = base.state_dtype_of(state_dtype, owner)
+    mdt = sdt if mu_dtype is None else base.state_dtype_of(mu_dtype, owner, "mu_dtype")
+    cdt = base.compute_dtype(sdt, mdt)
+    init_fn = _moments_init(ScaleByAdamState, mdt, sdt)
 
     def update_fn(updates, state, params=None):
         del params
-        base.check_state(state, ScaleByAdamState, owner)
-        rms.check_updates(updates, state.nu, owner)
-        beta1, one_m_b1 = rms.resolve_decay(b1, state.count, cdt)
-        beta2, one_m_b2 = rms.resolve_decay(b2, state.count, cdt)
-        e = base.resolve(eps, state.count, cdt)
+        base.check_update(owner, state, ScaleByAdamState, updates, "nu")
+        beta1, one_m_b1, beta2, one_m_b2, e, count_inc = _resolve(b1, b2, eps, state.count, cdt)
         e_root = base.resolve(eps_root, state.count, cdt)
-        count_inc = base.safe_increment(state.count)
-        bc1 = rms.debias_factor(beta1, count_inc) if correct_m else None
-        bc2 = rms.debias_factor(beta2, count_inc) if correct_v else None
-        bc1_next = (
-            rms.debias_factor(beta1, base.safe_increment(count_inc))
-            if (correct_m and nesterov)
-            else None
-        )
+        bc1 = base.debias_factor(beta1, count_inc)
+        bc2 = base.debias_factor(beta2, count_inc)
+        bc1_next = base.debias_factor(beta1, base.safe_increment(count_inc))
 
         def leaf(g, mu, nu):
-            gc = rms.to_dtype(g, cdt)
-            m = one_m_b1 * gc + beta1 * rms.to_dtype(mu, cdt)
-            v = one_m_b2 * rms.abs_sq(gc) + beta2 * rms.to_dtype(nu, cdt)
-            if nesterov:
-                if correct_m:
-                    m_hat = beta1 * (m / bc1_next) + one_m_b1 * (gc / bc1)
-                else:
-                    m_hat = beta1 * m + one_m_b1 * gc
+            gc = base.to_dtype(g, cdt)
+            m = one_m_b1 * gc + beta1 * base.to_dtype(mu, cdt)
+            v = one_m_b2 * base.abs_sq(gc) + beta2 * base.to_dtype(nu, cdt)
+            if nesterov and correct_m:
+                m_hat = beta1 * (m / bc1_next) + one_m_b1 * (gc / bc1)
+            elif nesterov:
+                m_hat = beta1 * m + one_m_b1 * gc
             else:
                 m_hat = m / bc1 if correct_m else m
             v_hat = v / bc2 if correct_v else v
@@ -149,10 +163,10 @@ def scale_by_adam(
                 den = jnp.sqrt(v_hat + e_root + e)
             else:
                 den = jnp.sqrt(v_hat + e_root) + e
-            u = rms.safe_divide(m_hat, den)
-            return u.astype(g.dtype), rms.to_dtype(m, mdt), v.astype(sdt)
+            u = base.safe_divide(m_hat, den)
+            return u.astype(g.dtype), base.to_dtype(m, mdt), v.astype(sdt)
 
-        out, mu, nu = rms.tree_unzip(updates, jax.tree.map(leaf, updates, state.mu, state.nu), 3)
+        out, mu, nu = base.map_leaves(leaf, updates, state.mu, state.nu)
         return out, ScaleByAdamState(count=count_inc, mu=mu, nu=nu)
 
     return base.GradientTransformation(init_fn, update_fn)
@@ -192,39 +206,26 @@ def scale_by_adamax(
       Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015, §7.1.
     """
     owner = "scale_by_adamax"
-    b1 = base.hyperparameter(b1, "b1", base.UNIT_INTERVAL_OPEN_RIGHT, owner=owner)
-    b2 = base.hyperparameter(b2, "b2", base.UNIT_INTERVAL_OPEN_RIGHT, owner=owner)
-    eps = base.hyperparameter(eps, "eps", base.NONNEGATIVE, owner=owner)
-    correct_m = rms.check_bool(bias_correction, "bias_correction", owner)
-    sdt = rms.check_state_dtype(state_dtype, owner)
-    cdt = rms.compute_dtype(sdt)
-
-    def init_fn(params):
-        return ScaleByAdamaxState(
-            count=jnp.zeros([], jnp.int32),
-            mu=rms.zeros(params, sdt),
-            nu=rms.zeros(params, sdt, real=True),
-        )
+    b1, b2, eps = _betas(b1, b2, eps, owner)
+    correct_m = base.check_bool(bias_correction, "bias_correction", owner)
+    sdt = base.state_dtype_of(state_dtype, owner)
+    cdt = base.compute_dtype(sdt)
+    init_fn = _moments_init(ScaleByAdamaxState, sdt, sdt)
 
     def update_fn(updates, state, params=None):
         del params
-        base.check_state(state, ScaleByAdamaxState, owner)
-        rms.check_updates(updates, state.nu, owner)
-        beta1, one_m_b1 = rms.resolve_decay(b1, state.count, cdt)
-        beta2, one_m_b2 = rms.resolve_decay(b2, state.count, cdt)
-        e = base.resolve(eps, state.count, cdt)
-        count_inc = base.safe_increment(state.count)
-        bc1 = rms.debias_factor(beta1, count_inc) if correct_m else None
+        base.check_update(owner, state, ScaleByAdamaxState, updates, "nu")
+        beta1, one_m_b1, beta2, _, e, count_inc = _resolve(b1, b2, eps, state.count, cdt)
+        bc1 = base.debias_factor(beta1, count_inc)
 
         def leaf(g, mu, nu):
-            gc = rms.to_dtype(g, cdt)
-            m = one_m_b1 * gc + beta1 * rms.to_dtype(mu, cdt)
-            v = jnp.maximum(jnp.abs(gc) + e, beta2 * rms.to_dtype(nu, cdt))
-            m_hat = m / bc1 if correct_m else m
-            u = rms.safe_divide(m_hat, v)
-            return u.astype(g.dtype), rms.to_dtype(m, sdt), v.astype(sdt)
+            gc = base.to_dtype(g, cdt)
+            m = one_m_b1 * gc + beta1 * base.to_dtype(mu, cdt)
+            v = jnp.maximum(jnp.abs(gc) + e, beta2 * base.to_dtype(nu, cdt))
+            u = base.safe_divide(m / bc1 if correct_m else m, v)
+            return u.astype(g.dtype), base.to_dtype(m, sdt), v.astype(sdt)
 
-        out, mu, nu = rms.tree_unzip(updates, jax.tree.map(leaf, updates, state.mu, state.nu), 3)
+        out, mu, nu = base.map_leaves(leaf, updates, state.mu, state.nu)
         return out, ScaleByAdamaxState(count=count_inc, mu=mu, nu=nu)
 
     return base.GradientTransformation(init_fn, update_fn)

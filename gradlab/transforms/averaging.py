@@ -68,30 +68,26 @@ def params_ema(
     """
     owner = "params_ema"
     decay = base.hyperparameter(decay, "decay", base.UNIT_INTERVAL_OPEN_RIGHT, owner=owner)
-    dtype = base.state_dtype_of(state_dtype)
+    debias = base.check_bool(debias, "debias", owner)
+    dtype = base.state_dtype_of(state_dtype, owner)
 
     def init_fn(params):
         return ParamsEmaState(
-            count=jnp.zeros([], jnp.int32),
-            ema=jax.tree.map(lambda p: jnp.asarray(p).astype(dtype), params),
+            count=base.zero_count(),
+            ema=jax.tree.map(lambda p: base.to_dtype(p, dtype), params),
             weight=jnp.zeros([], jnp.float32),
         )
 
     def update_fn(updates, state, params=None):
-        base.check_state(state, ParamsEmaState, owner)
-        if params is None:
-            raise ValueError(
-                f"{owner} needs the current params: call update(updates, state, params)"
-            )
-        base.check_tree_match(params, updates, "params", "updates", owner=owner)
-        base.check_tree_match(state.ema, params, "state", "params", owner=owner)
+        base.check_update(owner, state, ParamsEmaState, updates, "ema")
+        base.require_params(params, updates, owner)
         beta = base.resolve(decay, state.count)
         weight = beta * state.weight + (1.0 - beta)
         rate = (1.0 - beta) / weight if debias else 1.0 - beta
 
         def leaf(a, p, u):
             new = (jnp.asarray(p) + u).astype(jnp.asarray(p).dtype)
-            cdt = jnp.promote_types(a.dtype, jnp.float32)
+            cdt = base.compute_dtype(a.dtype)
             a32 = a.astype(cdt)
             return (a32 + rate.astype(cdt) * (new.astype(cdt) - a32)).astype(a.dtype)
 
@@ -111,19 +107,7 @@ def get_params_ema(opt_state: base.OptState, like: base.Params | None = None) ->
     Raises:
       ValueError: no (or more than one) ``ParamsEmaState`` in ``opt_state``.
     """
-    found = []
-
-    def visit(x):
-        if isinstance(x, ParamsEmaState):
-            found.append(x)
-        elif isinstance(x, (tuple, list)):
-            for y in x:
-                visit(y)
-        elif isinstance(x, dict):
-            for y in x.values():
-                visit(y)
-
-    visit(opt_state)
+    found = base.find_states(opt_state, ParamsEmaState)
     if len(found) != 1:
         raise ValueError(
             f"get_params_ema: opt_state must contain exactly one ParamsEmaState, found {len(found)}"

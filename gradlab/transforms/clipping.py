@@ -40,23 +40,17 @@ def clip(max_delta: base.ScalarOrSchedule) -> base.GradientTransformation:
     """
     max_delta = base.hyperparameter(max_delta, "max_delta", owner="clip")
 
-    def init_fn(params):
+    def apply(updates, count, params):
         del params
-        return ClipState(count=jnp.zeros([], jnp.int32))
-
-    def update_fn(updates, state, params=None):
-        del params
-        base.check_state(state, ClipState, "clip")
-        delta = base.resolve(max_delta, state.count)
+        delta = base.resolve(max_delta, count)
 
         def leaf(g):
-            d = delta.astype(jnp.promote_types(g.dtype, jnp.float32))
+            d = delta.astype(base.compute_dtype(g.dtype))
             return jnp.clip(g.astype(d.dtype), -d, d).astype(g.dtype)
 
-        updates = jax.tree.map(leaf, updates)
-        return updates, ClipState(count=base.safe_increment(state.count))
+        return jax.tree.map(leaf, updates)
 
-    return base.GradientTransformation(init_fn, update_fn)
+    return base.counted_transformation(ClipState, "clip", apply)
 
 
 def robust_global_norm(tree) -> jax.Array:
@@ -105,27 +99,20 @@ def clip_by_global_norm(max_norm: base.ScalarOrSchedule) -> base.GradientTransfo
       Pascanu, Mikolov & Bengio, `On the difficulty of training recurrent neural networks
       <https://arxiv.org/abs/1211.5063>`_, 2013.
     """
-    owner = "clip_by_global_norm"
-    max_norm = base.hyperparameter(max_norm, "max_norm", owner=owner)
+    max_norm = base.hyperparameter(max_norm, "max_norm", owner="clip_by_global_norm")
 
-    def init_fn(params):
+    def apply(updates, count, params):
         del params
-        return ClipState(count=jnp.zeros([], jnp.int32))
-
-    def update_fn(updates, state, params=None):
-        del params
-        base.check_state(state, ClipState, owner)
-        c = base.resolve(max_norm, state.count)
+        c = base.resolve(max_norm, count)
         norm = robust_global_norm(updates)
         trigger = jnp.isfinite(norm) & (norm > c)
         scale = jnp.where(trigger, c / jnp.where(trigger, norm, 1.0), 1.0)
         scale = jnp.where(jnp.isnan(c), jnp.nan, scale)  # a poisoned traced max_norm
 
         def leaf(g):
-            cdt = jnp.promote_types(g.dtype, jnp.float32)
+            cdt = base.compute_dtype(g.dtype)
             return (g.astype(cdt) * scale.astype(cdt)).astype(g.dtype)
 
-        updates = jax.tree.map(leaf, updates)
-        return updates, ClipState(count=base.safe_increment(state.count))
+        return jax.tree.map(leaf, updates)
 
-    return base.GradientTransformation(init_fn, update_fn)
+    return base.counted_transformation(ClipState, "clip_by_global_norm", apply)

@@ -78,7 +78,7 @@ def apply_if_finite(
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params):
-        zero = jnp.zeros([], jnp.int32)
+        zero = base.zero_count()
         return ApplyIfFiniteState(
             notfinite_count=zero,
             last_finite=jnp.array(True),

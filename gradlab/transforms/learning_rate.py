@@ -37,15 +37,9 @@ def scale_by_learning_rate(
     )
     sign = -1.0 if flip_sign else 1.0
 
-    def init_fn(params):
+    def apply(updates, count, params):
         del params
-        return ScaleByLearningRateState(count=jnp.zeros([], jnp.int32))
+        lr = sign * base.resolve(learning_rate, count)
+        return jax.tree.map(lambda g: (lr * g).astype(jnp.result_type(g)), updates)
 
-    def update_fn(updates, state, params=None):
-        del params
-        base.check_state(state, ScaleByLearningRateState, "scale_by_learning_rate")
-        lr = sign * base.resolve(learning_rate, state.count)
-        updates = jax.tree.map(lambda g: (lr * g).astype(g.dtype), updates)
-        return updates, ScaleByLearningRateState(count=base.safe_increment(state.count))
-
-    return base.GradientTransformation(init_fn, update_fn)
+    return base.counted_transformation(ScaleByLearningRateState, "scale_by_learning_rate", apply)

@@ -39,7 +39,6 @@ gradient's dtype.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -116,46 +115,63 @@ class NesterovLookaheadState(NamedTuple):
 # --------------------------------------------------------------------------------------------
 
 
-def _state_dtype(state_dtype: Any, accumulator_dtype: Any, owner: str) -> Any:
-    if state_dtype is not None and accumulator_dtype is not None:
-        raise ValueError(f"{owner}: pass state_dtype or its optax spelling accumulator_dtype")
-    return base.state_dtype_of(state_dtype if state_dtype is not None else accumulator_dtype)
-
-
-def _count0() -> jax.Array:
-    return jnp.zeros([], jnp.int32)
-
-
-def _leafwise(fn: Callable, updates: Any, *states: Any) -> tuple[Any, ...]:
-    """Apply ``fn(g, *state_leaves) -> (out, *new_state_leaves)`` leaf by leaf.
-
-    ``fn`` sees the gradient and state in the compute dtype (the state dtype promoted to at
-    least float32); outputs are cast to the gradient's dtype and new state to the state's dtype.
-    """
-    g_leaves, treedef = jax.tree.flatten(updates)
-    s_leaves = [treedef.flatten_up_to(s) for s in states]
-    outs, news = [], [[] for _ in states]
-    for i, g in enumerate(g_leaves):
-        old = [s[i] for s in s_leaves]
-        cdt = jnp.promote_types(old[0].dtype, jnp.float32)
-        res = fn(g.astype(cdt), *(x.astype(cdt) for x in old))
-        outs.append(res[0].astype(g.dtype))
-        for j, x in enumerate(res[1:]):
-            news[j].append(x.astype(old[j].dtype))
-    return (treedef.unflatten(outs), *(treedef.unflatten(n) for n in news))
-
-
-def _check(owner: str, state: Any, cls: type, updates: Any, field: str) -> None:
-    base.check_state(state, cls, owner)
-    base.check_tree_match(getattr(state, field), updates, "state", "updates", owner=owner)
-
-
 def _momentum(value: Any, name: str, owner: str) -> Any:
     return base.hyperparameter(value, name, base.UNIT_INTERVAL_OPEN_RIGHT, owner=owner)
 
 
 def _lr(value: Any, owner: str) -> Any:
     return base.hyperparameter(value, "learning_rate", base.NONNEGATIVE, owner=owner)
+
+
+def _accumulate(updates, velocity, mu, coef, nesterov: bool, scale=None) -> tuple:
+    r"""The one momentum recursion behind every form, leaf by leaf in the compute dtype.
+
+    :math:`v_t = \mu v_{t-1} + c\, g_t`; returns ``scale`` times :math:`v_t` (or
+    :math:`\mu v_t + c\, g_t` with ``nesterov``) in the gradient's dtype, and the new velocity
+    in the state's dtype.
+    """
+
+    def leaf(g, v):
+        cdt = base.compute_dtype(v.dtype)
+        gc = g.astype(cdt)
+        v_new = mu * v.astype(cdt) + coef * gc
+        out = mu * v_new + coef * gc if nesterov else v_new
+        out = out if scale is None else scale * out
+        return out.astype(g.dtype), v_new.astype(v.dtype)
+
+    return base.map_leaves(leaf, updates, velocity)
+
+
+def _lr_inside(
+    owner: str, learning_rate: Any, momentum: Any, nesterov: bool, state_dtype: Any
+) -> base.GradientTransformation:
+    """A momentum form with the learning rate inside the velocity (see :data:`_INSIDE`)."""
+    state_cls, coef, scale = _INSIDE[owner]
+    learning_rate = _lr(learning_rate, owner)
+    momentum = _momentum(momentum, "momentum", owner)
+    nesterov = base.check_bool(nesterov, "nesterov", owner)
+    dtype = base.state_dtype_of(state_dtype, owner)
+    field = state_cls._fields[1]
+
+    def init_fn(params):
+        return state_cls(base.zero_count(), base.zeros_like(params, dtype))
+
+    def update_fn(updates, state, params=None):
+        del params
+        base.check_update(owner, state, state_cls, updates, field)
+        lr = base.resolve(learning_rate, state.count)
+        mu = base.resolve(momentum, state.count)
+        out, new = _accumulate(updates, state[1], mu, coef(lr, mu), nesterov, scale)
+        return out, state_cls(base.safe_increment(state.count), new)
+
+    return base.GradientTransformation(init_fn, update_fn)
+
+
+def _outside_dtype(state_dtype: Any, accumulator_dtype: Any, owner: str) -> Any:
+    if state_dtype is not None and accumulator_dtype is not None:
+        raise ValueError(f"{owner}: pass state_dtype or its optax spelling accumulator_dtype")
+    chosen = state_dtype if state_dtype is not None else accumulator_dtype
+    return base.state_dtype_of(chosen, owner)
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,21 +210,17 @@ def trace(
     """
     owner = "trace"
     decay = _momentum(decay, "decay", owner)
-    dtype = _state_dtype(state_dtype, accumulator_dtype, owner)
+    nesterov = base.check_bool(nesterov, "nesterov", owner)
+    dtype = _outside_dtype(state_dtype, accumulator_dtype, owner)
 
     def init_fn(params):
-        return TraceState(count=_count0(), trace=base.zeros_like(params, dtype))
+        return TraceState(count=base.zero_count(), trace=base.zeros_like(params, dtype))
 
     def update_fn(updates, state, params=None):
         del params
-        _check(owner, state, TraceState, updates, "trace")
+        base.check_update(owner, state, TraceState, updates, "trace")
         mu = base.resolve(decay, state.count)
-
-        def leaf(g, m):
-            m = g + mu * m
-            return (g + mu * m if nesterov else m), m
-
-        updates, new = _leafwise(leaf, updates, state.trace)
+        updates, new = _accumulate(updates, state.trace, mu, 1.0, nesterov)
         return updates, TraceState(count=base.safe_increment(state.count), trace=new)
 
     return base.GradientTransformation(init_fn, update_fn)
@@ -245,28 +257,21 @@ def ema(
     """
     owner = "ema"
     decay = _momentum(decay, "decay", owner)
-    dtype = _state_dtype(state_dtype, accumulator_dtype, owner)
+    debias = base.check_bool(debias, "debias", owner)
+    nesterov = base.check_bool(nesterov, "nesterov", owner)
+    dtype = _outside_dtype(state_dtype, accumulator_dtype, owner)
 
     def init_fn(params):
-        return EmaState(
-            count=_count0(),
-            ema=base.zeros_like(params, dtype),
-            weight=jnp.zeros([], jnp.float32),
-        )
+        zeros = base.zeros_like(params, dtype)
+        return EmaState(count=base.zero_count(), ema=zeros, weight=jnp.zeros([], jnp.float32))
 
     def update_fn(updates, state, params=None):
         del params
-        _check(owner, state, EmaState, updates, "ema")
+        base.check_update(owner, state, EmaState, updates, "ema")
         mu = base.resolve(decay, state.count)
         weight = mu * state.weight + (1.0 - mu)
-        scale = 1.0 / weight if debias else jnp.ones([], jnp.float32)
-
-        def leaf(g, m):
-            m = mu * m + (1.0 - mu) * g
-            out = mu * m + (1.0 - mu) * g if nesterov else m
-            return out * scale, m
-
-        updates, new = _leafwise(leaf, updates, state.ema)
+        scale = 1.0 / weight if debias else None
+        updates, new = _accumulate(updates, state.ema, mu, 1.0 - mu, nesterov, scale)
         return updates, EmaState(base.safe_increment(state.count), new, weight)
 
     return base.GradientTransformation(init_fn, update_fn)
@@ -306,28 +311,7 @@ def heavy_ball_momentum(
       Polyak, 1964 (see :func:`trace`); Rumelhart, Hinton & Williams, `Learning
       representations by back-propagating errors <https://doi.org/10.1038/323533a0>`_, 1986.
     """
-    owner = "heavy_ball_momentum"
-    learning_rate = _lr(learning_rate, owner)
-    momentum = _momentum(momentum, "momentum", owner)
-    dtype = base.state_dtype_of(state_dtype)
-
-    def init_fn(params):
-        return HeavyBallState(count=_count0(), velocity=base.zeros_like(params, dtype))
-
-    def update_fn(updates, state, params=None):
-        del params
-        _check(owner, state, HeavyBallState, updates, "velocity")
-        lr = base.resolve(learning_rate, state.count)
-        mu = base.resolve(momentum, state.count)
-
-        def leaf(g, u):
-            u = mu * u + lr * g
-            return (-(mu * u + lr * g) if nesterov else -u), u
-
-        updates, new = _leafwise(leaf, updates, state.velocity)
-        return updates, HeavyBallState(base.safe_increment(state.count), new)
-
-    return base.GradientTransformation(init_fn, update_fn)
+    return _lr_inside("heavy_ball_momentum", learning_rate, momentum, nesterov, state_dtype)
 
 
 def sutskever_momentum(
@@ -357,28 +341,7 @@ def sutskever_momentum(
       Sutskever et al., 2013 (see :func:`trace`); Goodfellow, Bengio & Courville, *Deep
       Learning*, algorithm 8.2, 2016.
     """
-    owner = "sutskever_momentum"
-    learning_rate = _lr(learning_rate, owner)
-    momentum = _momentum(momentum, "momentum", owner)
-    dtype = base.state_dtype_of(state_dtype)
-
-    def init_fn(params):
-        return SutskeverState(count=_count0(), velocity=base.zeros_like(params, dtype))
-
-    def update_fn(updates, state, params=None):
-        del params
-        _check(owner, state, SutskeverState, updates, "velocity")
-        lr = base.resolve(learning_rate, state.count)
-        mu = base.resolve(momentum, state.count)
-
-        def leaf(g, v):
-            v = mu * v - lr * g
-            return (mu * v - lr * g if nesterov else v), v
-
-        updates, new = _leafwise(leaf, updates, state.velocity)
-        return updates, SutskeverState(base.safe_increment(state.count), new)
-
-    return base.GradientTransformation(init_fn, update_fn)
+    return _lr_inside("sutskever_momentum", learning_rate, momentum, nesterov, state_dtype)
 
 
 def damped_momentum(
@@ -409,29 +372,7 @@ def damped_momentum(
       nesterov: reformulated Nesterov step.
       state_dtype: dtype of :math:`\Delta w` (default float32).
     """
-    owner = "damped_momentum"
-    learning_rate = _lr(learning_rate, owner)
-    momentum = _momentum(momentum, "momentum", owner)
-    dtype = base.state_dtype_of(state_dtype)
-
-    def init_fn(params):
-        return DampedMomentumState(count=_count0(), delta=base.zeros_like(params, dtype))
-
-    def update_fn(updates, state, params=None):
-        del params
-        _check(owner, state, DampedMomentumState, updates, "delta")
-        lr = base.resolve(learning_rate, state.count)
-        mu = base.resolve(momentum, state.count)
-        step = lr * (1.0 - mu)
-
-        def leaf(g, d):
-            d = mu * d - step * g
-            return (mu * d - step * g if nesterov else d), d
-
-        updates, new = _leafwise(leaf, updates, state.delta)
-        return updates, DampedMomentumState(base.safe_increment(state.count), new)
-
-    return base.GradientTransformation(init_fn, update_fn)
+    return _lr_inside("damped_momentum", learning_rate, momentum, nesterov, state_dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,48 +427,42 @@ def scale_by_nesterov_lookahead(
     owner = "scale_by_nesterov_lookahead"
     learning_rate = _lr(learning_rate, owner)
     momentum = _momentum(momentum, "momentum", owner)
-    dtype = base.state_dtype_of(state_dtype)
+    dtype = base.state_dtype_of(state_dtype, owner)
 
     def init_fn(params):
         return NesterovLookaheadState(
-            count=_count0(),
+            count=base.zero_count(),
             velocity=base.zeros_like(params, dtype),
             momentum=jnp.zeros([], jnp.float32),
         )
 
     def update_fn(updates, state, params=None):
         del params
-        _check(owner, state, NesterovLookaheadState, updates, "velocity")
+        base.check_update(owner, state, NesterovLookaheadState, updates, "velocity")
         lr = base.resolve(learning_rate, state.count)
         mu = base.resolve(momentum, state.count)
         count = base.safe_increment(state.count)
         mu_next = base.resolve(momentum, count)
 
         def leaf(g, v):
-            v_new = mu * v - lr * g
-            return (1.0 + mu_next) * v_new - mu * v, v_new
+            cdt = base.compute_dtype(v.dtype)
+            vc = v.astype(cdt)
+            v_new = mu * vc - lr * g.astype(cdt)
+            return ((1.0 + mu_next) * v_new - mu * vc).astype(g.dtype), v_new.astype(v.dtype)
 
-        updates, new = _leafwise(leaf, updates, state.velocity)
+        updates, new = base.map_leaves(leaf, updates, state.velocity)
         return updates, NesterovLookaheadState(count, new, mu_next)
 
     return base.GradientTransformation(init_fn, update_fn)
 
 
-def _find_state(tree: Any, cls: type) -> list:
-    found = []
-
-    def visit(x):
-        if isinstance(x, cls):
-            found.append(x)
-        elif isinstance(x, (tuple, list)):
-            for y in x:
-                visit(y)
-        elif isinstance(x, dict):
-            for y in x.values():
-                visit(y)
-
-    visit(tree)
-    return found
+#: The inside forms as (state, c(lr, mu), scale) of :func:`_accumulate`. heavy ball keeps
+#: u = -v and negates its output: the same bits as sutskever (IEEE negation is exact).
+_INSIDE = {
+    "heavy_ball_momentum": (HeavyBallState, lambda lr, mu: lr, -1.0),
+    "sutskever_momentum": (SutskeverState, lambda lr, mu: -lr, None),
+    "damped_momentum": (DampedMomentumState, lambda lr, mu: -(lr * (1.0 - mu)), None),
+}
 
 
 def nesterov_base_params(params: base.Params, opt_state: base.OptState) -> base.Params:
@@ -545,7 +480,7 @@ def nesterov_base_params(params: base.Params, opt_state: base.OptState) -> base.
       ValueError: no (or more than one) lookahead state is found in ``opt_state``.
       TreeMismatchError: ``params`` does not match the state's tree.
     """
-    states = _find_state(opt_state, NesterovLookaheadState)
+    states = base.find_states(opt_state, NesterovLookaheadState)
     if len(states) != 1:
         raise ValueError(
             "nesterov_base_params: opt_state must contain exactly one "
@@ -555,7 +490,7 @@ def nesterov_base_params(params: base.Params, opt_state: base.OptState) -> base.
     base.check_tree_match(state.velocity, params, "state", "params", owner="nesterov_base_params")
 
     def leaf(p, v):
-        cdt = jnp.promote_types(jnp.promote_types(p.dtype, v.dtype), jnp.float32)
+        cdt = base.compute_dtype(p.dtype, v.dtype)
         return (p.astype(cdt) - state.momentum * v.astype(cdt)).astype(p.dtype)
 
     return jax.tree.map(leaf, params, state.velocity)

@@ -126,9 +126,9 @@ def reduce_on_plateau(
         return ReduceLROnPlateauState(
             scale=jnp.ones([], jnp.float32),
             best_value=jnp.full([], jnp.inf, jnp.float32),
-            plateau_count=jnp.zeros([], jnp.int32),
-            cooldown_count=jnp.zeros([], jnp.int32),
-            count=jnp.zeros([], jnp.int32),
+            plateau_count=base.zero_count(),
+            cooldown_count=base.zero_count(),
+            count=base.zero_count(),
             avg_value=jnp.zeros([], jnp.float32),
         )
 
@@ -155,13 +155,13 @@ def reduce_on_plateau(
             best_value=best.astype(f32),
             plateau_count=plateau,
             cooldown_count=new_cooldown,
-            count=jnp.zeros([], jnp.int32),
+            count=base.zero_count(),
             avg_value=jnp.zeros([], f32),
         )
 
     def update_fn(updates, state, params=None, *, value, **extra_args):
         del params, extra_args
-        base.check_state(state, ReduceLROnPlateauState, _OWNER)
+        base.check_update(_OWNER, state, ReduceLROnPlateauState, updates)
         value = jnp.asarray(value, jnp.float32)
         if value.shape != ():
             raise ValueError(f"{_OWNER}: value must be a scalar loss, got shape {value.shape}")

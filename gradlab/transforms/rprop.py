@@ -54,15 +54,6 @@ class ScaleByRpropState(NamedTuple):
     prev_value: jax.Array  # float32 scalar: loss E^{(t-1)} (iRprop+ only; +inf at start).
 
 
-def _variant(variant: str) -> str:
-    if not isinstance(variant, str) or variant.lower() not in RPROP_VARIANTS:
-        raise ValueError(
-            f"scale_by_rprop: variant must be one of {', '.join(map(repr, RPROP_VARIANTS))}; "
-            f"got {variant!r}"
-        )
-    return variant.lower()
-
-
 def scale_by_rprop(
     learning_rate: base.ScalarOrSchedule,
     eta_minus: base.ScalarOrSchedule = 0.5,
@@ -117,14 +108,16 @@ def scale_by_rprop(
       <https://citeseerx.ist.psu.edu/document?doi=10.1.1.17.1332>`_, 2000.
     """
     owner = "scale_by_rprop"
-    variant = _variant(variant)
+    variant = base.check_choice(
+        variant.lower() if isinstance(variant, str) else variant, "variant", RPROP_VARIANTS, owner
+    )
     learning_rate = base.hyperparameter(learning_rate, "learning_rate", owner=owner)
     eta_minus = base.hyperparameter(eta_minus, "eta_minus", _ETA_MINUS, owner=owner)
     eta_plus = base.hyperparameter(eta_plus, "eta_plus", _ETA_PLUS, owner=owner)
     min_step_size = base.hyperparameter(min_step_size, "min_step_size", owner=owner)
     max_step_size = base.hyperparameter(max_step_size, "max_step_size", owner=owner)
     base.check_order(min_step_size, max_step_size, "min_step_size", "max_step_size", owner=owner)
-    dtype = base.state_dtype_of(state_dtype)
+    dtype = base.state_dtype_of(state_dtype, owner)
     backtrack = variant in ("rprop+", "irprop+")
     forget_on_flip = variant != "rprop-"
 
@@ -136,7 +129,7 @@ def scale_by_rprop(
                     f"{jax.tree_util.keystr(path)} is {jnp.asarray(leaf).dtype}"
                 )
         return ScaleByRpropState(
-            count=jnp.zeros([], jnp.int32),
+            count=base.zero_count(),
             step_sizes=base.zeros_like(params, dtype),
             prev_sign=base.zeros_like(params, jnp.int8),
             prev_value=jnp.full([], jnp.inf, jnp.float32),
@@ -144,8 +137,7 @@ def scale_by_rprop(
 
     def update_fn(updates, state, params=None, *, value=None, **extra):
         del params, extra
-        base.check_state(state, ScaleByRpropState, owner)
-        base.check_tree_match(state.step_sizes, updates, "state", "updates", owner=owner)
+        base.check_update(owner, state, ScaleByRpropState, updates, "step_sizes")
         if variant == "irprop+" and value is None:
             raise TypeError(
                 f"{owner}: variant 'irprop+' compares losses; call "
@@ -165,12 +157,8 @@ def scale_by_rprop(
             new_value = state.prev_value
             went_up = jnp.asarray(True)
 
-        g_leaves, treedef = jax.tree.flatten(updates)
-        steps = treedef.flatten_up_to(state.step_sizes)
-        signs = treedef.flatten_up_to(state.prev_sign)
-        outs, new_steps, new_signs = [], [], []
-        for g, step, prev in zip(g_leaves, steps, signs, strict=True):
-            cdt = jnp.promote_types(step.dtype, jnp.float32)
+        def leaf(g, step, prev):
+            cdt = base.compute_dtype(step.dtype)
             prev_step = jnp.where(count == 0, lr0, step.astype(cdt))
             s = jnp.sign(g).astype(cdt)
             sp = prev.astype(cdt)
@@ -184,20 +172,13 @@ def scale_by_rprop(
             flip = prod < 0
             out = s * new_step
             if backtrack:  # undo the previous weight change -Delta w^{(t-1)} = sp * prev_step
-                undo = jnp.where(went_up, -sp * prev_step, 0.0)
-                out = jnp.where(flip, undo, out)
+                out = jnp.where(flip, jnp.where(went_up, -sp * prev_step, 0.0), out)
             elif forget_on_flip:
                 out = jnp.where(flip, 0.0, out)
             remembered = jnp.where(flip, 0.0, s) if forget_on_flip else s
-            outs.append(out.astype(g.dtype))
-            new_steps.append(new_step.astype(step.dtype))
-            new_signs.append(remembered.astype(jnp.int8))
-        new_state = ScaleByRpropState(
-            count=base.safe_increment(count),
-            step_sizes=treedef.unflatten(new_steps),
-            prev_sign=treedef.unflatten(new_signs),
-            prev_value=new_value,
-        )
-        return treedef.unflatten(outs), new_state
+            return out.astype(g.dtype), new_step.astype(step.dtype), remembered.astype(jnp.int8)
+
+        out, steps, signs = base.map_leaves(leaf, updates, state.step_sizes, state.prev_sign)
+        return out, ScaleByRpropState(base.safe_increment(count), steps, signs, new_value)
 
     return base.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -51,27 +51,18 @@ def add_decayed_weights(
     owner = "add_decayed_weights"
     weight_decay = base.hyperparameter(weight_decay, "weight_decay", owner=owner)
 
-    def init_fn(params):
-        del params
-        return AddDecayedWeightsState(count=jnp.zeros([], jnp.int32))
-
-    def update_fn(updates, state, params=None):
-        base.check_state(state, AddDecayedWeightsState, owner)
-        if params is None:
-            raise ValueError(
-                f"{owner} needs the current params: call update(updates, state, params)"
-            )
-        base.check_tree_match(params, updates, "params", "updates", owner=owner)
-        wd = base.resolve(weight_decay, state.count)
+    def apply(updates, count, params):
+        base.require_params(params, updates, owner)
+        wd = base.resolve(weight_decay, count)
 
         def leaf(u, p):
-            cdt = jnp.promote_types(jnp.promote_types(u.dtype, p.dtype), jnp.float32)
+            u, p = jnp.asarray(u), jnp.asarray(p)
+            cdt = base.compute_dtype(u.dtype, p.dtype)
             return (u.astype(cdt) + wd.astype(cdt) * p.astype(cdt)).astype(u.dtype)
 
-        updates = jax.tree.map(leaf, updates, params)
-        return updates, AddDecayedWeightsState(count=base.safe_increment(state.count))
+        return jax.tree.map(leaf, updates, params)
 
-    tx = base.GradientTransformation(init_fn, update_fn)
+    tx = base.counted_transformation(AddDecayedWeightsState, owner, apply)
     if mask is not None:
         return optax.masked(tx, mask)
     return tx

@@ -1,0 +1,81 @@
+"""The argument policy shared by every schedule module (internal helpers).
+
+Numeric arguments are validated with :func:`gradlab.base.hyperparameter` (numbers and arrays,
+never schedules); a traced argument that is NaN (poisoned because invalid) makes the schedule
+return NaN in that lane only (:func:`guarded`). Counts are converted to float32 before any
+arithmetic (:func:`as_count`), so ``count - begin`` never overflows int32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradlab import base
+
+NONNEG = base.NONNEGATIVE
+POS = base.POSITIVE
+UNIT = base.UNIT_INTERVAL
+
+
+def arg(value: Any, name: str, valid: base.Interval, owner: str) -> Any:
+    """Validate a numeric schedule argument (numbers and arrays only, never a schedule)."""
+    return base.hyperparameter(value, name, valid, owner=owner, allow_schedule=False)
+
+
+def f32(x: Any) -> jax.Array:
+    return jnp.asarray(x, dtype=jnp.float32)
+
+
+def as_count(count: Any) -> jax.Array:
+    """The step count as float32 (no int32 overflow in ``count - begin`` near ``2**31``)."""
+    return jnp.asarray(count).astype(jnp.float32)
+
+
+def strictly_greater(large: Any, small: Any, large_name: str, small_name: str, owner: str):
+    """``ValueError`` when concrete ``large <= small``; a traced pair is checked per lane later."""
+    if base.is_concrete(large) and base.is_concrete(small):
+        if np.any(np.asarray(large, np.float64) <= np.asarray(small, np.float64)):
+            raise ValueError(
+                f"{owner}: {large_name} must be > {small_name}, got {large_name}={large!r} "
+                f"and {small_name}={small!r}"
+            )
+
+
+def nan_unless(ok: jax.Array, value: jax.Array) -> jax.Array:
+    return jnp.where(ok, value, jnp.nan)
+
+
+def _poison_if_nan(value: jax.Array, *args: Any) -> jax.Array:
+    """NaN wherever any argument is NaN (a poisoned traced lane), even where the formula would
+    not depend on it (``nan ** 0 == 1``, a ``where`` branch not taken)."""
+    bad = jnp.zeros((), bool)
+    for a in args:
+        if a is not None and not base.is_concrete(a):
+            bad = bad | jnp.any(jnp.isnan(f32(a)))
+    return jnp.where(bad, jnp.nan, value)
+
+
+def guarded(fn: base.Schedule, *args: Any) -> base.Schedule:
+    """``fn`` with :func:`_poison_if_nan` applied over ``args`` (no-op for concrete args)."""
+    traced = [a for a in args if a is not None and not base.is_concrete(a)]
+    if not traced:
+        return fn
+
+    def schedule(count):
+        return _poison_if_nan(fn(count), *traced)
+
+    return schedule
+
+
+def safe_positive(x: jax.Array) -> jax.Array:
+    """``x`` where positive, else 1 (denominators of branches that ``where`` discards)."""
+    return jnp.where(x > 0, x, 1.0)
+
+
+def half_cosine(c: jax.Array, steps: jax.Array) -> jax.Array:
+    r"""$\tfrac12 (1 + \cos(\pi c / T))$, clamped at 0 against rounding (cosine annealing)."""
+    return jnp.maximum(0.5 * (1.0 + jnp.cos(jnp.pi * c / steps)), 0.0)
