@@ -9,12 +9,12 @@ same initial parameters, same mini-batch plan for every method), it times:
 * ``optax inject+vmap``: ``jit(vmap(train))`` with ``optax.inject_hyperparams(optax.sgd)`` and the
   learning rate set in the state (the recipe of optax#932).
 
-"cold" includes compilation, "warm" re-runs the compiled program (the minimum over ``--reps``
-interleaved rounds: the machine's cores are shared, and the least disturbed round is the
-measurement; process CPU time is reported beside the wall time). The
-engine's achieved matmul GFLOP/s at the largest N is compared with a big float32 matmul measured
-in the same process. A second table times vmap vs loop for several model sizes: the measurement
-behind ``strategy="auto"``.
+"cold" includes compilation, "warm" re-runs the compiled program: the minimum over ``--reps``
+interleaved rounds (at least ``32 / N``; the order of the methods rotates from round to round),
+since the machine's cores are shared and the least disturbed round is the measurement; process
+CPU time is reported beside the wall time. The engine's achieved matmul GFLOP/s at the largest
+N is compared with a big float32 matmul measured in the same process. A second table times vmap
+vs loop for several model sizes: the measurement behind ``strategy="auto"``.
 
 Usage: ``python benchmarks/sweep.py [--quick] [--ns 1,8,32,128] [--steps 100]``.
 """
@@ -67,6 +67,14 @@ def matmul_peak(n: int = 2048, reps: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def evaluation_seconds(task, reps: int) -> float:
+    """Warm seconds of one jitted ``task.evaluate`` (the evaluation at step 0)."""
+    params, model_state = task.init(jax.random.PRNGKey(0))
+    f = jax.jit(task.evaluate)
+    jax.block_until_ready(f(params, model_state, task.data))
+    return min(_median_time(lambda: f(params, model_state, task.data), 5) for _ in range(reps))
+
+
 def optax_alternatives(task, steps: int):
     """Jitted single-run and vmapped-inject training functions on the task's own code."""
     inputs, _ = seed_inputs(task, [0], steps)
@@ -112,8 +120,9 @@ def optax_alternatives(task, steps: int):
 
 def _interleaved(calls: dict, reps: int) -> dict[str, tuple[float, float, float]]:
     """``name -> (cold s, warm s, warm CPU s)``: each callable once (compilation), then ``reps``
-    rounds taking every method in turn; warm times are the minimum over the rounds (the least
-    disturbed one: this machine's 2 cores are shared)."""
+    rounds taking every method in turn, the order rotated from round to round (so that no
+    method always runs first or after the same neighbour); warm times are the minimum over the
+    rounds (the least disturbed one: this machine's 2 cores are shared)."""
     cold = {}
     for name, fn in calls.items():
         t = time.perf_counter()
@@ -121,8 +130,10 @@ def _interleaved(calls: dict, reps: int) -> dict[str, tuple[float, float, float]
         cold[name] = time.perf_counter() - t
     walls = {k: [] for k in calls}
     cpus = {k: [] for k in calls}
-    for _ in range(reps):
-        for name, fn in calls.items():
+    names = list(calls)
+    for i in range(reps):
+        for name in names[i % len(names) :] + names[: i % len(names)]:  # rotate the order
+            fn = calls[name]
             c, t = _cpu(), time.perf_counter()
             jax.block_until_ready(fn())
             walls[name].append(time.perf_counter() - t)
@@ -200,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = []
     last = None
     for n in ns:
-        res = time_methods(task, n, steps, reps, ("auto", "vmap", "loop"))
+        # at least ~32 runs' worth of rounds: cheap for small N, and the minimum over more
+        # rounds is steadier on a shared machine
+        res = time_methods(task, n, steps, max(reps, 32 // n), ("auto", "vmap", "loop"))
         base, base_cpu = res["optax loop"][1], res["optax loop"][2]
         for name, (cold, warm, cpu) in res.items():
             print(
@@ -224,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{100 * flops / warm / 1e9 / peak:.0f}% of the {peak:.0f} GFLOP/s matmul peak "
             f"({flops / cpu / 1e9:.1f} GFLOP per CPU-second)"
         )
+    eval_ms = 1e3 * evaluation_seconds(task, reps)
+    print(
+        f"\none evaluation (full train + validation sets) takes {eval_ms:.2f} ms: the optax "
+        "alternatives evaluate before training in every run; gradlab evaluates step 0 once per "
+        "seed and keeps it with the task's seed inputs (reused by later sweeps on the same task)"
+    )
     if not args.no_strategy_table and not args.quick:
         print("\n## vmap vs loop by model size (N=32, warm ms/run) -- behind strategy='auto'\n")
         print("| model | FLOPs/step/run | vmap | loop | loop/vmap |")

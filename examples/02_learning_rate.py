@@ -28,7 +28,6 @@ Run: ``python examples/02_learning_rate.py [--quick] [--out DIR]``.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import sys
@@ -38,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradlab import schedules
-from gradlab.lab import plots
+from gradlab.lab import example_parser, plots
 from gradlab.optimizers.sgd import sgd
 
 CURVATURES = {"x^2": 2.0, "9x^2": 18.0, "20x^2": 40.0}  # L = f'' for f = a x^2
@@ -142,30 +141,26 @@ def decay_experiment(steps: int, seeds: int) -> dict[str, np.ndarray]:
         f"step decay (/2 every {period})": schedules.step_decay_schedule(eta0, period, 2.0),
         f"exponential (x0.5 per {period})": schedules.exponential_decay(eta0, period, 0.5),
     }
-    keys = jax.random.split(jax.random.key(0), seeds)
-    out = {}
-    for name, lr in lrs.items():
-        run = jax.jit(jax.vmap(lambda k: gd_path(lr, 2.0, -1.5, steps, noise=1.0, key=k)))  # noqa: B023
-        out[name] = np.mean(np.asarray(run(keys)) ** 2, axis=0)
-    return out
+
+    def mean_f(lr, keys):
+        return jnp.mean(jax.vmap(lambda k: gd_path(lr, 2.0, -1.5, steps, 1.0, k))(keys) ** 2, 0)
+
+    run = jax.jit(lambda keys: {name: mean_f(lr, keys) for name, lr in lrs.items()})  # one program
+    return {k: np.asarray(v) for k, v in run(jax.random.split(jax.random.key(0), seeds)).items()}
 
 
-def rescue_experiment(steps: int) -> dict[str, np.ndarray]:
+@functools.partial(jax.jit, static_argnums=0)
+def rescue_experiment(steps: int) -> dict[str, jax.Array]:
     """eta0 = 1.05 > 2/L diverges on x^2 if held constant; halving it every 10 steps rescues it."""
+    decayed = schedules.step_decay_schedule(1.05, 10, 2.0)
     return {
-        "constant 1.05": np.asarray(gd_path(1.05, 2.0, 1.0, steps)) ** 2,
-        "step decay 1.05, /2 every 10": np.asarray(
-            gd_path(schedules.step_decay_schedule(1.05, 10, 2.0), 2.0, 1.0, steps)
-        )
-        ** 2,
+        "constant 1.05": gd_path(1.05, 2.0, 1.0, steps) ** 2,
+        "step decay 1.05, /2 every 10": gd_path(decayed, 2.0, 1.0, steps) ** 2,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer steps and seeds (smoke test)")
-    parser.add_argument("--out", default="out", help="directory for the figures (%(default)s)")
-    args = parser.parse_args(argv)
+    args = example_parser(__doc__, "fewer steps and seeds").parse_args(argv)
     steps = 30 if args.quick else 60
     os.makedirs(args.out, exist_ok=True)
 

@@ -21,7 +21,6 @@ draws many random batches per ``b`` and prints the measured ratio
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
@@ -34,6 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from gradlab.lab import example_parser  # noqa: E402
 from gradlab.lab.data import load_digits  # noqa: E402
 from gradlab.optimizers.sgd import sgd  # noqa: E402
 
@@ -50,9 +50,13 @@ def init_params(d: int, k: int):
 
 
 def run_regime(x, y, batch_size, lr, *, epochs: int, points_per_epoch: int, seed: int):
-    """Full training loss every ``n / points_per_epoch`` examples (fresh permutation per epoch)."""
+    """SGD with ``batch_size`` from zero, a fresh permutation per epoch.
+
+    Returns:
+      ``(examples, losses, params)``: the full training loss after every ``n /
+      points_per_epoch`` examples processed (and at the start), and the final parameters.
+    """
     n, d = x.shape
-    k = int(y.max()) + 1
     b = n if batch_size == "all" else int(batch_size)
     steps_per_epoch = n // b
     # Evaluate after every `every` updates (at least one update between evaluations).
@@ -61,8 +65,8 @@ def run_regime(x, y, batch_size, lr, *, epochs: int, points_per_epoch: int, seed
     idx = np.concatenate([rng.permutation(n)[: steps_per_epoch * b] for _ in range(epochs)])
     total = (len(idx) // (b * every)) * b * every
     idx = jnp.asarray(idx[:total].reshape(-1, every, b))
+    params = init_params(d, int(y.max()) + 1)
     opt = sgd(lr)
-    params = init_params(d, k)
 
     def step(carry, bidx):
         p, s = carry
@@ -76,21 +80,22 @@ def run_regime(x, y, batch_size, lr, *, epochs: int, points_per_epoch: int, seed
 
     @jax.jit
     def go(params, idx):
-        _, losses = jax.lax.scan(chunk, (params, opt.init(params)), idx)
-        return losses
+        (last, _), losses = jax.lax.scan(chunk, (params, opt.init(params)), idx)
+        return jnp.concatenate([loss_fn(params, x, y)[None], losses]), last
 
-    losses = np.asarray(go(params, idx))
-    examples = np.arange(1, len(losses) + 1) * every * b
-    return np.concatenate([[0], examples]), np.concatenate([[float(loss_fn(params, x, y))], losses])
+    losses, last = go(params, idx)
+    return np.arange(idx.shape[0] + 1) * every * b, np.asarray(losses), last
 
 
 def gradient_variance(x, y, params, sizes, draws: int, seed: int):
     """Measured ``E||g_B - g||^2`` for each batch size (batches drawn without replacement).
 
-    One compiled program: per-example gradients by ``vmap(grad)``, then for every draw a random
-    permutation whose first ``b`` entries form the batch, for every ``b`` in ``sizes``.
+    One compiled program: per-example gradients by ``vmap(grad)``; for every draw a random
+    permutation, whose first ``b`` entries form the batch of size ``b``: the running means of
+    the permuted gradients give every batch size at once.
     """
     n = x.shape[0]
+    sizes = np.asarray(sizes)
 
     @jax.jit
     def run(key):
@@ -100,20 +105,19 @@ def gradient_variance(x, y, params, sizes, draws: int, seed: int):
         sigma2 = jnp.mean(jnp.sum((flat - gbar) ** 2, axis=1))
 
         def one_draw(key):
-            perm = jax.random.permutation(key, n)
-            return jnp.stack([jnp.sum((flat[perm[:b]].mean(0) - gbar) ** 2) for b in sizes])
+            perm = jax.random.permutation(key, n)[: sizes.max()]
+            means = jnp.cumsum(flat[perm], axis=0)[sizes - 1] / sizes[:, None]
+            return jnp.sum((means - gbar) ** 2, axis=1)
 
         devs = jax.lax.map(one_draw, jax.random.split(key, draws))
         return sigma2, devs.mean(0)
 
     sigma2, var = run(jax.random.key(seed))
-    return float(sigma2), {b: float(v) for b, v in zip(sizes, var, strict=True)}
+    return float(sigma2), {int(b): float(v) for b, v in zip(sizes, var, strict=True)}
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="few epochs and draws (smoke test)")
-    p.add_argument("--out", default="out", help="output directory (default ./out)")
+    p = example_parser(__doc__, "one epoch, 200 draws")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--draws", type=int, default=None, help="random batches per batch size")
     p.add_argument("--seed", type=int, default=0)
@@ -126,7 +130,8 @@ def main(argv=None) -> dict:
 
     curves = {}
     for name, (bs, lr) in REGIMES.items():
-        curves[name] = run_regime(x, y, bs, lr, epochs=epochs, points_per_epoch=20, seed=args.seed)
+        ex, losses, _ = run_regime(x, y, bs, lr, epochs=epochs, points_per_epoch=20, seed=args.seed)
+        curves[name] = ex, losses
     print(f"Softmax regression on digits (n={n}), {epochs} epochs of examples each:")
     print(f"{'regime':<20} {'lr':>6} {'updates':>8} {'final loss':>11}")
     for name, (ex, ls) in curves.items():
@@ -134,13 +139,9 @@ def main(argv=None) -> dict:
         b = n if bs == "all" else bs
         print(f"{name:<20} {lr:>6g} {int(ex[-1]) // b:>8d} {ls[-1]:>11.4f}")
 
-    # Variance at a partly trained point (where gradients are informative but not tiny).
-    params = init_params(x.shape[1], data.num_classes)
-    opt = sgd(0.5)
-    state = opt.init(params)
-    for _ in range(5):
-        u, state = opt.update(jax.grad(loss_fn)(params, x, y), state, params)
-        params = optax.apply_updates(params, u)
+    # Variance at a partly trained point (where gradients are informative but not tiny):
+    # after five batch gradient steps.
+    *_, params = run_regime(x, y, "all", 0.5, epochs=5, points_per_epoch=1, seed=args.seed)
     sizes = [1, 2, 4, 8, 16, 32, 64, 128, 256]
     sigma2, var = gradient_variance(x, y, params, sizes, draws, args.seed)
     print(f"\nMini-batch gradient variance E||g_B - g||^2 ({draws} batches per size):")

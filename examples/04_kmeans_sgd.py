@@ -21,7 +21,6 @@ Run: ``python examples/04_kmeans_sgd.py [--quick] [--out DIR]``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -29,7 +28,7 @@ import time
 import jax
 import numpy as np
 
-from gradlab.lab import data, kmeans, plots
+from gradlab.lab import data, example_parser, kmeans, plots
 
 
 def make_data(n: int, k: int, seed: int = 0) -> np.ndarray:
@@ -72,9 +71,7 @@ def examples_to_reach(inertia: np.ndarray, examples: np.ndarray, rtol: float) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small data, few seeds (smoke test)")
-    parser.add_argument("--out", default="out", help="directory for the figures (%(default)s)")
+    parser = example_parser(__doc__, "small data, few seeds")
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds")
     args = parser.parse_args(argv)
     n, k, epochs = (400, 6, 4) if args.quick else (3000, 10, 10)

@@ -17,7 +17,6 @@ per layer) and ``<out>/05_init_histograms.png`` (tanh activation histograms per 
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -32,7 +31,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from gradlab.lab import init  # noqa: E402
+from gradlab.lab import example_parser, init  # noqa: E402
 from gradlab.lab.data import load_digits  # noqa: E402
 from gradlab.lab.models import MLP, merge_model, split_model  # noqa: E402
 
@@ -84,9 +83,7 @@ def measure(activation: str, kernel_init, x, y, *, depth: int, width: int, seed:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="shallow, narrow network (smoke test)")
-    p.add_argument("--out", default="out", help="output directory (default ./out)")
+    p = example_parser(__doc__, "shallow, narrow network")
     p.add_argument("--depth", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)

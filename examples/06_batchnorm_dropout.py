@@ -19,7 +19,6 @@ rate) and writes ``<out>/06_batchnorm_dropout.png``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
@@ -30,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from gradlab.lab import example_parser  # noqa: E402
 from gradlab.lab.data import load_digits  # noqa: E402
 from gradlab.lab.models import MLP  # noqa: E402
 from gradlab.lab.train import train  # noqa: E402
@@ -45,13 +45,7 @@ QUICK_CONFIGS = ("plain", "BN + dropout")
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="2 configurations, 1 learning rate, 1 epoch (smoke test)",
-    )
-    p.add_argument("--out", default="out", help="output directory (default ./out)")
+    p = example_parser(__doc__, "2 configurations, 1 learning rate, 1 epoch")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--lrs", default=None, help="comma-separated learning rates")
     p.add_argument("--seed", type=int, default=0)

@@ -90,6 +90,7 @@ __all__ = [
     "global_norm",
     "tree_all_finite",
     "DEFAULT_STATE_DTYPE",
+    "TINY",
 ]
 
 Schedule = Callable[[jax.Array], jax.Array]

@@ -209,8 +209,7 @@ def _step_status(state):
         v = jnp.asarray(v, jnp.int32)
         if v.shape != ():
             continue
-        fatal = jnp.isin(v, jnp.asarray(FATAL_STATUSES, jnp.int32))
-        code = jnp.where(fatal, v, code)
+        code = jnp.where(jnp.isin(v, jnp.asarray(FATAL_STATUSES, jnp.int32)), v, code)
         converged = converged | (v == int(Status.CONVERGED))
     fallback = jnp.where(converged, int(Status.CONVERGED), int(Status.RUNNING))
     return jnp.where(code != int(Status.RUNNING), code, fallback).astype(jnp.int32)
@@ -226,10 +225,6 @@ class _Carry(NamedTuple):
     own_fevals: jax.Array
     own_gevals: jax.Array
     status: jax.Array
-
-
-def _select(pred, new, old):
-    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
 @functools.partial(jax.jit, static_argnames=("fun", "solver", "static_extra", "has_aux"))
@@ -249,16 +244,15 @@ def _run(fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_extr
     )
     max_steps = jnp.asarray(max_steps, jnp.int32)
 
-    def classify(value, grad_norm, finite, count):
-        return jnp.where(
-            ~finite,
-            int(Status.NON_FINITE),
-            jnp.where(
-                grad_norm <= threshold,
-                int(Status.CONVERGED),
-                jnp.where(count >= max_steps, int(Status.MAX_STEPS), int(Status.RUNNING)),
-            ),
-        ).astype(jnp.int32)
+    def classify(grad_norm, finite, count):
+        return common.first_status(
+            [
+                (~finite, Status.NON_FINITE),
+                (grad_norm <= threshold, Status.CONVERGED),
+                (count >= max_steps, Status.MAX_STEPS),
+            ],
+            Status.RUNNING,
+        )
 
     finite0 = jnp.isfinite(f0) & base.tree_all_finite(g0) & base.tree_all_finite(x0)
     finite0 = finite0 & jnp.isfinite(threshold)
@@ -272,7 +266,7 @@ def _run(fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_extr
         count=jnp.zeros([], jnp.int32),
         own_fevals=jnp.ones([], jnp.int32),
         own_gevals=jnp.ones([], jnp.int32),
-        status=classify(f0, g0_norm, finite0, jnp.zeros([], jnp.int32)),
+        status=classify(g0_norm, finite0, jnp.zeros([], jnp.int32)),
     )
     # Reuse only a pair that looks like a loss and a gradient of x0 (optax's backtracking
     # search keeps grad=None unless store_grad=True).
@@ -305,19 +299,19 @@ def _run(fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_extr
         grad_norm = common.safe_norm(grad, dtype)
         count = c.count + 1
         finite = jnp.isfinite(value) & base.tree_all_finite(grad) & base.tree_all_finite(params)
-        status = classify(value, grad_norm, finite, count)
+        status = classify(grad_norm, finite, count)
         reported = _step_status(state)
         status = jnp.where(finite & (reported != int(Status.RUNNING)), reported, status)
         # A non-finite step is not taken: the run is frozen at the last finite point.
         keep = finite
         new = _Carry(
-            params=_select(keep, params, c.params),
+            params=common.tree_select(keep, params, c.params),
             # The state is not rolled back: a non-finite step ends the run, and the new state's
             # counters include the evaluations that step made. (Selecting the whole state,
             # L-BFGS memory included, every step cost ~40% of the loop time.)
             state=state,
             value=jnp.where(keep, value, c.value),
-            grad=_select(keep, grad, c.grad),
+            grad=common.tree_select(keep, grad, c.grad),
             grad_norm=jnp.where(keep, grad_norm, c.grad_norm),
             count=count,
             own_fevals=own_f,

@@ -126,3 +126,52 @@ def test_global_norm_finite_and_zero_safe():
     assert float(base.global_norm({"a": jnp.zeros(3, jnp.float16)})) == 0.0
     g = jax.grad(lambda x: base.global_norm({"a": x}))(jnp.array([3.0, 4.0]))
     np.testing.assert_allclose(g, [0.6, 0.8], rtol=1e-6)
+
+
+def test_static_switch_and_dtype_validation():
+    assert base.check_bool(True, "centered", "rmsprop") is True
+    with pytest.raises(TypeError, match="centered"):
+        base.check_bool(1, "centered", "rmsprop")
+    assert base.check_choice("both", "bias_correction", ("both", "none"), "adam") == "both"
+    with pytest.raises(ValueError, match="bias_correction"):
+        base.check_choice("all", "bias_correction", ("both", "none"), "adam")
+    with pytest.raises(TypeError, match="bias_correction"):
+        base.check_choice(None, "bias_correction", ("both", "none"), "adam")
+    assert base.state_dtype_of(None) == jnp.float32
+    assert base.state_dtype_of(jnp.bfloat16) == jnp.bfloat16
+    for bad in (jnp.int32, jnp.complex64, "not a dtype"):
+        with pytest.raises(TypeError, match="state_dtype"):
+            base.state_dtype_of(bad, "adam")
+    assert base.compute_dtype(jnp.bfloat16) == jnp.float32
+    assert base.compute_dtype(jnp.bfloat16, jnp.float16) == jnp.float32
+
+
+def test_map_leaves_keeps_structure_none_and_empty_trees():
+    updates = {"a": jnp.ones(2), "frozen": None, "n": [jnp.zeros(())]}
+    state = jax.tree.map(lambda x: 2.0 * x, updates)
+    out, new = base.map_leaves(lambda g, s: (g + s, s - g), updates, state)
+    assert out["frozen"] is None and new["frozen"] is None
+    np.testing.assert_array_equal(out["a"], [3.0, 3.0])
+    np.testing.assert_array_equal(new["a"], [1.0, 1.0])
+    assert base.map_leaves(lambda g, s: (g, s), {}, {}) == ({}, {})
+
+
+def test_find_states_and_integer_leaves():
+    tx = gradlab.chain(gradlab.sgd(0.1, 0.9), gradlab.params_ema(0.9))
+    state = tx.init({"a": jnp.ones(2)})
+    assert len(base.find_states(state, gradlab.transforms.momentum.TraceState)) == 1
+    assert base.find_states(state, base.TreeMismatchError) == []
+    with pytest.raises(TypeError, match=r"\['n'\]"):
+        base.check_float_leaves({"w": jnp.ones(2), "n": jnp.ones(2, jnp.int32)}, "updates", "x")
+
+
+def test_named_chain_checks_its_state_and_forwards_extra_args():
+    tx = base.named_chain("mine", gradlab.scale_by_rprop(0.1, variant="irprop+"))
+    params = {"a": jnp.ones(2)}
+    state = tx.init(params)
+    assert isinstance(state, tuple) and len(state) == 1
+    u, _ = tx.update(params, state, params, value=1.0)
+    np.testing.assert_allclose(u["a"], 0.1)
+    for bad in (params, None, (), state + state, state[0]):
+        with pytest.raises(gradlab.StateMismatchError, match="mine"):
+            tx.update(params, bad, params, value=1.0)

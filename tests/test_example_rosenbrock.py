@@ -20,9 +20,9 @@ def test_example_runs_quick_and_writes_plot(tmp_path, capsys):
     assert example.main(["--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert (tmp_path / "rosenbrock_methods.png").stat().st_size > 10_000
-    for name in ("BFGS", "L-BFGS", "Fletcher-Reeves", "steepest descent"):
+    for name in ("BFGS", "steepest descent"):
         assert name in out
-    # The quasi-Newton rows converge within the quick budget.
+    # BFGS converges within the quick budget (steepest descent, zig-zagging, does not).
     bfgs_line = next(line for line in out.splitlines() if line.startswith("BFGS "))
     assert bfgs_line.rstrip().endswith("converged")
 

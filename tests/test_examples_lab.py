@@ -19,7 +19,7 @@ def _load(name):
 
 def test_01_digits_optimizers_quick(tmp_path, capsys):
     out = _load("01_digits_optimizers").main(["--quick", "--out", str(tmp_path)])
-    assert set(out) == {"sgd", "rprop"}
+    assert set(out) == {"adam", "rprop"}
     for r in out.values():
         assert np.isfinite(r["final_train_loss"])
         assert r["final_train_loss"] < r["history"]["train_loss"][0]
@@ -27,15 +27,20 @@ def test_01_digits_optimizers_quick(tmp_path, capsys):
     assert "rprop" in capsys.readouterr().out
 
 
-def test_01_every_optimizer_constructs():
-    ex = _load("01_digits_optimizers")
+def test_01_every_optimizer_updates():
+    import jax
     import jax.numpy as jnp
 
+    ex = _load("01_digits_optimizers")
     params = {"w": jnp.ones(3)}
-    for factory, _ in ex.OPTIMIZERS.values():
-        tx = factory()
-        updates, _ = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
-        assert np.all(np.isfinite(np.asarray(updates["w"])))
+
+    @jax.jit  # one compilation for all eight
+    def first_updates(g):
+        return {k: tx.update(g, tx.init(params), params)[0] for k, (tx, _) in ex.OPTIMIZERS.items()}
+
+    for name, updates in first_updates({"w": jnp.ones(3)}).items():
+        assert np.all(np.isfinite(np.asarray(updates["w"]))), name
+        assert np.all(np.asarray(updates["w"]) < 0), name  # a descent step
 
 
 def test_01_default_adam_reaches_97_percent(tmp_path, capsys):

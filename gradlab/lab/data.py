@@ -17,7 +17,7 @@ every epoch: :func:`iterate_batches` for Python loops and :func:`epoch_indices` 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -142,21 +142,25 @@ def make_dataset(
 
 
 # --------------------------------------------------------------------------------------------
-# Datasets
+# Datasets. Every loader and generator passes ``**split`` -- ``val_fraction`` (default 0.2) and
+# ``standardize`` (default True) -- to :func:`make_dataset`; ``seed`` seeds the data and the split.
 # --------------------------------------------------------------------------------------------
 
 
-def load_digits(*, val_fraction: float = 0.2, seed: int = 0, standardize: bool = True) -> Dataset:
+def _split(x, y, num_classes: int, seed: int, split: dict[str, Any]) -> Dataset:
+    return make_dataset(x, y, num_classes=num_classes, seed=seed + 1, **split)
+
+
+def load_digits(*, seed: int = 0, **split: Any) -> Dataset:
     """scikit-learn's embedded handwritten digits: 1797 images of 8x8 pixels, 10 classes.
 
     The data ship inside scikit-learn (the UCI optical-digits test set), so nothing is
     downloaded. Inputs are the 64 pixel intensities (0..16) as float32, standardised per pixel
-    with training-split statistics when ``standardize``.
+    with training-split statistics unless ``standardize=False``.
 
     Args:
-      val_fraction: fraction of the examples held out for validation.
       seed: seed of the random split.
-      standardize: standardise inputs (statistics from the training split only).
+      **split: ``val_fraction``, ``standardize``: see :func:`make_dataset`.
 
     Returns:
       A :class:`Dataset` with ``num_classes=10``.
@@ -164,37 +168,19 @@ def load_digits(*, val_fraction: float = 0.2, seed: int = 0, standardize: bool =
     from sklearn.datasets import load_digits as _sk_load_digits
 
     bunch = _sk_load_digits()
-    return make_dataset(
-        bunch.data,
-        bunch.target,
-        num_classes=10,
-        val_fraction=val_fraction,
-        seed=seed,
-        standardize=standardize,
-    )
+    return make_dataset(bunch.data, bunch.target, num_classes=10, seed=seed, **split)
 
 
-def make_moons(
-    n: int = 512,
-    *,
-    noise: float = 0.1,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    standardize: bool = True,
-) -> Dataset:
+def make_moons(n: int = 512, *, noise: float = 0.1, seed: int = 0, **split: Any) -> Dataset:
     """Two interleaving half circles (2 classes, 2 features) with Gaussian noise."""
     rng = np.random.default_rng(seed)
     n0 = n // 2
-    n1 = n - n0
     t0 = np.linspace(0.0, np.pi, n0)
-    t1 = np.linspace(0.0, np.pi, n1)
+    t1 = np.linspace(0.0, np.pi, n - n0)
     x0 = np.stack([np.cos(t0), np.sin(t0)], axis=1)
     x1 = np.stack([1.0 - np.cos(t1), 0.5 - np.sin(t1)], axis=1)
     x = np.concatenate([x0, x1]) + noise * rng.standard_normal((n, 2))
-    y = np.concatenate([np.zeros(n0), np.ones(n1)])
-    return make_dataset(
-        x, y, num_classes=2, val_fraction=val_fraction, seed=seed + 1, standardize=standardize
-    )
+    return _split(x, np.arange(n) >= n0, 2, seed, split)
 
 
 def make_spirals(
@@ -203,33 +189,22 @@ def make_spirals(
     num_classes: int = 3,
     turns: float = 1.0,
     noise: float = 0.2,
-    val_fraction: float = 0.2,
     seed: int = 0,
-    standardize: bool = True,
+    **split: Any,
 ) -> Dataset:
     """``num_classes`` interleaved spiral arms in the plane (the classic CS231n toy set)."""
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     rng = np.random.default_rng(seed)
     per = n // num_classes
-    xs, ys = [], []
-    for k in range(num_classes):
-        r = np.linspace(0.0, 1.0, per)
-        t = (
-            k * 2 * np.pi / num_classes
-            + np.linspace(0.0, 2 * np.pi * turns, per)
-            + noise * rng.standard_normal(per)
-        )
-        xs.append(np.stack([r * np.sin(t), r * np.cos(t)], axis=1))
-        ys.append(np.full(per, k))
-    return make_dataset(
-        np.concatenate(xs),
-        np.concatenate(ys),
-        num_classes=num_classes,
-        val_fraction=val_fraction,
-        seed=seed + 1,
-        standardize=standardize,
+    r = np.tile(np.linspace(0.0, 1.0, per), num_classes)
+    y = np.repeat(np.arange(num_classes), per)
+    t = (
+        y * 2 * np.pi / num_classes
+        + np.tile(np.linspace(0.0, 2 * np.pi * turns, per), num_classes)
+        + noise * rng.standard_normal(per * num_classes)
     )
+    return _split(np.stack([r * np.sin(t), r * np.cos(t)], axis=1), y, num_classes, seed, split)
 
 
 def make_blobs(
@@ -239,9 +214,8 @@ def make_blobs(
     num_features: int = 2,
     spread: float = 1.0,
     separation: float = 4.0,
-    val_fraction: float = 0.2,
     seed: int = 0,
-    standardize: bool = True,
+    **split: Any,
 ) -> Dataset:
     r"""Isotropic Gaussian blobs: class ``k`` is $N(c_k, \text{spread}^2 I)$.
 
@@ -251,14 +225,7 @@ def make_blobs(
     centres = rng.uniform(-separation, separation, (num_classes, num_features))
     y = rng.integers(0, num_classes, n)
     x = centres[y] + spread * rng.standard_normal((n, num_features))
-    return make_dataset(
-        x,
-        y,
-        num_classes=num_classes,
-        val_fraction=val_fraction,
-        seed=seed + 1,
-        standardize=standardize,
-    )
+    return _split(x, y, num_classes, seed, split)
 
 
 def make_regression(
@@ -267,9 +234,8 @@ def make_regression(
     degree: int = 1,
     num_features: int = 1,
     noise: float = 0.1,
-    val_fraction: float = 0.2,
     seed: int = 0,
-    standardize: bool = True,
+    **split: Any,
 ) -> Dataset:
     r"""A linear (``degree=1``) or polynomial regression problem with Gaussian noise.
 
@@ -286,9 +252,7 @@ def make_regression(
     b = rng.standard_normal()
     powers = np.stack([x**p for p in range(1, degree + 1)], axis=-1)  # (n, d, degree)
     y = np.einsum("ndp,dp->n", powers, w) + b + noise * rng.standard_normal(n)
-    return make_dataset(
-        x, y, num_classes=0, val_fraction=val_fraction, seed=seed + 1, standardize=standardize
-    )
+    return _split(x, y, 0, seed, split)
 
 
 # --------------------------------------------------------------------------------------------

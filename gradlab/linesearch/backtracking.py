@@ -19,8 +19,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -104,20 +103,7 @@ def scale_by_backtracking_linesearch(
     def init_fn(params):
         return ScaleByBacktrackingLinesearchState(**common.initial_search_fields(params, jnp.inf))
 
-    def update_fn(
-        updates: base.Updates,
-        state: ScaleByBacktrackingLinesearchState,
-        params: base.Params,
-        *,
-        value: jax.typing.ArrayLike,
-        grad: base.Updates,
-        value_fn: Callable[[Any], jax.Array],
-        **extra: Any,
-    ):
-        del extra
-        dtype, grad, f0 = common.check_search_inputs(
-            _OWNER, state, ScaleByBacktrackingLinesearchState, params, updates, grad, value
-        )
+    def search(updates, state, params, *, dtype, f0, grad, value_fn):
         count = state.count
         c1_t = base.resolve(c1, count, dtype)
         rho_t = base.resolve(rho, count, dtype)
@@ -159,4 +145,6 @@ def scale_by_backtracking_linesearch(
             num_evals=(n, n),
         )
 
-    return base.GradientTransformationExtraArgs(init_fn, update_fn)
+    return base.GradientTransformationExtraArgs(
+        init_fn, common.search_update(_OWNER, ScaleByBacktrackingLinesearchState, search)
+    )

@@ -14,6 +14,7 @@ the usual rescaling by :math:`\max_i |v_i|` for the same reason.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -38,6 +39,7 @@ __all__ = [
     "quadratic_min",
     "initial_search_fields",
     "check_search_inputs",
+    "search_update",
     "finish_search",
     "FATAL_STATUSES",
 ]
@@ -203,6 +205,30 @@ def check_search_inputs(
     base.check_tree_match(params, grad, "params", "grad", owner=owner)
     dtype = state.value.dtype
     return dtype, jax.tree.map(jnp.asarray, grad), jnp.asarray(value, dtype)
+
+
+def search_update(owner: str, state_type: type, search: Callable[..., Any]) -> Callable[..., Any]:
+    """A search's ``update(updates, state, params, *, value, grad, value_fn, **extra)``: checks
+    the inputs, then returns ``search(updates, state, params, dtype=, f0=, grad=, value_fn=)``
+    (``updates`` is the direction; other keyword arguments are ignored)."""
+
+    def update_fn(
+        updates: base.Updates,
+        state: Any,
+        params: base.Params,
+        *,
+        value: jax.typing.ArrayLike,
+        grad: base.Updates,
+        value_fn: Callable[[Any], jax.Array],
+        **extra: Any,
+    ):
+        del extra
+        dtype, grad, f0 = check_search_inputs(
+            owner, state, state_type, params, updates, grad, value
+        )
+        return search(updates, state, params, dtype=dtype, f0=f0, grad=grad, value_fn=value_fn)
+
+    return update_fn
 
 
 def finish_search(

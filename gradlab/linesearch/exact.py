@@ -21,8 +21,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -88,20 +87,7 @@ def scale_by_exact_linesearch(
     def init_fn(params):
         return ScaleByExactLinesearchState(**common.initial_search_fields(params, 0.0))
 
-    def update_fn(
-        updates: base.Updates,
-        state: ScaleByExactLinesearchState,
-        params: base.Params,
-        *,
-        value: jax.typing.ArrayLike,
-        grad: base.Updates,
-        value_fn: Callable[[Any], jax.Array],
-        **extra: Any,
-    ):
-        del extra
-        dtype, grad, f0 = common.check_search_inputs(
-            _OWNER, state, ScaleByExactLinesearchState, params, updates, grad, value
-        )
+    def search(updates, state, params, *, dtype, f0, grad, value_fn):
         unit, d_norm, _, code = common.unit_direction(updates, grad, dtype)
         code = jnp.where(jnp.isfinite(f0), code, int(Status.NON_FINITE))
         searching = code == int(Status.OK)
@@ -198,4 +184,6 @@ def scale_by_exact_linesearch(
             unbounded=unbounded,
         )
 
-    return base.GradientTransformationExtraArgs(init_fn, update_fn)
+    return base.GradientTransformationExtraArgs(
+        init_fn, common.search_update(_OWNER, ScaleByExactLinesearchState, search)
+    )

@@ -34,7 +34,6 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -169,20 +168,7 @@ def scale_by_zoom_linesearch(
             **common.initial_search_fields(params, 1.0),
         )
 
-    def update_fn(
-        updates: base.Updates,
-        state: ScaleByZoomLinesearchState,
-        params: base.Params,
-        *,
-        value: jax.typing.ArrayLike,
-        grad: base.Updates,
-        value_fn: Callable[[Any], jax.Array],
-        **extra: Any,
-    ):
-        del extra
-        dtype, grad, f0 = common.check_search_inputs(
-            _OWNER, state, ScaleByZoomLinesearchState, params, updates, grad, value
-        )
+    def search(updates, state, params, *, dtype, f0, grad, value_fn):
         count = state.count
         c1_t = base.resolve(c1, count, dtype)
         c2_t = base.resolve(c2, count, dtype)
@@ -366,4 +352,6 @@ def scale_by_zoom_linesearch(
             curvature_satisfied=found & c.wolfe,
         )
 
-    return base.GradientTransformationExtraArgs(init_fn, update_fn)
+    return base.GradientTransformationExtraArgs(
+        init_fn, common.search_update(_OWNER, ScaleByZoomLinesearchState, search)
+    )

@@ -148,7 +148,8 @@ def rmsprop(
     if momentum is None:
         return _named("rmsprop", learning_rate, scale)
     lr = base.hyperparameter(learning_rate, "learning_rate", base.NONNEGATIVE, owner="rmsprop")
-    velocity = trace(momentum, nesterov, state_dtype=state_dtype)
+    mu = base.hyperparameter(momentum, "momentum", base.UNIT_INTERVAL_OPEN_RIGHT, owner="rmsprop")
+    velocity = trace(mu, nesterov, state_dtype=state_dtype)
     return base.named_chain("rmsprop", scale, scale_by_learning_rate(lr), velocity)
 
 

@@ -98,6 +98,19 @@ def _dtype(params, state_dtype):
     return common.compute_dtype(params) if state_dtype is None else jnp.dtype(state_dtype)
 
 
+def _initial_fields(params, state_dtype):
+    """``(n, dtype, fields)``: raveled size, state dtype, and the fields both states share."""
+    dtype = _dtype(params, state_dtype)
+    n = ravel_pytree(params)[0].size
+    zero = jnp.zeros([], jnp.int32)
+    vec = jnp.zeros([n], dtype)
+    return (
+        n,
+        dtype,
+        dict(count=zero, num_skipped=zero, num_resets=zero, prev_params=vec, prev_grad=vec),
+    )
+
+
 def _flat_inputs(owner, state, state_type, updates, params, dtype):
     """Checked, raveled ``(g, x, unravel)`` in ``dtype`` (``params`` give :math:`s_k`)."""
     check_update_inputs(owner, state, state_type, params, updates)
@@ -139,17 +152,9 @@ def scale_by_bfgs(
         )
 
     def init_fn(params):
-        dtype = _dtype(params, state_dtype)
-        flat, _ = ravel_pytree(params)
-        n = flat.size
+        n, dtype, fields = _initial_fields(params, state_dtype)
         return ScaleByBFGSState(
-            count=jnp.zeros([], jnp.int32),
-            inv_hessian=jnp.eye(n, dtype=dtype),
-            num_updates=jnp.zeros([], jnp.int32),
-            num_skipped=jnp.zeros([], jnp.int32),
-            num_resets=jnp.zeros([], jnp.int32),
-            prev_params=jnp.zeros([n], dtype),
-            prev_grad=jnp.zeros([n], dtype),
+            inv_hessian=jnp.eye(n, dtype=dtype), num_updates=jnp.zeros([], jnp.int32), **fields
         )
 
     def update_fn(updates, state, params=None, **extra):
@@ -257,20 +262,14 @@ def scale_by_lbfgs(
         )
 
     def init_fn(params):
-        dtype = _dtype(params, state_dtype)
-        flat, _ = ravel_pytree(params)
-        n = flat.size
+        n, dtype, fields = _initial_fields(params, state_dtype)
         return ScaleByLBFGSState(
-            count=jnp.zeros([], jnp.int32),
             memory_s=jnp.zeros([m, n], dtype),
             memory_y=jnp.zeros([m, n], dtype),
             memory_rho=jnp.zeros([m], dtype),
             gamma=jnp.ones([], dtype),
             num_pairs=jnp.zeros([], jnp.int32),
-            num_skipped=jnp.zeros([], jnp.int32),
-            num_resets=jnp.zeros([], jnp.int32),
-            prev_params=jnp.zeros([n], dtype),
-            prev_grad=jnp.zeros([n], dtype),
+            **fields,
         )
 
     def update_fn(updates, state, params=None, **extra):

@@ -104,6 +104,36 @@ def parse_space(items: list[str]) -> dict[str, Any]:
     return space
 
 
+#: ``gradlab sweep``'s options: flag -> ``add_argument`` keywords.
+_OPTIONS: dict[str, dict[str, Any]] = {
+    "--optimizer": {"default": "sgd", "help": "optimizer name (default: sgd)"},
+    "--space": {
+        "action": "append",
+        "metavar": "NAME=SPEC",
+        "help": "an axis: lr=loguniform:1e-3:1:8, momentum=0,0.9 (repeatable; default: "
+        + " ".join(DEFAULT_SPACE)
+        + ")",
+    },
+    "--samples": {"type": int, "default": None, "help": "random search: number of settings"},
+    "--seeds": {"type": int, "default": 2, "help": "seeds per setting (default: 2)"},
+    "--steps": {"type": int, "default": 300, "help": "optimizer steps (default: 300)"},
+    "--eval-every": {"type": int, "default": None, "help": "steps between evaluations"},
+    "--divergence-threshold": {
+        "type": float,
+        "default": 100.0,
+        "help": "a run whose training loss exceeds this times its first loss is diverged "
+        "(default: 100; 0 disables the ratio test, keeping the non-finite one)",
+    },
+    "--dataset": {"default": "digits", "help": "digits, moons, spirals or blobs"},
+    "--widths": {"default": "64", "help": "hidden widths, comma-separated (default: 64)"},
+    "--batch-size": {"default": "128", "help": "mini-batch size or 'all' (default: 128)"},
+    "--strategy": {"default": "auto", "choices": ["auto", "vmap", "chunked", "loop"]},
+    "--out": {"default": "sweep_out", "help": "output directory (default: sweep_out)"},
+    "--no-plot": {"action": "store_true", "help": "do not write sweep.png"},
+    "--no-progress": {"action": "store_true", "help": "hide the progress bar"},
+}
+
+
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``sweep`` subcommand to the ``gradlab`` parser."""
     p = subparsers.add_parser(
@@ -112,26 +142,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--optimizer", default="sgd", help="optimizer name (default: sgd)")
-    p.add_argument(
-        "--space",
-        action="append",
-        metavar="NAME=SPEC",
-        help="an axis: lr=loguniform:1e-3:1:8, momentum=0,0.9 (repeatable; default: "
-        + " ".join(DEFAULT_SPACE)
-        + ")",
-    )
-    p.add_argument("--samples", type=int, default=None, help="random search: number of settings")
-    p.add_argument("--seeds", type=int, default=2, help="seeds per setting (default: 2)")
-    p.add_argument("--steps", type=int, default=300, help="optimizer steps (default: 300)")
-    p.add_argument("--eval-every", type=int, default=None, help="steps between evaluations")
-    p.add_argument("--dataset", default="digits", help="digits, moons, spirals or blobs")
-    p.add_argument("--widths", default="64", help="hidden widths, comma-separated (default: 64)")
-    p.add_argument("--batch-size", default="128", help="mini-batch size or 'all' (default: 128)")
-    p.add_argument("--strategy", default="auto", choices=["auto", "vmap", "chunked", "loop"])
-    p.add_argument("--out", default="sweep_out", help="output directory (default: sweep_out)")
-    p.add_argument("--no-plot", action="store_true", help="do not write sweep.png")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    for flag, options in _OPTIONS.items():
+        p.add_argument(flag, **options)
     p.set_defaults(func=run)
     return p
 
@@ -140,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``gradlab sweep`` with parsed arguments; returns the exit code."""
     from gradlab.sweep import tasks
     from gradlab.sweep.engine import sweep
+    from gradlab.sweep.space import grid
 
     try:
         factory = resolve_optimizer(args.optimizer)
@@ -162,13 +175,7 @@ def run(args: argparse.Namespace) -> int:
         return factory(**hp)
 
     optimizer.__qualname__ = args.optimizer
-    n_settings = 1
-    if args.samples:
-        n_settings = args.samples
-    else:
-        from gradlab.sweep.space import grid
-
-        n_settings = len(grid(space))
+    n_settings = args.samples or len(grid(space))
     print(
         f"gradlab sweep: {args.optimizer} on {task.name}, {n_settings} settings x {args.seeds} "
         f"seeds x {args.steps} steps",
@@ -185,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
             eval_every=args.eval_every,
             samples=args.samples,
             strategy=args.strategy,
+            divergence_threshold=args.divergence_threshold or None,
             progress=not args.no_progress,
         )
     except (ValueError, TypeError) as err:
@@ -199,6 +207,14 @@ def run(args: argparse.Namespace) -> int:
         f"\n{result.num_runs} runs in {elapsed:.1f} s (strategy {', '.join(strategies) or '-'}, "
         f"{result.info['devices']} {result.info['backend']} device(s))"
     )
+    diverged = [r for r, label in enumerate(result.labels()) if label == "diverged"]
+    if diverged:
+        tau = result.info["divergence_threshold"]
+        rule = "non-finite" + (f" or above {tau:g} x its first value" if tau else "")
+        print(
+            f"{len(diverged)} run(s) diverged (training loss {rule}), the first: "
+            f"{result.messages[diverged[0]]}"
+        )
     if best is not None:
         hp = ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

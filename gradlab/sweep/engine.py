@@ -19,6 +19,7 @@ The flow of one call:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 import sys
@@ -34,7 +35,7 @@ import optax
 from gradlab.status import Status
 from gradlab.sweep import strategies as strat
 from gradlab.sweep import tasks as tasks_mod
-from gradlab.sweep.program import Cause, make_program, memoise, seed_inputs
+from gradlab.sweep.program import Cause, Program, make_program, memoise, seed_inputs
 from gradlab.sweep.result import SweepResult
 from gradlab.sweep.space import settings_from
 
@@ -224,13 +225,10 @@ def _progress_bar(progress: bool | None, total: int):
 def _why(cause: int, step: int, loss: float, loss0: float, tau: float | None) -> str:
     """The message of a diverged run."""
     if cause == Cause.LOSS_ABOVE_THRESHOLD:
-        return (
-            f"diverged: training loss {loss:.4g} > {tau:g} x its first value {loss0:.4g} "
-            f"at step {step}"
-        )
+        return f"training loss {loss:.4g} > {tau:g} x its first value {loss0:.4g} at step {step}"
     if cause == Cause.NON_FINITE_LOSS:
-        return f"diverged: non-finite training loss ({loss}) at step {step}"
-    return f"diverged: non-finite parameters after step {step}"
+        return f"non-finite training loss ({loss}) at step {step}"
+    return f"non-finite parameters after step {step}"
 
 
 def sweep(
@@ -326,7 +324,13 @@ def sweep(
     outcome.update(cause=np.zeros(n_runs, np.int32), diverged_at=np.full(n_runs, -1, np.int32))
     used: list[dict[str, Any]] = []
     bar = _progress_bar(progress, int((~invalid).sum()) * n_seeds * steps)
-    config = dict(
+    ctx = _Context(
+        optimizer=optimizer,
+        task=the_task,
+        data={"task": the_task.data, **seed_data},
+        settings=settings,
+        invalid=invalid,
+        n_seeds=n_seeds,
         eval_every=eval_every,
         n_evals=n_evals,
         tau=tau,
@@ -340,10 +344,7 @@ def sweep(
         while work:
             idx, traced_here = work.pop(0)
             try:
-                out, info = _run_group(
-                    optimizer, the_task, {"task": the_task.data, **seed_data}, settings, idx,
-                    invalid, traced_here, n_seeds, **config,
-                )  # fmt: skip
+                out, info = _run_group(ctx, idx, traced_here)
             except _TRACE_ERRORS as err:
                 if not traced_here:
                     raise
@@ -426,76 +427,84 @@ def _seed_inputs(task: tasks_mod.Task, seeds: Sequence[int], steps: int):
     return memoise(_SEED_INPUTS, (task,), (tuple(seeds), steps), build, 8)
 
 
-def _run_group(
-    optimizer,
-    task,
-    data,
-    settings,
-    idx,
-    invalid,
-    traced,
-    n_seeds,
-    *,
-    eval_every,
-    n_evals,
-    tau,
-    strategy,
-    chunk_size,
-    memory_budget,
-    devices,
-    progress,
-) -> tuple[strat.Output, dict]:
+@dataclasses.dataclass(frozen=True)
+class _Context:
+    """What every group of one sweep call shares."""
+
+    optimizer: Callable
+    task: tasks_mod.Task
+    data: Any  # the programs' replicated data argument
+    settings: list[dict[str, Any]]
+    invalid: np.ndarray  # (n_settings,) bool
+    n_seeds: int
+    eval_every: int
+    n_evals: int
+    tau: float | None
+    strategy: str
+    chunk_size: int | None
+    memory_budget: int | None
+    devices: list[Any]
+    progress: Any
+
+
+def _program(ctx: _Context, static_hp: dict, evals_per_call: int) -> Program:
+    """The group's program, memoised on the identity of the task and optimizer objects (and
+    the static values), so that a repeated sweep reuses its compiled executables."""
+    key = (_group_key(static_hp, sorted(static_hp)), ctx.eval_every, ctx.tau, evals_per_call)
+    kw = dict(eval_every=ctx.eval_every, evals_per_call=evals_per_call)
+
+    def build():
+        return make_program(ctx.task, ctx.optimizer, static_hp, divergence_threshold=ctx.tau, **kw)
+
+    return memoise(_PROGRAMS, (ctx.task, ctx.optimizer), key, build, 32)
+
+
+def _chunk_size(ctx: _Context, job: strat.Job, chosen: str) -> int:
+    """Runs per vmapped chunk: ``chunk_size``, or as many as ``memory_budget`` allows (a cheap
+    estimate first, XLA's memory analysis of one step when it may matter)."""
+    n_runs, d = job.n_runs, len(job.devices)
+    if ctx.chunk_size is not None:
+        return max(1, min(int(ctx.chunk_size), n_runs))
+    if chosen != "chunked" and ctx.strategy != "auto":
+        return n_runs
+    budget = ctx.memory_budget or _default_budget(job.devices)
+    per_run = strat.per_run_bytes(job.program(1), job.hp, job.runs, job.data, temporaries=False)
+    if chosen == "chunked" or per_run * n_runs > budget * d // 4:
+        per_run = strat.per_run_bytes(job.program(1), job.hp, job.runs, job.data)
+    return min(n_runs, max(1, budget // max(per_run, 1)) * d)
+
+
+def _run_group(ctx: _Context, idx: list[int], traced: list[str]) -> tuple[strat.Output, dict]:
     """Run every (setting, seed) of one static group; returns the outputs and a summary."""
-    placeholder = next(settings[i] for i in idx if not invalid[i])
-    static_hp = {k: v for k, v in settings[idx[0]].items() if k not in traced}
+    placeholder = next(ctx.settings[i] for i in idx if not ctx.invalid[i])
+    static_hp = {k: v for k, v in ctx.settings[idx[0]].items() if k not in traced}
     hp = {}
     for name in traced:
-        col = [(placeholder if invalid[i] else settings[i])[name] for i in idx]
+        col = [(placeholder if ctx.invalid[i] else ctx.settings[i])[name] for i in idx]
         dtype = np.float32 if any(isinstance(v, float) for v in col) else np.int32
-        hp[name] = np.repeat(np.asarray(col, dtype), n_seeds)
-    runs = {"seed_index": np.tile(np.arange(n_seeds, dtype=np.int32), len(idx))}
-    n_runs, backend = len(idx) * n_seeds, devices[0].platform
-    static_key = (_group_key(static_hp, sorted(static_hp)), eval_every, tau)
-
-    def program(evals_per_call: int):
-        def build():
-            return make_program(
-                task,
-                optimizer,
-                static_hp,
-                eval_every=eval_every,
-                evals_per_call=evals_per_call,
-                divergence_threshold=tau,
-            )
-
-        return memoise(_PROGRAMS, (task, optimizer), (*static_key, evals_per_call), build, 32)
-
-    chosen, flops = strategy, task.flops_per_step
-    if strategy == "auto":
-        if flops is None and backend == "cpu" and len(devices) == 1 and n_runs > 1:
-            flops = step_flops(program(1), hp, runs, data)
-        chosen = choose_strategy(backend, n_runs, flops, len(devices))
+        hp[name] = np.repeat(np.asarray(col, dtype), ctx.n_seeds)
+    runs = {"seed_index": np.tile(np.arange(ctx.n_seeds, dtype=np.int32), len(idx))}
+    job = strat.Job(
+        functools.partial(_program, ctx, static_hp), hp, runs, ctx.data, ctx.n_evals,
+        ctx.eval_every, ctx.devices, ctx.progress,
+    )  # fmt: skip
+    backend, d = ctx.devices[0].platform, len(ctx.devices)
+    chosen, flops = ctx.strategy, ctx.task.flops_per_step
+    if chosen == "auto":
+        if flops is None and backend == "cpu" and d == 1 and job.n_runs > 1:
+            flops = step_flops(job.program(1), hp, runs, ctx.data)
+        chosen = choose_strategy(backend, job.n_runs, flops, d)
     t0 = time.perf_counter()
-    job = strat.Job(program, hp, runs, data, n_evals, eval_every, devices, progress)
     if chosen == "loop":
-        local = [d for d in devices if d.process_index == jax.process_index()] or devices
         size = 1
-        out = strat.run_loop(dataclasses.replace(job, devices=local))
+        local = [x for x in ctx.devices if x.process_index == jax.process_index()]
+        out = strat.run_loop(dataclasses.replace(job, devices=local or ctx.devices))
     else:
-        size = n_runs
-        if chunk_size is not None:
-            size = min(int(chunk_size), n_runs)
-        elif chosen == "chunked" or strategy == "auto":
-            budget = memory_budget or _default_budget(devices)
-            # cheap estimate first (state only); XLA's memory analysis when it may matter
-            per_run = strat.per_run_bytes(program(1), hp, runs, data, temporaries=False)
-            if chosen == "chunked" or per_run * n_runs > budget * len(devices) // 4:
-                per_run = strat.per_run_bytes(program(1), hp, runs, data)
-            size = min(n_runs, max(1, budget // max(per_run, 1)) * len(devices))
-        out = strat.run_batched(job, max(1, size))
+        size = _chunk_size(ctx, job, chosen)
+        out = strat.run_batched(job, size)
     info = {
         "static": {k: repr(v) for k, v in static_hp.items()},
-        "runs": n_runs,
+        "runs": job.n_runs,
         "strategy": chosen,
         "chunk_size": int(size),
         "flops_per_step": flops,

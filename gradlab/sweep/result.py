@@ -117,8 +117,10 @@ class SweepResult:
       steps: ``(E,)`` step numbers of the evaluations (0 = before training).
       curves: ``{metric: (R, E) array}`` per run; NaN after a run diverged and for invalid runs.
       status: ``(R,)`` int status codes (:class:`gradlab.status.Status`).
-      diverged_at: ``(R,)`` step of the first non-finite loss/parameter, ``-1`` if none.
-      messages: ``(R,)`` strings (why a hyperparameter was invalid).
+      diverged_at: ``(R,)`` the step at which a run diverged (its training loss non-finite or
+        above ``divergence_threshold`` x its first value, or its parameters non-finite at the
+        end of that evaluation interval), ``-1`` if none.
+      messages: ``(R,)`` strings: why a hyperparameter was invalid, or why a run diverged.
       primary: metric ranked by :attr:`best`; ``target``: ``(metric, threshold)`` or ``None``.
       info: run facts (task, optimizer, strategy, devices, wall time).
     """

@@ -78,53 +78,44 @@ def _check_range(low: Any, high: Any, owner: str, positive: bool) -> tuple[float
     return float(low), float(high)
 
 
-class LogUniform(Axis):
-    """Log-uniform range ``[low, high]``: ``n`` log-spaced grid points, or log-uniform draws."""
+class _Range(Axis):
+    """A continuous range ``[low, high]`` (log-scaled when ``_log``)."""
 
     traced = True
+    _kind = "uniform"
+    _log = False
 
     def __init__(self, low: float, high: float, n: int | None = None):
-        self.low, self.high = _check_range(low, high, "loguniform", positive=True)
-        self.n = _check_n(n, "loguniform")
+        self.low, self.high = _check_range(low, high, self._kind, positive=self._log)
+        self.n = _check_n(n, self._kind)
 
     def grid(self) -> list[float]:
         if self.n is None:
             raise ValueError(
-                "loguniform(low, high) without n has no grid points: give n, or sample at "
+                f"{self._kind}(low, high) without n has no grid points: give n, or sample at "
                 "random with sweep(..., samples=K)"
             )
-        return [float(v) for v in np.geomspace(self.low, self.high, self.n)]
+        points = np.geomspace if self._log else np.linspace
+        return [float(v) for v in points(self.low, self.high, self.n)]
 
     def sample(self, rng: np.random.Generator, n: int) -> list[float]:
-        u = rng.uniform(np.log(self.low), np.log(self.high), size=n)
-        return [float(v) for v in np.exp(u)]
-
-    def __repr__(self) -> str:
-        return f"loguniform({self.low!r}, {self.high!r}, {self.n!r})"
-
-
-class Uniform(Axis):
-    """Uniform range ``[low, high]``: ``n`` evenly spaced grid points, or uniform draws."""
-
-    traced = True
-
-    def __init__(self, low: float, high: float, n: int | None = None):
-        self.low, self.high = _check_range(low, high, "uniform", positive=False)
-        self.n = _check_n(n, "uniform")
-
-    def grid(self) -> list[float]:
-        if self.n is None:
-            raise ValueError(
-                "uniform(low, high) without n has no grid points: give n, or sample at "
-                "random with sweep(..., samples=K)"
-            )
-        return [float(v) for v in np.linspace(self.low, self.high, self.n)]
-
-    def sample(self, rng: np.random.Generator, n: int) -> list[float]:
+        if self._log:
+            return [float(v) for v in np.exp(rng.uniform(np.log(self.low), np.log(self.high), n))]
         return [float(v) for v in rng.uniform(self.low, self.high, size=n)]
 
     def __repr__(self) -> str:
-        return f"uniform({self.low!r}, {self.high!r}, {self.n!r})"
+        return f"{self._kind}({self.low!r}, {self.high!r}, {self.n!r})"
+
+
+class LogUniform(_Range):
+    """Log-uniform range ``[low, high]``: ``n`` log-spaced grid points, or log-uniform draws."""
+
+    _kind = "loguniform"
+    _log = True
+
+
+class Uniform(_Range):
+    """Uniform range ``[low, high]``: ``n`` evenly spaced grid points, or uniform draws."""
 
 
 def _is_float(v: Any) -> bool:

@@ -8,6 +8,9 @@ Two ready-made builders:
 * :func:`custom` -- your own ``init_fn(key) -> params`` and ``loss_fn(params, batch) -> loss``
   on a pytree of arrays.
 
+Both are built by :func:`supervised`: training (and validation) examples sharing a leading axis,
+mini-batches cut from the training examples, metrics evaluated on every split.
+
 Mini-batches are drawn without replacement, a fresh permutation per epoch, from a stream keyed
 by the run's seed only: every setting that shares a seed sees the same batches in the same order
 (common random numbers, so differences between settings are not sampling noise).
@@ -24,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-__all__ = ["Task", "custom", "mlp_classifier", "epoch_plan", "DATASETS"]
+__all__ = ["Task", "custom", "mlp_classifier", "supervised", "epoch_plan", "DATASETS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +96,76 @@ def _check_batch_size(batch_size: Any, n: int) -> int | None:
     return None if batch_size >= n else int(batch_size)
 
 
+def supervised(
+    *,
+    name: str,
+    init: Callable,
+    loss: Callable,
+    metrics: Callable,
+    train: Any,
+    val: Any = None,
+    batch_size: int | None = None,
+    primary: str | None = None,
+    target: tuple[str, float] | None = None,
+    config: Mapping[str, Any] | None = None,
+    flops_per_example: float | None = None,
+) -> Task:
+    """A :class:`Task` on training (and validation) examples: the shared part of the builders.
+
+    Args:
+      name: name shown in results.
+      init: ``key -> (params, model_state)``.
+      loss: ``(params, model_state, batch, key) -> (loss, new_model_state)``; ``batch`` has
+        ``train``'s structure with the example axis cut to ``batch_size``.
+      metrics: ``(params, model_state, examples) -> {name: scalar}``, evaluated on each split
+        and reported as ``train_<name>`` / ``val_<name>``.
+      train: a pytree of arrays sharing a leading example axis; ``val``: the same, or ``None``.
+      batch_size: mini-batch size; ``None`` uses every training example every step.
+      primary: metric ranked by ``best`` (default ``val_loss`` with validation data, else
+        ``train_loss``).
+      target: default ``(metric, threshold)`` for "steps to target".
+      config: JSON-serialisable description (``batch_size`` and ``n_train`` are added).
+      flops_per_example: forward+backward FLOPs of one example (``Task.flops_per_step`` is this
+        times the batch size), or ``None``.
+    """
+    data = {"train": jax.tree.map(jnp.asarray, train)}
+    if val is not None:
+        data["val"] = jax.tree.map(jnp.asarray, val)
+    leaves = jax.tree.leaves(data["train"])
+    if not leaves:
+        raise ValueError(f"{name}: data has no arrays")
+    n = int(leaves[0].shape[0])
+    if any(leaf.ndim == 0 or leaf.shape[0] != n for leaf in leaves):
+        raise ValueError(f"{name}: every data array needs the same leading (example) axis")
+    bs = _check_batch_size(batch_size, n)
+
+    def get_batch(d, idx):
+        if idx is None:
+            return d["train"]
+        return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), d["train"])
+
+    def evaluate(params, model_state, d):
+        return {
+            f"{split}_{k}": v
+            for split, examples in d.items()
+            for k, v in metrics(params, model_state, examples).items()
+        }
+
+    return Task(
+        name=name,
+        init=init,
+        loss=loss,
+        get_batch=get_batch,
+        evaluate=evaluate,
+        data=data,
+        batch_plan=epoch_plan(n, bs),
+        primary=primary or ("val_loss" if val is not None else "train_loss"),
+        target=target,
+        config={**(config or {}), "batch_size": bs, "n_train": n},
+        flops_per_step=None if flops_per_example is None else flops_per_example * (bs or n),
+    )
+
+
 def custom(
     init_fn: Callable[[jax.Array], Any],
     loss_fn: Callable[[Any, Any], jax.Array],
@@ -122,52 +195,21 @@ def custom(
       A :class:`Task` whose metrics are ``train_loss`` (on all of ``data``), ``val_loss`` when
       ``val_data`` is given, and the ``metrics_fn`` entries.
     """
-    data = jax.tree.map(jnp.asarray, data)
-    leaves = jax.tree.leaves(data)
-    if not leaves:
-        raise ValueError("custom: data has no arrays")
-    n = int(leaves[0].shape[0])
-    for leaf in leaves:
-        if leaf.ndim == 0 or leaf.shape[0] != n:
-            raise ValueError("custom: every data array needs the same leading (example) axis")
-    bs = _check_batch_size(batch_size, n)
-    bundle = {"train": data}
-    if val_data is not None:
-        bundle["val"] = jax.tree.map(jnp.asarray, val_data)
 
-    def init(key):
-        return init_fn(key), {}
+    def metrics(params, model_state, examples):
+        extra = {} if metrics_fn is None else metrics_fn(params, examples)
+        return {"loss": loss_fn(params, examples), **extra}
 
-    def loss(params, model_state, batch, key):
-        del key
-        return loss_fn(params, batch), model_state
-
-    def get_batch(d, idx):
-        if idx is None:
-            return d["train"]
-        return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), d["train"])
-
-    def evaluate(params, model_state, d):
-        out = {"train_loss": loss_fn(params, d["train"])}
-        if metrics_fn is not None:
-            out.update({f"train_{k}": v for k, v in metrics_fn(params, d["train"]).items()})
-        if "val" in d:
-            out["val_loss"] = loss_fn(params, d["val"])
-            if metrics_fn is not None:
-                out.update({f"val_{k}": v for k, v in metrics_fn(params, d["val"]).items()})
-        return out
-
-    return Task(
+    return supervised(
         name=name,
-        init=init,
-        loss=loss,
-        get_batch=get_batch,
-        evaluate=evaluate,
-        data=bundle,
-        batch_plan=epoch_plan(n, bs),
-        primary="val_loss" if val_data is not None else "train_loss",
+        init=lambda key: (init_fn(key), {}),
+        loss=lambda params, model_state, batch, key: (loss_fn(params, batch), model_state),
+        metrics=metrics,
+        train=data,
+        val=val_data,
+        batch_size=batch_size,
         target=target,
-        config={"task": name, "batch_size": bs, "n_train": n},
+        config={"task": name},
     )
 
 
@@ -225,9 +267,7 @@ def mlp_classifier(
         raise ValueError("mlp_classifier needs a classification dataset (num_classes > 0)")
     widths = tuple(int(w) for w in widths)
     x_train = np.asarray(ds.x_train, np.float32)
-    n, d = x_train.shape
-    k = int(ds.num_classes)
-    bs = _check_batch_size(batch_size, n)
+    d, k = x_train.shape[1], int(ds.num_classes)
 
     def build(key):
         return models.MLP(
@@ -244,13 +284,6 @@ def mlp_classifier(
     abstract = nnx.eval_shape(lambda: build(jax.random.PRNGKey(0)))
     graphdef, _, _ = models.split_model(abstract)
 
-    data = {
-        "x_train": jnp.asarray(x_train),
-        "y_train": jnp.asarray(ds.y_train, jnp.int32),
-        "x_val": jnp.asarray(ds.x_val, jnp.float32),
-        "y_val": jnp.asarray(ds.y_val, jnp.int32),
-    }
-
     def init(key):
         _, params, state = models.split_model(build(key))
         return params, state
@@ -265,44 +298,33 @@ def mlp_classifier(
         )
         return xent(logits, y), new_state
 
-    def get_batch(dat, idx):
-        if idx is None:
-            return dat["x_train"], dat["y_train"]
-        return jnp.take(dat["x_train"], idx, axis=0), jnp.take(dat["y_train"], idx, axis=0)
-
-    def evaluate(params, model_state, dat):
-        out = {}
-        for split in ("train", "val"):
-            logits, _ = models.apply_model(graphdef, params, model_state, dat[f"x_{split}"])
-            y = dat[f"y_{split}"]
-            out[f"{split}_loss"] = xent(logits, y)
-            out[f"{split}_accuracy"] = jnp.mean(jnp.argmax(logits, -1) == y)
-        return out
+    def metrics(params, model_state, examples):
+        x, y = examples
+        logits, _ = models.apply_model(graphdef, params, model_state, x)
+        return {"loss": xent(logits, y), "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
 
     sizes = (d, *widths, k)
     matmul = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
     name = dataset if isinstance(dataset, str) else "dataset"
-    return Task(
+    return supervised(
         name=f"mlp_classifier({name})",
         init=init,
         loss=loss,
-        get_batch=get_batch,
-        evaluate=evaluate,
-        data=data,
-        batch_plan=epoch_plan(n, bs),
+        metrics=metrics,
+        train=(x_train, np.asarray(ds.y_train, np.int32)),
+        val=(np.asarray(ds.x_val, np.float32), np.asarray(ds.y_val, np.int32)),
+        batch_size=batch_size,
         primary="val_loss",
         target=("val_accuracy", float(target_accuracy)) if target_accuracy else None,
         config={
             "task": "mlp_classifier",
             "dataset": name,
             "widths": list(widths),
-            "batch_size": bs,
             "activation": activation,
             "batch_norm": bool(batch_norm),
             "dropout": float(dropout),
             "data_seed": int(data_seed),
-            "n_train": int(n),
         },
-        # forward (2 flops per MAC) + backward (twice the forward) on one batch.
-        flops_per_step=6.0 * (bs or n) * matmul,
+        # forward (2 flops per MAC) + backward (twice the forward) of one example
+        flops_per_example=6.0 * matmul,
     )

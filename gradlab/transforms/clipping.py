@@ -45,6 +45,7 @@ def clip(max_delta: base.ScalarOrSchedule) -> base.GradientTransformation:
         delta = base.resolve(max_delta, count)
 
         def leaf(g):
+            g = jnp.asarray(g)
             d = delta.astype(base.compute_dtype(g.dtype))
             return jnp.clip(g.astype(d.dtype), -d, d).astype(g.dtype)
 
@@ -110,6 +111,7 @@ def clip_by_global_norm(max_norm: base.ScalarOrSchedule) -> base.GradientTransfo
         scale = jnp.where(jnp.isnan(c), jnp.nan, scale)  # a poisoned traced max_norm
 
         def leaf(g):
+            g = jnp.asarray(g)
             cdt = base.compute_dtype(g.dtype)
             return (g.astype(cdt) * scale.astype(cdt)).astype(g.dtype)
 

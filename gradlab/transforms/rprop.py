@@ -25,7 +25,9 @@ variant     on a sign flip                                                      
 
 "remembers :math:`g := 0`" means the stored previous gradient is zeroed, so the next step is
 taken in the "otherwise" case. Only the previous gradient's *sign* is stored (an int8), so the
-sign test never underflows for tiny gradients.
+sign test never underflows for tiny gradients. A NaN gradient entry gives a NaN update for that
+weight but is not remembered and leaves its step size unchanged: unlike the moment-based
+optimizers, Rprop's state is never poisoned by a NaN (the next finite gradient is used as usual).
 """
 
 from __future__ import annotations
@@ -149,7 +151,9 @@ def scale_by_rprop(
         ep = base.resolve(eta_plus, count)
         lo = base.resolve(min_step_size, count)
         hi = base.resolve(max_step_size, count)
-        lo = jnp.where(lo <= hi, lo, jnp.nan)  # a traced min > max poisons its own run
+        # A poisoned (NaN) traced hyperparameter or a traced min > max poisons its own run from
+        # the first step (eta+/eta- alone would only show up on the first sign test).
+        lo = jnp.where((lo <= hi) & ~jnp.isnan(em + ep), lo, jnp.nan)
         if variant == "irprop+":
             new_value = jnp.asarray(value, jnp.float32)
             went_up = new_value > state.prev_value
@@ -175,7 +179,9 @@ def scale_by_rprop(
                 out = jnp.where(flip, jnp.where(went_up, -sp * prev_step, 0.0), out)
             elif forget_on_flip:
                 out = jnp.where(flip, 0.0, out)
-            remembered = jnp.where(flip, 0.0, s) if forget_on_flip else s
+            # A NaN gradient's sign is not remembered: its update is NaN, the state stays finite.
+            forget = (flip | jnp.isnan(s)) if forget_on_flip else jnp.isnan(s)
+            remembered = jnp.where(forget, 0.0, s)
             return out.astype(g.dtype), new_step.astype(step.dtype), remembered.astype(jnp.int8)
 
         out, steps, signs = base.map_leaves(leaf, updates, state.step_sizes, state.prev_sign)
