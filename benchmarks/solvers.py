@@ -256,7 +256,8 @@ def main(argv=None) -> int:
 
     print(
         f"jax {jax.__version__}, optax {optax.__version__}, {platform.machine()}, "
-        f"{os.cpu_count()} CPU cores, float64, stop at |g| <= {GTOL}"
+        f"{os.cpu_count()} CPU cores, float64, stop at |g| <= {GTOL}, "
+        f"load average at start {os.getloadavg()[0]:.1f}"
     )
     header = (
         f"{'problem':<16} {'method':<9} {'library':<10} {'iters':>6} {'f-evals':>8} "
@@ -286,6 +287,7 @@ def main(argv=None) -> int:
                     f"{r['wall'] * 1e3:>9.2f} {_fmt(ev_ratio, '>11.2f')} {_fmt(t_ratio, '>10.2f')}"
                 )
     batch_benchmark(repeats)
+    print(f"load average at end {os.getloadavg()[0]:.1f}")
     return 0
 
 

@@ -45,6 +45,14 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _load() -> str:
+    """The 1-minute load average (runnable processes; this machine has ``os.cpu_count()``)."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:  # pragma: no cover - platform-dependent
+        return "?"
+
+
 def _median_time(fn, reps: int, cpu: list | None = None) -> float:
     """Median wall seconds of ``fn()``; appends the median process CPU seconds to ``cpu``."""
     times, cpus = [], []
@@ -197,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     dev = jax.devices()[0]
     print(
         f"# sweep benchmark: {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, {dev.platform} x{len(jax.devices())}, jax {jax.__version__}"
+        f"{os.cpu_count()} cores, {dev.platform} x{len(jax.devices())}, jax {jax.__version__}, "
+        f"load average {_load()} at the start"
     )
     print(
         f"model 64-{'-'.join(map(str, widths))}-10, batch {args.batch_size}, {steps} steps, "
@@ -243,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         "alternatives evaluate before training in every run; gradlab evaluates step 0 once per "
         "seed and keeps it with the task's seed inputs (reused by later sweeps on the same task)"
     )
+    print(f"load average {_load()} after the main table")
     if not args.no_strategy_table and not args.quick:
         print("\n## vmap vs loop by model size (N=32, warm ms/run) -- behind strategy='auto'\n")
         print("| model | FLOPs/step/run | vmap | loop | loop/vmap |")

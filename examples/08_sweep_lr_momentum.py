@@ -2,7 +2,8 @@ r"""Sweep SGD's learning rate x momentum on digits: one compiled program, one ta
 
 Every (learning rate, momentum, seed) trains the same Flax MLP on scikit-learn's embedded 8x8
 digits; gradlab vmaps the numeric hyperparameters, so the whole grid is a single compiled
-program. Runs that blow up are frozen and reported as ``diverged`` without disturbing the rest.
+program. Runs that blow up (a training loss that turns non-finite or climbs above 100x its
+first value) are frozen and reported as ``diverged`` without disturbing the rest.
 
 The textbook lesson it checks: with momentum :math:`\mu` the velocity sums a geometric series
 of past gradients, so while the gradient changes slowly the step is
@@ -48,8 +49,8 @@ def effective_lr_pairs(result: SweepResult, momentum: float = 0.9) -> list[tuple
 
 
 def largest_stable_lr(result: SweepResult, momentum: float) -> float | None:
-    """The largest learning rate at ``momentum`` that ends below the starting validation loss
-    (every seed finite): larger ones diverged or blew up."""
+    """The largest learning rate at ``momentum`` whose every seed is ``ok`` and ends below the
+    starting validation loss: larger ones diverged."""
     start = float(np.nanmean(result.curves["val_loss"][:, 0]))
     ok = [
         r["learning_rate"]

@@ -40,6 +40,26 @@ __all__ = [
 ]
 
 
+def _arr(rows) -> np.ndarray:
+    return np.asarray(rows, dtype=np.float64)
+
+
+def _rates(
+    *, sgd: float, momentum: float, rmsprop: float, adam: float, rprop: float, adagrad: float = 0.5
+) -> dict[str, float]:
+    """Suggested race learning rates: Nesterov uses momentum's, AdaDelta its unit rate."""
+    return dict(
+        sgd=sgd,
+        momentum=momentum,
+        nesterov=momentum,
+        adagrad=adagrad,
+        rmsprop=rmsprop,
+        adadelta=1.0,
+        adam=adam,
+        rprop=rprop,
+    )
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Problem:
     """A test function with its known solution and plotting metadata.
@@ -57,7 +77,8 @@ class Problem:
         (the saddle's origin); used by tests and plots.
       log_levels: whether contour plots should use geometrically spaced levels.
       formula: the formula, in LaTeX, for docs and plot titles.
-      learning_rates: suggested learning rates per optimizer name for the race demos.
+      learning_rates: suggested learning rates per optimizer name for the race demos (default:
+        generic ones).
 
     Problems compare by identity (``eq=False``) and are hashable, so they can be passed as
     static arguments to ``jax.jit``.
@@ -65,16 +86,18 @@ class Problem:
 
     name: str
     fn: Callable[[jax.Array], jax.Array]
-    dim: int
     minimizers: np.ndarray
-    minimum: float
     start: np.ndarray
     xlim: tuple[float, float]
     ylim: tuple[float, float]
+    dim: int = 2
+    minimum: float = 0.0
     stationary_points: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2)))
     log_levels: bool = True
     formula: str = ""
-    learning_rates: dict[str, float] = dataclasses.field(default_factory=dict)
+    learning_rates: dict[str, float] = dataclasses.field(
+        default_factory=lambda: _rates(sgd=1e-2, momentum=1e-2, rmsprop=1e-2, adam=0.05, rprop=1e-2)
+    )
 
     def value(self, x: jax.Array) -> jax.Array:
         """The function value at ``x`` (shape ``(dim,)``), as a scalar."""
@@ -93,10 +116,6 @@ class Problem:
         if not np.all(np.isfinite(x)):
             return math.nan
         return float(np.min(np.linalg.norm(self.minimizers - x, axis=1)))
-
-
-def _arr(rows) -> np.ndarray:
-    return np.asarray(rows, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,21 +168,11 @@ def rosenbrock(dim: int = 2, a: float = 1.0, b: float = 100.0) -> Problem:
         fn=fn,
         dim=dim,
         minimizers=xmin,
-        minimum=0.0,
         start=start,
         xlim=(-2.0, 2.0),
         ylim=(-1.0, 3.0),
         formula=r"\sum_i b(x_{i+1}-x_i^2)^2 + (a-x_i)^2",
-        learning_rates={
-            "sgd": 1e-3,
-            "momentum": 1e-3,
-            "nesterov": 1e-3,
-            "adagrad": 0.5,
-            "rmsprop": 1e-2,
-            "adadelta": 1.0,
-            "adam": 0.05,
-            "rprop": 1e-3,
-        },
+        learning_rates=_rates(sgd=1e-3, momentum=1e-3, rmsprop=1e-2, adam=0.05, rprop=1e-3),
     )
 
 
@@ -190,23 +199,12 @@ def beale() -> Problem:
     return Problem(
         name="beale",
         fn=fn,
-        dim=2,
         minimizers=_arr([[3.0, 0.5]]),
-        minimum=0.0,
         start=_arr([1.0, 1.4]),
         xlim=(-4.5, 4.5),
         ylim=(-4.5, 4.5),
         formula=r"(1.5-x+xy)^2+(2.25-x+xy^2)^2+(2.625-x+xy^3)^2",
-        learning_rates={
-            "sgd": 5e-3,
-            "momentum": 5e-3,
-            "nesterov": 5e-3,
-            "adagrad": 0.5,
-            "rmsprop": 0.01,
-            "adadelta": 1.0,
-            "adam": 0.05,
-            "rprop": 5e-3,
-        },
+        learning_rates=_rates(sgd=5e-3, momentum=5e-3, rmsprop=0.01, adam=0.05, rprop=5e-3),
     )
 
 
@@ -244,23 +242,12 @@ def long_valley(slope: float = 0.5, wall: float = 10.0) -> Problem:
     return Problem(
         name="long_valley" if (s, w) == (0.5, 10.0) else f"long_valley_s{s:g}_w{w:g}",
         fn=fn,
-        dim=2,
         minimizers=_arr([[0.0, 0.0]]),
-        minimum=0.0,
         start=_arr([-4.5, 0.8]),
         xlim=(-5.0, 1.5),
         ylim=(-1.2, 1.2),
         formula=r"s\log\cosh x + w y^2",
-        learning_rates={
-            "sgd": 0.09,
-            "momentum": 0.02,
-            "nesterov": 0.02,
-            "adagrad": 0.5,
-            "rmsprop": 0.02,
-            "adadelta": 1.0,
-            "adam": 0.1,
-            "rprop": 0.02,
-        },
+        learning_rates=_rates(sgd=0.09, momentum=0.02, rmsprop=0.02, adam=0.1, rprop=0.02),
     )
 
 
@@ -284,7 +271,6 @@ def saddle() -> Problem:
     return Problem(
         name="saddle",
         fn=fn,
-        dim=2,
         minimizers=np.zeros((0, 2)),
         minimum=-math.inf,
         start=_arr([1.0, 1e-3]),
@@ -293,16 +279,9 @@ def saddle() -> Problem:
         stationary_points=_arr([[0.0, 0.0]]),
         log_levels=False,
         formula=r"x^2 - y^2",
-        learning_rates={
-            "sgd": 0.05,
-            "momentum": 0.02,
-            "nesterov": 0.02,
-            "adagrad": 0.2,
-            "rmsprop": 0.01,
-            "adadelta": 1.0,
-            "adam": 0.05,
-            "rprop": 0.01,
-        },
+        learning_rates=_rates(
+            sgd=0.05, momentum=0.02, rmsprop=0.01, adam=0.05, rprop=0.01, adagrad=0.2
+        ),
     )
 
 
@@ -339,23 +318,14 @@ def quadratic(kappa: float = 10.0, angle: float = 0.0) -> Problem:
     return Problem(
         name="quadratic" if (k, th) == (10.0, 0.0) else f"quadratic_k{k:g}_a{th:g}",
         fn=fn,
-        dim=2,
         minimizers=_arr([[0.0, 0.0]]),
-        minimum=0.0,
         start=_arr([-2.5, 1.0]),
         xlim=(-3.0, 3.0),
         ylim=(-1.5, 1.5),
         formula=r"\frac{1}{2}(x^2 + \kappa y^2)",
-        learning_rates={
-            "sgd": 1.8 * eta,
-            "momentum": 0.5 * eta,
-            "nesterov": 0.5 * eta,
-            "adagrad": 0.5,
-            "rmsprop": 0.02,
-            "adadelta": 1.0,
-            "adam": 0.1,
-            "rprop": 0.02,
-        },
+        learning_rates=_rates(
+            sgd=1.8 * eta, momentum=0.5 * eta, rmsprop=0.02, adam=0.1, rprop=0.02
+        ),
     )
 
 
@@ -393,24 +363,13 @@ def himmelblau() -> Problem:
     return Problem(
         name="himmelblau",
         fn=fn,
-        dim=2,
         minimizers=_HIMMELBLAU_MINIMIZERS.copy(),
-        minimum=0.0,
         start=_arr([0.0, 0.0]),
         xlim=(-5.0, 5.0),
         ylim=(-5.0, 5.0),
         stationary_points=_arr([[-0.2708445906673476, -0.9230385564799815]]),
         formula=r"(x^2+y-11)^2 + (x+y^2-7)^2",
-        learning_rates={
-            "sgd": 5e-3,
-            "momentum": 2e-3,
-            "nesterov": 2e-3,
-            "adagrad": 0.5,
-            "rmsprop": 0.05,
-            "adadelta": 1.0,
-            "adam": 0.1,
-            "rprop": 0.05,
-        },
+        learning_rates=_rates(sgd=5e-3, momentum=2e-3, rmsprop=0.05, adam=0.1, rprop=0.05),
     )
 
 

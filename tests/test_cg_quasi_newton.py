@@ -143,9 +143,10 @@ def test_lbfgs_with_enough_memory_equals_bfgs():
         gs = [convex_quadratic_grad(x) for x in xs]
         dense, lim = scale_by_bfgs(False), scale_by_lbfgs(memory_size=6, scale_init_precond=False)
         sd, sl = dense.init(xs[0]), lim.init(xs[0])
+        dense_update, lim_update = jax.jit(dense.update), jax.jit(lim.update)  # one compile each
         for x, g in zip(xs, gs, strict=True):
-            dd, sd = dense.update(g, sd, x)
-            dl, sl = lim.update(g, sl, x)
+            dd, sd = dense_update(g, sd, x)
+            dl, sl = lim_update(g, sl, x)
             np.testing.assert_allclose(np.asarray(dl), np.asarray(dd), rtol=1e-8)
         assert int(sl.num_pairs) == 4
 
@@ -209,7 +210,14 @@ def _scipy(fun, x0, method):
     )
 
 
-@pytest.mark.parametrize("problem", sorted(PROBLEMS))
+@pytest.mark.parametrize(
+    "problem",
+    # Rosenbrock-10 is run with -m slow (one compilation per case; 2 and 100 dims run always).
+    [
+        p if p != "rosenbrock10" else pytest.param(p, marks=pytest.mark.slow)
+        for p in sorted(PROBLEMS)
+    ],
+)
 @pytest.mark.parametrize("method", ["bfgs", "lbfgs", "cg"])
 def test_same_minimizer_as_scipy_and_record_evaluations(problem, method, record_property):
     fun, x0, x_star = PROBLEMS[problem]
@@ -225,8 +233,15 @@ def test_same_minimizer_as_scipy_and_record_evaluations(problem, method, record_
     assert int(res.num_fun_evals) <= 4 * max(int(ref.nfev), 10)
 
 
-@pytest.mark.parametrize("method", ["bfgs", "lbfgs", "cg"])
-def test_rosenbrock_100_against_scipy(method):  # ~2 s each: not marked slow
+@pytest.mark.parametrize(
+    "method",
+    [
+        "lbfgs",
+        pytest.param("bfgs", marks=pytest.mark.slow),
+        pytest.param("cg", marks=pytest.mark.slow),
+    ],
+)
+def test_rosenbrock_100_against_scipy(method):  # L-BFGS, the large-scale method, runs always
     x0 = np.tile([-1.2, 1.0], 50)
     ref = _scipy(rosenbrock, x0, method)
     res = minimize(rosenbrock, jnp.asarray(x0, jnp.float32), method, tol=1e-6, max_steps=5000)

@@ -91,6 +91,14 @@ def test_epoch_indices_jittable():
     assert np.asarray(f(jax.random.key(0), 10, None)).shape == (1, 10)
 
 
+def test_permutations_are_uniform():
+    perms = np.asarray(data.permutations(jax.random.key(0), 3, 6000))
+    assert perms.shape == (6000, 3) and perms.dtype == np.int32
+    np.testing.assert_array_equal(np.sort(perms, axis=1), np.tile(np.arange(3), (6000, 1)))
+    _, counts = np.unique(perms, axis=0, return_counts=True)
+    assert len(counts) == 6 and np.all(np.abs(counts - 1000) < 6 * np.sqrt(1000))
+
+
 @pytest.mark.parametrize("bad,err", [(0, ValueError), (11, ValueError), (2.5, TypeError)])
 def test_bad_batch_size(bad, err):
     with pytest.raises(err):

@@ -240,30 +240,41 @@ def test_traced_damping_poisons_only_its_lane():
     assert int(status[0]) != Status.INVALID_HYPERPARAMETER
 
 
-def test_bad_arguments_raise():
-    with pytest.raises(ValueError, match="jacobian"):
-        levenberg_marquardt(jacobian="dense")
-    with pytest.raises(ValueError, match="scaling"):
-        levenberg_marquardt(scaling="nielsen")
-    with pytest.raises(ValueError, match="marquardt"):
-        levenberg_marquardt(scaling="marquardt", jacobian="matrix_free")
-    with pytest.raises(ValueError, match="damping_init"):
-        levenberg_marquardt(damping_init=0.0)
-    with pytest.raises(ValueError, match="max_inner_steps"):
-        levenberg_marquardt(max_inner_steps=0)
-    with pytest.raises(TypeError, match="relative_damping"):
-        levenberg_marquardt(relative_damping=1)
-    with pytest.raises(ValueError, match="forcing"):
-        scale_by_gauss_newton(forcing=0.0)
-    tx = levenberg_marquardt()
-    p = jnp.zeros(2)
+BAD_ARGUMENTS = [
+    (ValueError, "jacobian", lambda: levenberg_marquardt(jacobian="dense")),
+    (ValueError, "scaling", lambda: levenberg_marquardt(scaling="nielsen")),
+    (
+        ValueError,
+        "marquardt",
+        lambda: levenberg_marquardt(scaling="marquardt", jacobian="matrix_free"),
+    ),
+    (ValueError, "damping_init", lambda: levenberg_marquardt(damping_init=0.0)),
+    (ValueError, "max_inner_steps", lambda: levenberg_marquardt(max_inner_steps=0)),
+    (TypeError, "relative_damping", lambda: levenberg_marquardt(relative_damping=1)),
+    (ValueError, "forcing", lambda: scale_by_gauss_newton(forcing=0.0)),
+]
+
+
+@pytest.mark.parametrize("error, name, make", BAD_ARGUMENTS, ids=[b[1] for b in BAD_ARGUMENTS])
+def test_bad_arguments_raise(error, name, make):
+    with pytest.raises(error, match=name):
+        make()
+
+
+@pytest.mark.parametrize(
+    "make, other",
+    [(levenberg_marquardt, scale_by_gauss_newton), (scale_by_gauss_newton, levenberg_marquardt)],
+    ids=["lm", "gn"],
+)
+def test_bad_update_inputs_raise_by_type(make, other):
+    tx, p, residual = make(), jnp.zeros(2), lambda q: q
     with pytest.raises(ValueError, match="residual_fn"):
         tx.update(p, tx.init(p), p)
     with pytest.raises(base.TreeMismatchError) as e:
-        tx.update({"w": jnp.zeros((2, 1))}, tx.init({"w": p}), {"w": p}, residual_fn=lambda q: q)
+        tx.update({"w": jnp.zeros((2, 1))}, tx.init({"w": p}), {"w": p}, residual_fn=residual)
     assert e.value.path == "['w']"
     with pytest.raises(base.StateMismatchError):
-        tx.update(p, scale_by_gauss_newton().init(p), p, residual_fn=lambda q: q)
+        tx.update(p, other().init(p), p, residual_fn=residual)
 
 
 def test_least_squares_convenience_through_minimize():

@@ -42,7 +42,7 @@ def test_max_steps_is_reported():
     assert float(res.value) < float(rosenbrock(jnp.asarray([-1.2, 1.0])))
 
 
-@pytest.mark.parametrize("method", ["bfgs", "lbfgs"])
+@pytest.mark.parametrize("method", ["bfgs", pytest.param("lbfgs", marks=pytest.mark.slow)])
 def test_vmapped_batch_one_nan_start_and_problem_parameters(method):
     starts = jnp.asarray([[-1.2, 1.0], [0.0, 0.0], [jnp.nan, 0.0], [2.0, 2.0]])
     ab = jnp.asarray([[1.0, 100.0], [1.0, 10.0], [1.0, 100.0], [2.0, 100.0]])
@@ -72,7 +72,15 @@ def test_tiny_and_huge_scale_converge_relative_to_start(method):
     np.testing.assert_allclose(np.asarray(res.params), np.ones((3, 4)), atol=1e-2)
 
 
-@pytest.mark.parametrize("method", ["bfgs", "lbfgs", "cg", "steepest_descent"])
+@pytest.mark.parametrize(
+    "method",
+    [
+        "lbfgs",
+        "cg",
+        pytest.param("bfgs", marks=pytest.mark.slow),
+        pytest.param("steepest_descent", marks=pytest.mark.slow),
+    ],
+)
 def test_unbounded_objective_is_never_converged(method):
     res = minimize(unbounded, jnp.zeros(2), method, max_steps=50)
     assert int(res.status) == Status.UNBOUNDED

@@ -11,7 +11,8 @@ about it leaks into training):
 Batching follows the textbook's three regimes -- batch size 1 (stochastic gradient descent),
 ``b`` (mini-batch) and all examples (batch gradient descent) -- with a fresh random permutation
 every epoch: :func:`iterate_batches` for Python loops and :func:`epoch_indices` (a
-``(num_batches, b)`` index array built from a JAX key) for loops compiled with ``lax.scan``.
+``(num_batches, b)`` index array built from a JAX key, see :func:`permutations`) for loops
+compiled with ``lax.scan``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = [
     "num_batches",
     "iterate_batches",
     "epoch_indices",
+    "permutations",
 ]
 
 
@@ -332,6 +334,19 @@ def epoch_indices(key: jax.Array, n: int, batch_size: int | str | None) -> jax.A
       An int32 array of shape ``(n // b, b)``.
     """
     b = resolve_batch_size(batch_size, n)
-    perm = jax.random.permutation(key, n)
     k = n // b
-    return perm[: k * b].reshape(k, b).astype(jnp.int32)
+    return permutations(key, n)[: k * b].reshape(k, b)
+
+
+def permutations(key: jax.Array, n: int, num: int | None = None) -> jax.Array:
+    r"""Uniformly random permutations of ``range(n)``: shape ``(n,)``, or ``(num, n)``.
+
+    Each is the (stable) argsort of ``n`` random 32-bit keys: one draw and one sort, which
+    compiles several times faster than ``jax.random.permutation`` (more so under ``vmap``).
+    Equal keys, of probability about $n^2 / 2^{33}$ per permutation, keep their index order.
+
+    Returns:
+      int32 indices.
+    """
+    shape = (n,) if num is None else (num, n)
+    return jnp.argsort(jax.random.bits(key, shape), axis=-1).astype(jnp.int32)

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradlab import base
+from gradlab.lab.data import permutations
 
 __all__ = [
     "KMeansResult",
@@ -103,8 +104,7 @@ def init_centers(key: jax.Array, x: jax.Array, k: int, method: str = "random") -
     x = jnp.asarray(x, jnp.float32)
     n = x.shape[0]
     if method == "random":
-        idx = jax.random.choice(key, n, (k,), replace=False)
-        return x[idx]
+        return x[permutations(key, n)[:k]]
     if method != "kmeans++":
         raise ValueError(f"init_centers: method must be 'random' or 'kmeans++', got {method!r}")
     keys = jax.random.split(key, k)
@@ -127,10 +127,9 @@ def init_centers(key: jax.Array, x: jax.Array, k: int, method: str = "random") -
 def visit_order(key: jax.Array, n: int, steps: int, batch: int) -> jax.Array:
     """The flat sequence of point indices visited by ``steps`` updates of ``batch`` points: a
     fresh random permutation of ``0..n-1`` per epoch, concatenated (batches may straddle two
-    epochs). Update ``t`` uses entries ``t*batch .. (t+1)*batch - 1``."""
-    epochs = math.ceil(steps * batch / n)
-    keys = jax.random.split(key, epochs)
-    return jax.vmap(lambda kk: jax.random.permutation(kk, n))(keys).reshape(-1)
+    epochs; :func:`gradlab.lab.data.permutations`). Update ``t`` uses entries
+    ``t*batch .. (t+1)*batch - 1``."""
+    return permutations(key, n, math.ceil(steps * batch / n)).reshape(-1)
 
 
 def _check_int(value: Any, name: str, minimum: int, maximum: int | None = None) -> int:

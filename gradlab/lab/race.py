@@ -63,17 +63,6 @@ _SPECS: dict[str, tuple[str, str, dict[str, Any]]] = {
 #: The optimizer names the race understands.
 OPTIMIZERS: tuple[str, ...] = tuple(_SPECS)
 
-_GENERIC_LR = {
-    "sgd": 1e-2,
-    "momentum": 1e-2,
-    "nesterov": 1e-2,
-    "adagrad": 0.5,
-    "rmsprop": 1e-2,
-    "adadelta": 1.0,
-    "adam": 0.05,
-    "rprop": 1e-2,
-}
-
 
 def _factory(name: str) -> Callable[..., optax.GradientTransformation]:
     """gradlab's named optimizer (imported on first use)."""
@@ -102,7 +91,9 @@ def default_learning_rate(problem: Any, name: str) -> float:
     problem = _problems.get(problem)
     if name not in _SPECS:
         raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
-    return float(problem.learning_rates.get(name, _GENERIC_LR[name]))
+    if name not in problem.learning_rates:
+        raise ValueError(f"{problem.name} suggests no learning rate for {name!r}: give one")
+    return float(problem.learning_rates[name])
 
 
 def _resolve_optimizers(
@@ -225,6 +216,20 @@ def _parse_start(text: str | None) -> np.ndarray | None:
     return np.asarray([float(v) for v in text.split(",")], dtype=np.float32)
 
 
+_OPTIMIZERS_HELP = f"comma-separated names from: {', '.join(OPTIMIZERS)} (default: %(default)s)"
+_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--optimizers", dict(default=",".join(DEFAULT_OPTIMIZERS), help=_OPTIMIZERS_HELP)),
+    ("--steps", dict(type=int, default=300, help="updates per optimizer (%(default)s)")),
+    ("--lr", dict(help="learning-rate overrides, e.g. adam=0.1,sgd=0.01")),
+    ("--start", dict(help="start point, e.g. 1.0,1.5 (default: the problem's classic start)")),
+    ("--out", dict(default="out", help="output directory (%(default)s)")),
+    ("--frames", dict(type=int, default=60, help="GIF frames (%(default)s)")),
+    ("--fps", dict(type=int, default=15, help="GIF frames per second (%(default)s)")),
+    ("--no-gif", dict(action="store_true", help="skip the animation")),
+    ("--no-png", dict(action="store_true", help="skip the static figure")),
+)
+
+
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``race`` subcommand to the ``gradlab`` command."""
     p = subparsers.add_parser(
@@ -234,43 +239,25 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "animated GIF and a PNG of their paths and print where each ended.",
     )
     p.add_argument("problem", choices=_problems.names(), help="the test function")
-    p.add_argument(
-        "--optimizers",
-        default=",".join(DEFAULT_OPTIMIZERS),
-        help=f"comma-separated names from: {', '.join(OPTIMIZERS)} (default: %(default)s)",
-    )
-    p.add_argument("--steps", type=int, default=300, help="updates per optimizer (%(default)s)")
-    p.add_argument("--lr", default=None, help="learning-rate overrides, e.g. adam=0.1,sgd=0.01")
-    p.add_argument("--start", default=None, help="start point, e.g. 1.0,1.5")
-    p.add_argument("--out", default="out", help="output directory (%(default)s)")
-    p.add_argument("--frames", type=int, default=60, help="GIF frames (%(default)s)")
-    p.add_argument("--fps", type=int, default=15, help="GIF frames per second (%(default)s)")
-    p.add_argument("--no-gif", action="store_true", help="skip the animation")
-    p.add_argument("--no-png", action="store_true", help="skip the static figure")
+    for flag, options in _OPTIONS:
+        p.add_argument(flag, **options)
     p.set_defaults(func=main)
     return p
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the ``race`` subcommand; returns the exit code (2 on a usage error)."""
+    problem = _problems.get(args.problem)
+    names = [s.strip() for s in args.optimizers.split(",") if s.strip()]
     try:
-        problem = _problems.get(args.problem)
-        if problem.dim != 2:
-            raise ValueError(f"{problem.name} is not 2-D")
-        if args.steps < 1 or args.frames < 1 or args.fps < 1:
+        if min(args.steps, args.frames, args.fps) < 1:
             raise ValueError("--steps, --frames and --fps must be >= 1")
-        names = [s.strip() for s in args.optimizers.split(",") if s.strip()]
-        for name in names:
-            if name not in _SPECS:
-                raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
-        start = _parse_start(args.start)
-        if start is not None and start.shape != (2,):
-            raise ValueError(f"--start needs two numbers, got {args.start!r}")
-        paths = race(problem, names, args.steps, start, learning_rates=_parse_lrs(args.lr))
-    except ValueError as err:
+        lrs = _parse_lrs(args.lr)
+        paths = race(problem, names, args.steps, _parse_start(args.start), learning_rates=lrs)
+    except ValueError as err:  # unknown optimizer, bad --lr or --start
         print(f"gradlab race: error: {err}", file=sys.stderr)
         return 2
-    lrs = {n: _parse_lrs(args.lr).get(n, default_learning_rate(problem, n)) for n in names}
+    lrs = {n: lrs.get(n, default_learning_rate(problem, n)) for n in names}
     x0 = ", ".join(f"{v:g}" for v in np.asarray(paths[names[0]][0], dtype=float))
     print(f"{problem.name}: f = {problem.formula}; start ({x0}); {args.steps} steps")
     print("learning rates: " + ", ".join(f"{n}={lr:g}" for n, lr in lrs.items()))

@@ -240,15 +240,6 @@ def make_step(
     return step
 
 
-def _evaluate(graphdef, params, model_state, x, y, loss_fn, classification):
-    """``(loss, accuracy)`` in evaluation mode (NaN accuracy for regression)."""
-    out, _ = apply_model(graphdef, params, model_state, x, train=False)
-    loss = jnp.mean(loss_fn(out, y)).astype(jnp.float32)
-    if classification:
-        return loss, jnp.mean((jnp.argmax(out, axis=-1) == y).astype(jnp.float32))
-    return loss, jnp.asarray(jnp.nan, jnp.float32)
-
-
 class _Spec(NamedTuple):
     """The static configuration of a compiled epoch (hashable: the jit cache key)."""
 
@@ -263,17 +254,25 @@ class _Spec(NamedTuple):
     line_search: bool
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _metrics(graphdef, loss_fn, classification, params, model_state, x, y, xv, yv):
-    """Loss and accuracy on the training and validation sets (NaN without validation)."""
-    ev = functools.partial(_evaluate, graphdef, params, model_state)
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _metrics(graphdef, loss_fn, classification, n, params, model_state, x, y):
+    """Loss and accuracy (evaluation mode) on the training examples ``x[:n]`` and the validation
+    examples ``x[n:]``, in one forward pass (NaN where there are none, or for regression)."""
+    out, _ = apply_model(graphdef, params, model_state, x, train=False)
+    losses = loss_fn(out, y).astype(jnp.float32)
+    if classification:
+        correct = (jnp.argmax(out, axis=-1) == y).astype(jnp.float32)
+    else:
+        correct = jnp.full_like(losses, jnp.nan)
     nan = jnp.asarray(jnp.nan, jnp.float32)
-    val = (nan, nan) if xv is None else ev(xv, yv, loss_fn, classification)
-    return (*ev(x, y, loss_fn, classification), *val)
+    train = [jnp.mean(losses[:n]), jnp.mean(correct[:n])]
+    val = [jnp.mean(losses[n:]), jnp.mean(correct[n:])] if x.shape[0] > n else [nan, nan]
+    return (*train, *val)
 
 
-def _epoch(ts: TrainState, x, y, xv, yv, spec: _Spec):
-    """One epoch: a fresh permutation, one update per batch (``lax.scan``), then metrics."""
+def _epoch(ts: TrainState, x, y, spec: _Spec):
+    """One epoch on ``x[:spec.n]`` (the rest is validation data): a fresh permutation, one
+    update per batch (``lax.scan``), then the metrics."""
     step = make_step(
         spec.graphdef,
         spec.optimizer,
@@ -295,7 +294,7 @@ def _epoch(ts: TrainState, x, y, xv, yv, spec: _Spec):
         body, (ts.params, ts.model_state, ts.opt_state), (jnp.arange(steps), idx)
     )
     tr_loss, tr_acc, va_loss, va_acc = _metrics(
-        spec.graphdef, spec.loss_fn, spec.classification, params, mstate, x, y, xv, yv
+        spec.graphdef, spec.loss_fn, spec.classification, spec.n, params, mstate, x, y
     )
     epoch = ts.epoch + 1
     improved = va_loss < ts.best_val - spec.min_delta
@@ -323,13 +322,14 @@ def _epoch(ts: TrainState, x, y, xv, yv, spec: _Spec):
 # Module-level jit: train() calls with an equal spec (same model structure, optimizer object,
 # loss, data size and options) reuse the compiled epoch.
 _RUN_EPOCH = {
-    donate: jax.jit(_epoch, static_argnums=5, donate_argnums=(0,) if donate else ())
+    donate: jax.jit(_epoch, static_argnums=3, donate_argnums=(0,) if donate else ())
     for donate in (True, False)
 }
 
 
 def _resolve_data(data, val):
-    """``(x, y, xv, yv, classification)`` from a Dataset or ``(x, y)`` and the ``val`` option."""
+    """``(x, y, n, classification)`` from a Dataset or ``(x, y)`` and the ``val`` option: the
+    ``n`` training examples followed by the validation examples, if any."""
     if isinstance(data, Dataset):
         x, y = data.x_train, data.y_train
         classification = data.is_classification
@@ -350,12 +350,15 @@ def _resolve_data(data, val):
         val = None
     if val is not None and not (isinstance(val, (tuple, list)) and len(val) == 2):
         raise TypeError("val must be 'auto', True, False, None or an (x_val, y_val) pair")
-    if len(x) != len(y):
-        raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
-    xv, yv = (
-        (None, None) if val is None else (jnp.asarray(val[0], jnp.float32), jnp.asarray(val[1]))
-    )
-    return jnp.asarray(x, jnp.float32), jnp.asarray(y), xv, yv, bool(classification)
+    n = len(x)
+    for xs, ys in [(x, y)] + ([] if val is None else [val]):
+        if len(xs) != len(ys):
+            raise ValueError(f"x has {len(xs)} examples but y has {len(ys)}")
+    x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y)
+    if val is not None:  # appended: one evaluation pass covers both
+        x = jnp.concatenate([x, jnp.asarray(val[0], jnp.float32)])
+        y = jnp.concatenate([y, jnp.asarray(val[1], y.dtype)])
+    return x, y, n, bool(classification)
 
 
 def train(
@@ -441,12 +444,12 @@ def train(
         raise TypeError(
             f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}"
         )
-    x, y, xv, yv, classification = _resolve_data(data, val)
-    if (patience is not None or restore_best or value_from == "val") and xv is None:
+    x, y, n, classification = _resolve_data(data, val)
+    has_val = x.shape[0] > n
+    if (patience is not None or restore_best or value_from == "val") and not has_val:
         raise ValueError("patience, restore_best and value_from='val' need validation data")
     if loss_fn is None:
         loss_fn = cross_entropy if classification else squared_error
-    n = int(x.shape[0])
     b = resolve_batch_size(batch_size, n)
     if isinstance(model, ModelParts):
         graphdef, params, mstate = model
@@ -492,7 +495,7 @@ def train(
                     f"{stored.get(k)!r}, this call has {k}={config[k]!r}"
                 )
     else:  # row 0: the initial model
-        first = _metrics(graphdef, loss_fn, classification, params, mstate, x, y, xv, yv)
+        first = _metrics(graphdef, loss_fn, classification, n, params, mstate, x, y)
         ts = ts._replace(last_val=first[2])
         first = {k: float(v) for k, v in zip(METRICS, (*first, math.nan), strict=True)}
         rows = [dict(epoch=0.0, step=0.0, examples=0.0, time=0.0, **first)]
@@ -511,14 +514,14 @@ def train(
         bar = tqdm(total=epochs, initial=start, desc="train", unit="epoch", leave=False)
     for _ in range(start, start if stopped_early else epochs):
         t0 = time.perf_counter()
-        ts, metrics = run_epoch(ts, x, y, xv, yv, spec)
+        ts, metrics = run_epoch(ts, x, y, spec)
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         e, s = int(ts.epoch), int(ts.step)
         elapsed = time.perf_counter() - t0
         rows.append(dict(epoch=e, step=s, examples=s * b, time=elapsed, **metrics))
         if bar is not None:
             bar.update(1)
-            val = "" if xv is None else f", val {metrics['val_loss']:.4g}"
+            val = f", val {metrics['val_loss']:.4g}" if has_val else ""
             bar.set_postfix_str(f"loss {metrics['train_loss']:.4g}{val}")
         if stop_on_nonfinite and not math.isfinite(metrics["train_loss"]):
             status = "non_finite"

@@ -195,8 +195,9 @@ class SweepResult:
         first = np.argmax(hit, axis=1)
         return np.where(hit.any(axis=1), self.steps[first], -1).astype(np.int64)
 
-    def _setting_status(self, i: int) -> str:
-        codes = self.status[self.runs_of(i)]
+    def _status_of(self, runs: slice) -> str:
+        """``ok``, ``diverged``, ``diverged k/n`` or ``invalid_hyperparameter`` for some runs."""
+        codes = self.status[runs]
         n = len(codes)
         if np.all(codes == int(Status.INVALID_HYPERPARAMETER)):
             return "invalid_hyperparameter"
@@ -244,39 +245,25 @@ class SweepResult:
             columns.append("steps_to_target")
         columns.append("status")
         rows = []
-        if per_seed:
-            for r in range(self.num_runs):
-                row = dict(self.settings[self.run_setting(r)])
-                row["seed"] = self.run_seed(r)
+        groups = [slice(r, r + 1) for r in range(self.num_runs)] if per_seed else None
+        for sl in groups or [self.runs_of(i) for i in range(len(self.settings))]:
+            row = dict(self.settings[self.run_setting(sl.start)])
+            if per_seed:
+                row["seed"] = self.run_seed(sl.start)
+            with _quiet():  # the mean over a setting's seeds covers its finite runs
                 for m in losses:
-                    row[f"final_{m}"] = float(finals[m][r])
-                for m in best_of:
-                    row[f"best_{m}"] = float(bests[m][r])
-                for m in accs:
-                    row[f"final_{m}"] = float(finals[m][r])
-                if stt is not None:
-                    row["steps_to_target"] = None if stt[r] < 0 else int(stt[r])
-                row["status"] = status_label(self.status[r])
-                rows.append(row)
-        else:
-            for i, setting in enumerate(self.settings):
-                sl = self.runs_of(i)
-                row = dict(setting)
-                with _quiet():
-                    for m in losses:
-                        row[f"final_{m}"] = float(np.nanmean(finals[m][sl]))
-                    for m in best_of:
+                    row[f"final_{m}"] = float(np.nanmean(finals[m][sl]))
+                    if m in best_of:
                         row[f"best_{m}"] = float(np.nanmean(bests[m][sl]))
-                    for m in accs:
-                        row[f"final_{m}"] = float(np.nanmean(finals[m][sl]))
-                    if f"{self.primary}_std" in columns:
-                        row[f"{self.primary}_std"] = float(np.nanstd(finals[self.primary][sl]))
-                if stt is not None:
-                    s = np.where(stt[sl] < 0, np.inf, stt[sl]).astype(float)
-                    med = float(np.median(s))
-                    row["steps_to_target"] = None if math.isinf(med) else int(round(med))
-                row["status"] = self._setting_status(i)
-                rows.append(row)
+                for m in accs:
+                    row[f"final_{m}"] = float(np.nanmean(finals[m][sl]))
+                if f"{self.primary}_std" in columns:
+                    row[f"{self.primary}_std"] = float(np.nanstd(finals[self.primary][sl]))
+            if stt is not None:
+                med = float(np.median(np.where(stt[sl] < 0, np.inf, stt[sl]).astype(float)))
+                row["steps_to_target"] = None if math.isinf(med) else int(round(med))
+            row["status"] = self._status_of(sl)
+            rows.append(row)
         if sort_by is not None:
             if sort_by not in columns:
                 raise ValueError(f"sort_by must be one of {columns}, got {sort_by!r}")

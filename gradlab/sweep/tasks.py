@@ -245,7 +245,7 @@ def mlp_classifier(
 
     Args:
       dataset: a name in :data:`DATASETS` (``"digits"``: scikit-learn's embedded 8x8 digits,
-        1437 train / 360 validation images, standardised) or a
+        1438 train / 359 validation images, standardised) or a
         :class:`gradlab.lab.data.Dataset`.
       widths: hidden-layer widths.
       batch_size: mini-batch size; ``None`` for full-batch gradient descent.
