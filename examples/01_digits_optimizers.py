@@ -17,20 +17,17 @@ import json
 import os
 import time
 
-import matplotlib
+import numpy as np
+from flax import nnx
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from gradlab.lab import example_parser  # noqa: E402
-from gradlab.lab.data import load_digits  # noqa: E402
-from gradlab.lab.models import MLP  # noqa: E402
-from gradlab.lab.train import train  # noqa: E402
-from gradlab.optimizers.adaptive import adadelta, adagrad, adam, rmsprop  # noqa: E402
-from gradlab.optimizers.rprop import rprop  # noqa: E402
-from gradlab.optimizers.sgd import sgd  # noqa: E402
+from gradlab.lab import example_parser, plots
+from gradlab.lab.data import load_digits
+from gradlab.lab.models import MLP
+from gradlab.lab.train import train
+from gradlab.optimizers.adaptive import adadelta, adagrad, adam, rmsprop
+from gradlab.optimizers.rprop import rprop
+from gradlab.optimizers.sgd import sgd
 
 # name -> (optimizer, batch size; None: the --batch-size option); learning rates picked by a
 # coarse search on digits. Transformations are immutable, so one object serves every run (and
@@ -72,7 +69,8 @@ def run(
 
 
 def plot(results, path: str) -> None:
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2)
     for name, (h, _) in results.items():
         style = "--" if name == "rprop" else "-"
         ax1.plot(h.epoch, h.train_loss, style, label=name)
@@ -84,9 +82,7 @@ def plot(results, path: str) -> None:
     ax1.legend(ncol=2, fontsize=8)
     ax2.grid(alpha=0.3)
     ax1.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save_figure(fig, path, dpi=110)
 
 
 def main(argv=None) -> dict:

@@ -24,18 +24,15 @@ from __future__ import annotations
 import json
 import os
 
-import matplotlib
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-
-from gradlab.lab import example_parser  # noqa: E402
-from gradlab.lab.data import load_digits  # noqa: E402
-from gradlab.optimizers.sgd import sgd  # noqa: E402
+from gradlab.lab import example_parser, plots
+from gradlab.lab.data import load_digits
+from gradlab.optimizers.sgd import sgd
 
 REGIMES = {"batch GD (b=n)": ("all", 0.5), "mini-batch (b=32)": (32, 0.1), "SGD (b=1)": (1, 0.01)}
 
@@ -155,7 +152,8 @@ def main(argv=None) -> dict:
         print(f"{b:>5d} {var[b]:>11.4g} {ratio:>17.4f} {1 / b:>8.4f} {corr:>15.4f}")
 
     os.makedirs(args.out, exist_ok=True)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2)
     for name, (ex, ls) in curves.items():
         ax1.plot(ex, ls, label=name)
     ax1.set(xlabel="examples processed", ylabel="training loss", yscale="log")
@@ -172,9 +170,7 @@ def main(argv=None) -> dict:
     ax2.set_title("variance of the mini-batch gradient")
     ax2.legend()
     ax2.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "03_batch_vs_minibatch.png"), dpi=110)
-    plt.close(fig)
+    plots.save_figure(fig, os.path.join(args.out, "03_batch_vs_minibatch.png"), dpi=110)
     result = {
         "curves": {
             k: {"examples": v[0].tolist(), "loss": v[1].tolist()} for k, v in curves.items()

@@ -39,11 +39,6 @@ def make_data(n: int, k: int, seed: int = 0) -> np.ndarray:
 def methods(n: int, epochs: int, records: int, quick: bool = False) -> dict[str, dict]:
     """Run settings with the same budget of examples processed (``epochs * n``); ``quick``
     leaves out the fixed-rate SGD run (one compilation less in the smoke test)."""
-
-    def schedule(batch: int) -> tuple[int, int]:
-        steps = max(records, round(epochs * n / batch / records) * records)
-        return steps, steps // records
-
     out = {}
     for name, method, batch, lr in [
         ("SGD (1/count)", "sgd", 1, None),
@@ -53,12 +48,14 @@ def methods(n: int, epochs: int, records: int, quick: bool = False) -> dict[str,
     ]:
         if quick and lr is not None:
             continue
-        if method == "batch":
+        if method == "batch":  # one step per epoch, recorded every step
             steps, every = epochs, 1
         else:
-            steps, every = schedule(batch)
-        out[name] = dict(method=method, batch_size=batch, learning_rate=lr, steps=steps,
-                         record_every=every)  # fmt: skip
+            steps = max(records, round(epochs * n / batch / records) * records)
+            every = steps // records
+        out[name] = dict(
+            method=method, batch_size=batch, learning_rate=lr, steps=steps, record_every=every
+        )
     return out
 
 

@@ -21,19 +21,16 @@ import functools
 import json
 import os
 
-import matplotlib
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from gradlab.lab import example_parser, init  # noqa: E402
-from gradlab.lab.data import load_digits  # noqa: E402
-from gradlab.lab.models import MLP, merge_model, split_model  # noqa: E402
+from gradlab.lab import example_parser, init, plots
+from gradlab.lab.data import load_digits
+from gradlab.lab.models import MLP, merge_model, split_model
 
 
 def schemes(activation: str) -> dict:
@@ -123,7 +120,8 @@ def main(argv=None) -> dict:
 
     os.makedirs(args.out, exist_ok=True)
     layers = np.arange(1, depth + 1)
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    fig = Figure(figsize=(11, 7), layout="constrained")
+    axes = fig.subplots(2, 2, sharex=True)
     for j, (activation, table) in enumerate(results.items()):
         for name, r in table.items():
             axes[0, j].semilogy(layers, r["activation_var"], "o-", label=name)
@@ -134,12 +132,11 @@ def main(argv=None) -> dict:
         for i in range(2):
             axes[i, j].grid(alpha=0.3, which="both")
             axes[i, j].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "05_init_signal_flow.png"), dpi=110)
-    plt.close(fig)
+    plots.save_figure(fig, os.path.join(args.out, "05_init_signal_flow.png"), dpi=110)
 
     shown = list(range(0, depth, max(1, depth // 5)))
-    fig, axes = plt.subplots(len(hists), len(shown), figsize=(2.2 * len(shown), 6), sharey="row")
+    fig = Figure(figsize=(2.2 * len(shown), 6), layout="constrained")
+    axes = fig.subplots(len(hists), len(shown), sharey="row")
     for i, (name, post) in enumerate(hists.items()):
         for j, layer in enumerate(shown):
             ax = axes[i, j]
@@ -149,9 +146,7 @@ def main(argv=None) -> dict:
                 ax.set_title(f"layer {layer + 1}")
         axes[i, 0].set_ylabel(name, fontsize=8)
     fig.suptitle("tanh activations per layer (histograms on [-1, 1])")
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "05_init_histograms.png"), dpi=110)
-    plt.close(fig)
+    plots.save_figure(fig, os.path.join(args.out, "05_init_histograms.png"), dpi=110)
     with open(os.path.join(args.out, "05_init_signal_flow.json"), "w") as f:
         json.dump(results, f)
     return results

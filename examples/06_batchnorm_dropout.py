@@ -22,18 +22,15 @@ from __future__ import annotations
 import json
 import os
 
-import matplotlib
+import numpy as np
+from flax import nnx
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from gradlab.lab import example_parser  # noqa: E402
-from gradlab.lab.data import load_digits  # noqa: E402
-from gradlab.lab.models import MLP  # noqa: E402
-from gradlab.lab.train import train  # noqa: E402
-from gradlab.optimizers.sgd import sgd  # noqa: E402
+from gradlab.lab import example_parser, plots
+from gradlab.lab.data import load_digits
+from gradlab.lab.models import MLP
+from gradlab.lab.train import train
+from gradlab.optimizers.sgd import sgd
 
 CONFIGS = {
     "plain": {"batch_norm": False, "dropout": 0.0},
@@ -95,7 +92,8 @@ def main(argv=None) -> dict:
         )
 
     os.makedirs(args.out, exist_ok=True)
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig = Figure(figsize=(15, 4.2), layout="constrained")
+    ax1, ax2, ax3 = fig.subplots(1, 3)
     for i, name in enumerate(configs):
         accs = [results[(name, lr)]["val_acc"] for lr in lrs]
         accs = [a if np.isfinite(a) else 0.0 for a in accs]
@@ -138,9 +136,7 @@ def main(argv=None) -> dict:
     ax3.set(yscale="log", ylabel="final loss (labels: val accuracy)")
     ax3.set_title(f"train / validation gap, lr = {ref:g}")
     ax3.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "06_batchnorm_dropout.png"), dpi=110)
-    plt.close(fig)
+    plots.save_figure(fig, os.path.join(args.out, "06_batchnorm_dropout.png"), dpi=110)
     out = {f"{k[0]} @ {k[1]:g}": v for k, v in results.items()}
     with open(os.path.join(args.out, "06_batchnorm_dropout.json"), "w") as f:
         json.dump(out, f)

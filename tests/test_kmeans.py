@@ -113,11 +113,17 @@ def test_seeds_vmap_jit_and_traced_learning_rate():
 
 
 def test_kmeanspp_init_picks_distinct_points():
-    c = np.asarray(km.init_centers(jax.random.key(0), X, 3, "kmeans++"))
+    key = jax.random.key(0)
+    init_key, _ = jax.random.split(key)
+    pp = jax.jit(km.init_centers, static_argnums=(2, 3))
+    c = np.asarray(pp(init_key, X, 3, "kmeans++"))
     rows = {tuple(r) for r in X.tolist()}
     assert all(tuple(r) in rows for r in c.tolist()) and len({tuple(r) for r in c.tolist()}) == 3
-    res = km.kmeans(X, 3, key=jax.random.key(0), method="batch", steps=10, init="kmeans++")
+    res = km.kmeans(X, 3, key=key, method="batch", steps=20, init="kmeans++")
     assert float(res.inertia[-1]) < float(res.inertia[0])
+    # The fit starts from init_centers(first half of the key) (same program as the Lloyd test).
+    ref = km.kmeans(X, 3, key=key, method="batch", steps=20, init=c)
+    np.testing.assert_allclose(np.asarray(res.centers), np.asarray(ref.centers), atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -56,12 +56,16 @@ def _new_axes(ax: Axes | None, figsize=(6.0, 4.0)) -> tuple[Figure, Axes]:
     return fig, fig.add_subplot(1, 1, 1)
 
 
+def _output_path(path: str | os.PathLike) -> str:
+    """``path`` as a string, its parent directories created."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    return path
+
+
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 100) -> str:
     """Save ``fig`` to ``path`` (creating parent directories) and return the path as a string."""
-    path = os.fspath(path)
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
+    path = _output_path(path)
     fig.savefig(path, dpi=dpi)
     return path
 
@@ -382,9 +386,6 @@ def animate_paths(
         return [*lines.values(), *heads.values(), label]
 
     anim = FuncAnimation(fig, draw, frames=len(steps), blit=False)
-    path = os.fspath(path)
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
+    path = _output_path(path)
     anim.save(path, writer=PillowWriter(fps=fps), dpi=dpi)
     return path

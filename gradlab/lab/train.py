@@ -154,13 +154,10 @@ class History:
         Returns:
           The matplotlib ``Axes``.
         """
-        import matplotlib
+        if ax is None:  # a headless figure (no pyplot state)
+            from matplotlib.figure import Figure
 
-        if ax is None:
-            matplotlib.use("Agg", force=False)
-            import matplotlib.pyplot as plt
-
-            _, ax = plt.subplots(figsize=(6, 4))
+            ax = Figure(figsize=(6, 4), layout="constrained").add_subplot()
         xs = getattr(self, x)
         for m in metrics:
             ys = getattr(self, m)

@@ -112,11 +112,12 @@ def _initial_fields(params, state_dtype):
 
 
 def _flat_inputs(owner, state, state_type, updates, params, dtype):
-    """Checked, raveled ``(g, x, unravel)`` in ``dtype`` (``params`` give :math:`s_k`)."""
+    """Checked, raveled ``g, x`` in ``dtype``, ``unravel``, and the newest pair
+    ``(s, y, sy, accept, gamma)`` (``params`` give :math:`s_k`)."""
     check_update_inputs(owner, state, state_type, params, updates)
     g, unravel = ravel_pytree(updates)
-    x, _ = ravel_pytree(params)
-    return g.astype(dtype), x.astype(dtype), unravel
+    g, x = g.astype(dtype), ravel_pytree(params)[0].astype(dtype)
+    return g, x, unravel, _pair(x, g, state.prev_params, state.prev_grad, state.count)
 
 
 class ScaleByBFGSState(NamedTuple):
@@ -159,11 +160,10 @@ def scale_by_bfgs(
 
     def update_fn(updates, state, params=None, **extra):
         del extra
-        dtype = state.inv_hessian.dtype
-        g, x, unravel = _flat_inputs(
-            "scale_by_bfgs", state, ScaleByBFGSState, updates, params, dtype
+        g, x, unravel, (s, y, sy, accept, gamma) = _flat_inputs(
+            "scale_by_bfgs", state, ScaleByBFGSState, updates, params, state.inv_hessian.dtype
         )
-        s, y, sy, accept, gamma = _pair(x, g, state.prev_params, state.prev_grad, state.count)
+        dtype = state.inv_hessian.dtype
 
         # A "fresh" matrix (no update since the start or a reset) is c0 * I, never materialised:
         # N&W eq. 6.20, H0 = (s'y / y'y) I just before the first update (scale-invariant).
@@ -274,11 +274,10 @@ def scale_by_lbfgs(
 
     def update_fn(updates, state, params=None, **extra):
         del extra
-        dtype = state.memory_s.dtype
-        g, x, unravel = _flat_inputs(
-            "scale_by_lbfgs", state, ScaleByLBFGSState, updates, params, dtype
+        g, x, unravel, (s, y, sy, accept, gamma) = _flat_inputs(
+            "scale_by_lbfgs", state, ScaleByLBFGSState, updates, params, state.memory_s.dtype
         )
-        s, y, sy, accept, gamma = _pair(x, g, state.prev_params, state.prev_grad, state.count)
+        dtype = state.memory_s.dtype
 
         slot = jnp.mod(state.num_pairs, m)
         # In-place slot writes (a skipped pair rewrites the slot with its old contents).

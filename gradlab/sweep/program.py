@@ -132,60 +132,69 @@ def make_program(
             bad_loss=f32,
         )
 
-    def train_step(state: RunState, hp, data, opt) -> RunState:
-        k_loss = jax.random.fold_in(state.key, state.step)
-        plan = data["plan"]
-        idx = None if plan is None else plan[state.seed_index, state.step]
+    def train_step(carry, idx, hp, data, opt, key):
+        """One optimizer step on the batch ``idx``; returns the new carry and the loss."""
+        params, model_state, opt_state, step = carry
         batch = task.get_batch(data["task"], idx)
+        k_loss = jax.random.fold_in(key, step)
 
         def loss_of(p):
-            return task.loss(p, state.model_state, batch, k_loss)
+            return task.loss(p, model_state, batch, k_loss)
 
-        (loss, model_state), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+        (loss, model_state), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
         if isinstance(opt, base.GradientTransformationExtraArgs):
             extra = {"value": loss, "grad": grads, "value_fn": lambda p: loss_of(p)[0]}
-            updates, opt_state = opt.update(grads, state.opt_state, state.params, **extra)
+            updates, opt_state = opt.update(grads, opt_state, params, **extra)
         else:
-            updates, opt_state = opt.update(grads, state.opt_state, state.params)
-        loss = jnp.asarray(loss, jnp.float32)
-        loss0 = jnp.where(state.step == 0, loss, state.loss0)
-        cause = jnp.where(jnp.isfinite(loss), _NONE, _NON_FINITE_LOSS)
+            updates, opt_state = opt.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return (params, model_state, opt_state, step + 1), jnp.asarray(loss, jnp.float32)
+
+    def check(s0: RunState, losses: jax.Array, params) -> dict:
+        """The divergence rule over one interval's losses (vectorised, once per interval)."""
+        loss0 = jnp.where(s0.step == 0, losses[0], s0.loss0)
+        causes = jnp.where(jnp.isfinite(losses), _NONE, _NON_FINITE_LOSS)
         if tau is not None:
-            above = (loss0 > 0) & (loss > tau * loss0)
-            cause = jnp.where(above, _ABOVE, cause)
-        newly = (state.cause == _NONE) & (cause != _NONE)
-        return state._replace(
-            params=optax.apply_updates(state.params, updates),
-            model_state=model_state,
-            opt_state=opt_state,
-            step=state.step + 1,
-            loss0=loss0,
-            cause=jnp.where(newly, cause, state.cause).astype(jnp.int32),
-            diverged_at=jnp.where(newly, state.step, state.diverged_at),
-            bad_loss=jnp.where(newly, loss, state.bad_loss),
-        )
+            causes = jnp.where((loss0 > 0) & (losses > tau * loss0), _ABOVE, causes)
+        first = jnp.argmax(causes != _NONE)
+        newly = (s0.cause == _NONE) & (causes[first] != _NONE)
+        cause = jnp.where(newly, causes[first], s0.cause)
+        overflow = (cause == _NONE) & ~base.tree_all_finite(params)
+        return {
+            "loss0": loss0,
+            "cause": jnp.where(overflow, _NON_FINITE_PARAMS, cause).astype(jnp.int32),
+            "diverged_at": jnp.select(
+                [newly, overflow], [s0.step + first, s0.step + eval_every - 1], s0.diverged_at
+            ).astype(jnp.int32),
+            "bad_loss": jnp.select([newly, overflow], [losses[first], jnp.nan], s0.bad_loss),
+        }
 
     def advance(state, hp, data):
         opt = make_opt(hp)
 
-        def one_step(s, _):
-            return train_step(s, hp, data, opt), None
+        def interval(s0: RunState, _):
+            plan = data["plan"]
+            rows = None
+            if plan is not None:  # this interval's batches, one row per step
+                rows = jax.lax.dynamic_slice_in_dim(plan[s0.seed_index], s0.step, eval_every)
 
-        def interval(s0, _):
-            s, _ = jax.lax.scan(one_step, s0, None, length=eval_every)
-            overflow = (s.cause == _NONE) & ~base.tree_all_finite(s.params)
-            frozen = (s.cause != _NONE) | overflow
+            def one_step(carry, idx):
+                return train_step(carry, idx, hp, data, opt, s0.key)
 
-            def keep(new, old):
+            carry = (s0.params, s0.model_state, s0.opt_state, s0.step)
+            (params, model_state, opt_state, step), losses = jax.lax.scan(
+                one_step, carry, rows, length=eval_every
+            )
+            s = s0._replace(step=step, **check(s0, losses, params))
+            frozen = s.cause != _NONE
+
+            def keep(new, old):  # a diverged run goes back to the interval's start
                 return jax.tree.map(lambda n, o: jnp.where(frozen, o, n), new, old)
 
             s = s._replace(
-                params=keep(s.params, s0.params),
-                model_state=keep(s.model_state, s0.model_state),
-                opt_state=keep(s.opt_state, s0.opt_state),
-                cause=jnp.where(overflow, _NON_FINITE_PARAMS, s.cause).astype(jnp.int32),
-                diverged_at=jnp.where(overflow, s.step - 1, s.diverged_at),
-                bad_loss=jnp.where(overflow, jnp.nan, s.bad_loss),
+                params=keep(params, s0.params),
+                model_state=keep(model_state, s0.model_state),
+                opt_state=keep(opt_state, s0.opt_state),
             )
             metrics = task.evaluate(s.params, s.model_state, data["task"])
             return s, {
@@ -203,7 +212,10 @@ def make_program(
         return metrics, outcome(state)
 
     def step(state, hp, data):
-        return train_step(state, hp, data, make_opt(hp))
+        idx = None if data["plan"] is None else data["plan"][state.seed_index, state.step]
+        carry = (state.params, state.model_state, state.opt_state, state.step)
+        carry, _ = train_step(carry, idx, hp, data, make_opt(hp), state.key)
+        return state._replace(params=carry[0], model_state=carry[1], opt_state=carry[2])
 
     return Program(init=init, advance=advance, start=start, finish=finish, step=step)
 
