@@ -146,7 +146,8 @@ def decay_experiment(steps: int, seeds: int) -> dict[str, np.ndarray]:
         return jnp.mean(jax.vmap(lambda k: gd_path(lr, 2.0, -1.5, steps, 1.0, k))(keys) ** 2, 0)
 
     run = jax.jit(lambda keys: {name: mean_f(lr, keys) for name, lr in lrs.items()})  # one program
-    return {k: np.asarray(v) for k, v in run(jax.random.split(jax.random.key(0), seeds)).items()}
+    out = run(jax.random.split(jax.random.key(0), seeds))
+    return {name: np.asarray(out[name]) for name in lrs}  # (jit sorts dict keys)
 
 
 @functools.partial(jax.jit, static_argnums=0)
