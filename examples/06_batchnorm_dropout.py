@@ -113,14 +113,8 @@ def main(argv=None) -> dict:
     ax2.grid(alpha=0.3)
     diverged = [n for n in configs if results[(n, max(lrs))]["status"] == "non_finite"]
     if diverged:
-        ax2.text(
-            0.98,
-            0.98,
-            "diverged (NaN): " + ", ".join(diverged),
-            transform=ax2.transAxes,
-            ha="right",
-            va="top",
-        )
+        note = "diverged (NaN): " + ", ".join(diverged)
+        ax2.text(0.02, 0.02, note, transform=ax2.transAxes, ha="left", va="bottom")
     # The gap at the learning rate where the plain network does best.
     ref = max(lrs, key=lambda lr: np.nan_to_num(results[("plain", lr)]["val_acc"]))
     names = list(configs)

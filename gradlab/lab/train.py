@@ -278,7 +278,10 @@ def _epoch(ts: TrainState, x, y, spec: _Spec):
         line_search=spec.line_search,
     )
     ekey = jax.random.fold_in(ts.key, ts.epoch)
-    idx = epoch_indices(ekey, spec.n, spec.batch_size)
+    if spec.batch_size == spec.n:  # batch GD: the order of the examples does not matter
+        idx = jnp.arange(spec.n)[None]
+    else:
+        idx = epoch_indices(ekey, spec.n, spec.batch_size)
     extra = {"value": ts.last_val} if spec.value_from == "val" else {}
 
     def body(carry, inp):

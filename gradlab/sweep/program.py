@@ -15,8 +15,9 @@ mini-batch loss the optimizer differentiates) satisfies
 
 where :math:`L_0` is the loss of its first step and :math:`\\tau` the sweep's
 ``divergence_threshold`` (``None``: only the non-finite test), or when its parameters are
-non-finite at the end of an evaluation interval. The loss tests cost a few scalar operations
-per step; the parameter test one tree reduction per interval. At the end of every interval a
+non-finite at the end of an evaluation interval. A step only records its loss; the rule is
+applied to the interval's losses at once (vectorised) and to the parameters with one tree
+reduction, at the end of every evaluation interval, where a
 diverged run is **frozen**: ``jnp.where`` restores its parameters, optimizer state and model
 state to the snapshot taken at the start of the interval (its last evaluated state), and its
 metrics read NaN from then on. Every test and select is per lane, so a diverged run costs the
