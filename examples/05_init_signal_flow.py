@@ -80,13 +80,13 @@ def measure(activation: str, kernel_init, x, y, *, depth: int, width: int, seed:
 
 
 def main(argv=None) -> dict:
-    p = example_parser(__doc__, "shallow, narrow network")
+    p = example_parser(__doc__, "4 hidden layers")
     p.add_argument("--depth", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     depth = args.depth or (4 if args.quick else 10)
-    width = args.width or (32 if args.quick else 256)
+    width = args.width or 256
     data = load_digits(seed=args.seed)
     x = jnp.asarray(data.x_train[:512])
     y = jnp.asarray(data.y_train[:512])

@@ -38,11 +38,11 @@ CONFIGS = {
     "dropout 0.5": {"batch_norm": False, "dropout": 0.5},
     "BN + dropout": {"batch_norm": True, "dropout": 0.5},
 }
-QUICK_CONFIGS = ("plain", "BN + dropout")
+QUICK_CONFIGS = ("BN + dropout",)
 
 
 def main(argv=None) -> dict:
-    p = example_parser(__doc__, "2 configurations, 1 learning rate, 1 epoch")
+    p = example_parser(__doc__, "BN + dropout, 1 learning rate, 1 epoch")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--lrs", default=None, help="comma-separated learning rates")
     p.add_argument("--seed", type=int, default=0)
@@ -50,7 +50,7 @@ def main(argv=None) -> dict:
     epochs = args.epochs or (1 if args.quick else 40)
     lrs = [float(v) for v in args.lrs.split(",")] if args.lrs else None
     lrs = lrs or ([0.1] if args.quick else [0.01, 0.1, 0.5, 2.0])
-    widths = [32, 32] if args.quick else [256, 256, 256]
+    widths = [256, 256] if args.quick else [256, 256, 256]
     data = load_digits(val_fraction=0.5, seed=args.seed)
     configs = {k: CONFIGS[k] for k in QUICK_CONFIGS} if args.quick else CONFIGS
 
@@ -115,8 +115,9 @@ def main(argv=None) -> dict:
     if diverged:
         note = "diverged (NaN): " + ", ".join(diverged)
         ax2.text(0.02, 0.02, note, transform=ax2.transAxes, ha="left", va="bottom")
-    # The gap at the learning rate where the plain network does best.
-    ref = max(lrs, key=lambda lr: np.nan_to_num(results[("plain", lr)]["val_acc"]))
+    # The gap at the learning rate where the plain network (the first configuration) does best.
+    first = next(iter(configs))
+    ref = max(lrs, key=lambda lr: np.nan_to_num(results[(first, lr)]["val_acc"]))
     names = list(configs)
     tr = [results[(n, ref)]["train_loss"] for n in names]
     va = [results[(n, ref)]["val_loss"] for n in names]

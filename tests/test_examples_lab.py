@@ -76,7 +76,7 @@ def test_05_init_signal_flow_quick(tmp_path):
 
 def test_06_batchnorm_dropout_quick(tmp_path):
     out = _load("06_batchnorm_dropout").main(["--quick", "--out", str(tmp_path)])
-    assert len(out) == 2
+    assert list(out) == ["BN + dropout @ 0.1"]
     for r in out.values():
         assert r["status"] == "completed" and r["val_acc"] > 0.2
     assert (tmp_path / "06_batchnorm_dropout.png").exists()

@@ -48,10 +48,10 @@ def test_rosenbrock_matches_scipy(dim):
     p = problems.rosenbrock(dim)
     rng = np.random.default_rng(dim)
     xs = rng.uniform(-2, 2, size=(20, dim))
-    got = np.asarray(jax.vmap(p.value)(jnp.asarray(xs, jnp.float32)))
+    got = np.asarray(jax.jit(jax.vmap(p.value))(jnp.asarray(xs, jnp.float32)))
     want = np.array([scipy.optimize.rosen(x) for x in xs.astype(np.float32).astype(np.float64)])
     np.testing.assert_allclose(got, want, rtol=1e-5)
-    g = np.asarray(jax.vmap(jax.grad(p.value))(jnp.asarray(xs, jnp.float32)))
+    g = np.asarray(jax.jit(jax.vmap(jax.grad(p.value)))(jnp.asarray(xs, jnp.float32)))
     g_ref = np.array([scipy.optimize.rosen_der(x) for x in xs.astype(np.float32)])
     np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-3)
     np.testing.assert_array_equal(p.minimizers, np.ones((1, dim)))
@@ -86,7 +86,7 @@ def test_formulas_against_numpy():
     }
     for name, f in formulas.items():
         p = problems.get(name)
-        got = np.asarray(jax.vmap(p.value)(jnp.asarray(pts, jnp.float32)))
+        got = np.asarray(jax.jit(jax.vmap(p.value))(jnp.asarray(pts, jnp.float32)))
         np.testing.assert_allclose(got, f(pts[:, 0], pts[:, 1]), rtol=1e-5, atol=1e-6)
 
 

@@ -228,7 +228,7 @@ def test_non_finite_stops_the_run():
 
 def test_bad_arguments():
     d = lab_data.make_moons(40, seed=0)
-    m = MLP(2, [4], 2, rngs=nnx.Rngs(0))
+    m = MLP(2, [8], 2, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError):
         train(m, optax.sgd(0.1), d, batch_size=1000)
     with pytest.raises(ValueError):
@@ -247,7 +247,7 @@ def _interop_tx():
 
 def test_nnx_optimizer_interop():
     d = lab_data.make_moons(100, seed=0)
-    m = MLP(2, [16], 2, rngs=nnx.Rngs(0))
+    m = MLP(2, [8], 2, rngs=nnx.Rngs(0))
     optimizer = nnx.Optimizer(m, _interop_tx(), wrt=nnx.Param)
     x, y = jnp.asarray(d.x_train), jnp.asarray(d.y_train)
 
