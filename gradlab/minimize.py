@@ -296,9 +296,13 @@ def _run(fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_extr
             value = jnp.asarray(value, dtype)
             grad = base.cast_like(grad, c.grad)
             own_f, own_g = own_f + 1, own_g + 1
-        grad_norm = common.safe_norm(grad, dtype)
+        grad_norm = common.safe_norm(grad, dtype)  # inf/NaN when any entry is: no extra check
         count = c.count + 1
-        finite = jnp.isfinite(value) & base.tree_all_finite(grad) & base.tree_all_finite(params)
+        finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+        if not reuse:
+            # A search's accepted point was evaluated with a finite value and gradient; a plain
+            # update (first-order method) may still have overflowed the parameters.
+            finite = finite & base.tree_all_finite(params)
         status = classify(grad_norm, finite, count)
         reported = _step_status(state)
         status = jnp.where(finite & (reported != int(Status.RUNNING)), reported, status)

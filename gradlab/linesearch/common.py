@@ -32,6 +32,7 @@ __all__ = [
     "tree_axpy",
     "tree_select",
     "first_status",
+    "packed_while_loop",
     "trial_point",
     "scaled_or_zero",
     "unit_direction",
@@ -105,6 +106,46 @@ def first_status(cases: list[tuple[Any, Status]], default: Status) -> jax.Array:
     """The int32 code of the first case whose predicate holds, else ``default``."""
     preds = [jnp.asarray(p) for p, _ in cases]
     return jnp.select(preds, [int(code) for _, code in cases], int(default)).astype(jnp.int32)
+
+
+def packed_while_loop(
+    cond_fun: Callable[[Any], jax.Array],
+    body_fun: Callable[[Any], Any],
+    init: NamedTuple,
+    dtype,
+) -> NamedTuple:
+    """``lax.while_loop(cond_fun, body_fun, init)`` for a ``NamedTuple`` carry whose scalar
+    fields (floats in ``dtype``, int32 counters below :math:`2^{24}`, booleans) travel packed
+    in one ``dtype`` vector; other fields are carried as they are.
+
+    Same results as the plain loop. On the CPU every carried buffer costs a copy and every
+    scalar update its own kernel per iteration: a line search's ~17 scalars packed into one
+    vector cut its per-trial cost by about a quarter (measured at ``n = 100``).
+    """
+    names = init._fields
+    scalars = [
+        k
+        for k in names
+        if isinstance(getattr(init, k), jax.Array | bool | float | int)
+        and jnp.shape(getattr(init, k)) == ()
+    ]
+    kinds = {k: jnp.result_type(getattr(init, k)) for k in scalars}
+
+    def pack(c):
+        vec = jnp.stack([jnp.asarray(getattr(c, k)).astype(dtype) for k in scalars])
+        return vec, {k: getattr(c, k) for k in names if k not in kinds}
+
+    def unpack(packed):
+        vec, rest = packed
+        values = dict(rest)
+        for j, k in enumerate(scalars):
+            values[k] = vec[j] != 0 if kinds[k] == jnp.bool_ else vec[j].astype(kinds[k])
+        return type(init)(**values)
+
+    out = jax.lax.while_loop(
+        lambda p: cond_fun(unpack(p)), lambda p: pack(body_fun(unpack(p))), pack(init)
+    )
+    return unpack(out)
 
 
 def scaled_or_zero(t: jax.Array, accepted: jax.Array, direction: Any) -> Any:

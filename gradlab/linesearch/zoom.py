@@ -334,7 +334,7 @@ def scale_by_zoom_linesearch(
             wolfe=jnp.asarray(False),
             unbounded=jnp.asarray(False),
         )
-        c = jax.lax.while_loop(cond, body, carry)
+        c = common.packed_while_loop(cond, body, carry, dtype)
         found = searching & (c.tau_b > 0)
         return common.finish_search(
             state,

@@ -121,15 +121,29 @@ def _flat_inputs(owner, state, state_type, updates, params, dtype):
 
 
 class ScaleByBFGSState(NamedTuple):
-    """State of :func:`scale_by_bfgs` (vectors are the raveled parameters)."""
+    """State of :func:`scale_by_bfgs` (vectors are the raveled parameters).
+
+    The inverse-Hessian approximation is stored as :math:`H_k = \alpha I + M` (the property
+    :attr:`inv_hessian` assembles it), so a fresh or reset matrix never materialises
+    :math:`I` inside the solver loop.
+    """
 
     count: jax.Array  # shape=(), int32: directions computed so far.
-    inv_hessian: jax.Array  # shape=(n, n): H_k, the inverse-Hessian approximation.
+    inv_hessian_scale: jax.Array  # shape=(): alpha, the multiple of I in H_k.
+    inv_hessian_rest: jax.Array  # shape=(n, n): M = H_k - alpha I.
     num_updates: jax.Array  # shape=(), int32: BFGS updates applied since the last reset.
     num_skipped: jax.Array  # shape=(), int32: pairs skipped (y's <= eps |s| |y|).
     num_resets: jax.Array  # shape=(), int32: resets to -g (non-descent / non-finite).
     prev_params: jax.Array  # shape=(n,): x_{k-1}.
     prev_grad: jax.Array  # shape=(n,): g_{k-1}.
+
+    @property
+    def inv_hessian(self) -> jax.Array:
+        """:math:`H_k` as a dense ``(n, n)`` matrix (:math:`I` before the first update)."""
+        fresh = self.num_updates == 0
+        rest = jnp.where(fresh, 0.0, self.inv_hessian_rest)
+        scale = jnp.where(fresh, 1.0, self.inv_hessian_scale).astype(rest.dtype)
+        return scale * jnp.eye(rest.shape[-1], dtype=rest.dtype) + rest
 
 
 def scale_by_bfgs(
@@ -155,30 +169,33 @@ def scale_by_bfgs(
     def init_fn(params):
         n, dtype, fields = _initial_fields(params, state_dtype)
         return ScaleByBFGSState(
-            inv_hessian=jnp.eye(n, dtype=dtype), num_updates=jnp.zeros([], jnp.int32), **fields
+            inv_hessian_scale=jnp.ones([], dtype),
+            inv_hessian_rest=jnp.zeros([n, n], dtype),
+            num_updates=jnp.zeros([], jnp.int32),
+            **fields,
         )
 
     def update_fn(updates, state, params=None, **extra):
         del extra
         g, x, unravel, (s, y, sy, accept, gamma) = _flat_inputs(
-            "scale_by_bfgs", state, ScaleByBFGSState, updates, params, state.inv_hessian.dtype
+            "scale_by_bfgs", state, ScaleByBFGSState, updates, params, state.inv_hessian_rest.dtype
         )
-        dtype = state.inv_hessian.dtype
+        dtype = state.inv_hessian_rest.dtype
 
-        # A "fresh" matrix (no update since the start or a reset) is c0 * I, never materialised:
-        # N&W eq. 6.20, H0 = (s'y / y'y) I just before the first update (scale-invariant).
+        # H = alpha I + M. A "fresh" matrix (no update since the start or a reset) is c0 I:
+        # M is ignored and alpha = c0 (N&W eq. 6.20, H0 = (s'y / y'y) I just before the first
+        # update, which makes BFGS invariant to the scale of f).
         fresh = state.num_updates == 0
-        c0 = jnp.where(scale_init_precond, gamma, 1.0)
+        alpha = jnp.where(fresh, gamma if scale_init_precond else 1.0, state.inv_hessian_scale)
         acc = accept.astype(dtype)
         rho = 1.0 / jnp.where(accept, sy, 1.0)
-        hy = jnp.where(fresh, c0 * y, state.inv_hessian @ y)
+        hy = alpha * y + jnp.where(fresh, 0.0, state.inv_hessian_rest @ y)
         # rho * (rho * y'Hy): never form rho**2 (it under/overflows at 1e+-30 scales).
         coef = rho * jax.lax.optimization_barrier(rho * jnp.vdot(y, hy)) + rho
-        eye = jnp.eye(g.size, dtype=dtype)
-        # One fused elementwise pass (no n x n select): skipped pairs have acc = 0.
-        h = (
-            jnp.where(fresh, 0.0, 1.0) * state.inv_hessian
-            + jnp.where(fresh, c0, 0.0) * eye
+        # H+ = H - rho (Hy s' + s y'H) + coef s s': one fused pass over M (skipped pairs have
+        # acc = 0); alpha I is untouched.
+        rest = (
+            jnp.where(fresh, 0.0, state.inv_hessian_rest)
             - (rho * acc) * (jnp.outer(hy, s) + jnp.outer(s, hy))
             + (coef * acc) * jnp.outer(s, s)
         )
@@ -188,11 +205,13 @@ def scale_by_bfgs(
         first = num_updates == 0
         # On the first step (nothing learned yet) d = 0 is "not descent": the restart
         # direction -g (unit length with scaling) is taken, without counting a reset.
-        d, reset = _finish(g, jnp.where(first, 0.0, -(h @ g)), scale_init_precond)
+        d, reset = _finish(g, jnp.where(first, 0.0, -(alpha * g + rest @ g)), scale_init_precond)
         reset = reset & ~first
         new_state = ScaleByBFGSState(
             count=base.safe_increment(state.count),
-            inv_hessian=h,  # after a reset num_updates = 0 marks it stale (treated as c0 * I)
+            # After a reset num_updates = 0 marks (alpha, M) stale: the next step uses c0 I.
+            inv_hessian_scale=alpha.astype(dtype),
+            inv_hessian_rest=rest,
             num_updates=jnp.where(reset, 0, num_updates).astype(jnp.int32),
             num_skipped=state.num_skipped + skipped.astype(jnp.int32),
             num_resets=state.num_resets + (reset & (state.count > 0)).astype(jnp.int32),
