@@ -85,6 +85,7 @@ from gradlab import linesearch as linesearch
 from gradlab.linesearch import (
     scale_by_backtracking_linesearch as scale_by_backtracking_linesearch,
     scale_by_exact_linesearch as scale_by_exact_linesearch,
+    scale_by_more_thuente_linesearch as scale_by_more_thuente_linesearch,
     scale_by_zoom_linesearch as scale_by_zoom_linesearch,
 )
 from gradlab.second_order.steepest_descent import steepest_descent as steepest_descent

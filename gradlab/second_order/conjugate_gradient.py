@@ -164,7 +164,7 @@ def scale_by_nonlinear_cg(
 def nonlinear_cg(
     beta: str = "hestenes_stiefel",
     restart_every: int | None = None,
-    linesearch: base.GradientTransformation | str | None = "strong_wolfe",
+    linesearch: base.GradientTransformation | str | None = "more_thuente",
     state_dtype: Any = None,
 ) -> base.GradientTransformationExtraArgs:
     r"""Nonlinear conjugate gradient: :func:`scale_by_nonlinear_cg` then a line search.
@@ -172,10 +172,13 @@ def nonlinear_cg(
     Args:
       beta: the :math:`\beta_k` rule (see :func:`scale_by_nonlinear_cg`).
       restart_every: restart period (``None``: the number of parameters).
-      linesearch: a transformation, ``"strong_wolfe"`` (default:
-        :func:`~gradlab.linesearch.scale_by_zoom_linesearch` with :math:`c_2 = 0.1` and the
-        "quadratic" first trial, as Nocedal & Wright recommend for CG), ``"backtracking"``,
-        ``"exact"``, or ``None`` (a unit step: only for chaining your own step size).
+      linesearch: a transformation, ``"more_thuente"`` (default:
+        :func:`~gradlab.linesearch.scale_by_more_thuente_linesearch`, scipy's search) or
+        ``"strong_wolfe"`` (:func:`~gradlab.linesearch.scale_by_zoom_linesearch`), both with
+        :math:`c_2 = 0.1` and the "quadratic" first trial as Nocedal & Wright recommend for
+        CG; ``"backtracking"``, ``"exact"``, or ``None`` (a unit step: only for chaining your
+        own step size). Measured (docs/benchmarks.md): Moré–Thuente needs 10% fewer
+        evaluations than zoom over the six benchmark problems.
       state_dtype: see :func:`scale_by_nonlinear_cg`.
 
     Returns:

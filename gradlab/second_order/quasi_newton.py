@@ -61,29 +61,35 @@ __all__ = [
 ]
 
 
-def _norm(v):
-    return common.safe_norm(v, v.dtype)
-
-
 def _pair(x, g, prev_x, prev_g, count):
-    """``(s, y, sy, accept, gamma)`` for the newest pair (accept=False on the first step)."""
+    r"""``(s, y, sy, accept, gamma, |g|)`` for the newest pair (accept=False on the first step).
+
+    The norms of :math:`s, y, g` are computed together with the usual rescaling by the largest
+    entry (:math:`\lVert v\rVert = m\sqrt{\sum (v_i/m)^2}`, so :math:`10^{\pm 30}`-scaled
+    problems neither under- nor overflow): two passes over the stacked vectors instead of two
+    per norm.
+    """
     s, y = x - prev_x, g - prev_g
+    v = jnp.stack([s, y, g])
+    m = jnp.max(jnp.abs(v), axis=1)
+    safe_m = jnp.where((m > 0) & jnp.isfinite(m), m, 1.0)
+    u = v / safe_m[:, None]
+    norms = jnp.where(jnp.isfinite(m), safe_m * jnp.sqrt(jnp.sum(u * u, axis=1)), m)
+    ns, ny, ng = norms[0], norms[1], norms[2]
     sy = jnp.vdot(s, y)
-    ns, ny = _norm(s), _norm(y)
     eps = jnp.finfo(s.dtype).eps
     accept = (count > 0) & jnp.isfinite(sy) & (sy > eps * ns * ny) & (ny > 0)
     safe_ny = jnp.where(ny > 0, ny, 1.0)
     # s'y / y'y without forming y'y (it over/underflows at 1e+-30 scales); the barrier stops
     # XLA from rewriting (a / b) / b into a / (b * b).
     gamma = jax.lax.optimization_barrier(sy / safe_ny) / safe_ny
-    return s, y, sy, accept, gamma
+    return s, y, sy, accept, gamma, ng
 
 
-def _finish(g, d, scale_init_precond):
+def _finish(g, ng, d, scale_init_precond):
     """``(d, reset)``: ``d``, or the restart direction ``-g`` (unit length when scaling) when
     ``d`` is not a finite descent direction. ``g . d < 0`` is tested on ``g/|g|`` and
-    ``d/max|d|`` (no underflow for tiny gradients); ``|g|`` is computed once."""
-    ng = _norm(g)
+    ``d/max|d|`` (no underflow for tiny gradients)."""
     ok_g = (ng > 0) & jnp.isfinite(ng)
     inv = 1.0 / jnp.where(ok_g, ng, 1.0)
     steepest = -(inv * g) if scale_init_precond else -g
@@ -113,7 +119,7 @@ def _initial_fields(params, state_dtype):
 
 def _flat_inputs(owner, state, state_type, updates, params, dtype):
     """Checked, raveled ``g, x`` in ``dtype``, ``unravel``, and the newest pair
-    ``(s, y, sy, accept, gamma)`` (``params`` give :math:`s_k`)."""
+    ``(s, y, sy, accept, gamma, |g|)`` (``params`` give :math:`s_k`)."""
     check_update_inputs(owner, state, state_type, params, updates)
     g, unravel = ravel_pytree(updates)
     g, x = g.astype(dtype), ravel_pytree(params)[0].astype(dtype)
@@ -177,7 +183,7 @@ def scale_by_bfgs(
 
     def update_fn(updates, state, params=None, **extra):
         del extra
-        g, x, unravel, (s, y, sy, accept, gamma) = _flat_inputs(
+        g, x, unravel, (s, y, sy, accept, gamma, ng) = _flat_inputs(
             "scale_by_bfgs", state, ScaleByBFGSState, updates, params, state.inv_hessian_rest.dtype
         )
         dtype = state.inv_hessian_rest.dtype
@@ -205,7 +211,9 @@ def scale_by_bfgs(
         first = num_updates == 0
         # On the first step (nothing learned yet) d = 0 is "not descent": the restart
         # direction -g (unit length with scaling) is taken, without counting a reset.
-        d, reset = _finish(g, jnp.where(first, 0.0, -(alpha * g + rest @ g)), scale_init_precond)
+        d, reset = _finish(
+            g, ng, jnp.where(first, 0.0, -(alpha * g + rest @ g)), scale_init_precond
+        )
         reset = reset & ~first
         new_state = ScaleByBFGSState(
             count=base.safe_increment(state.count),
@@ -293,7 +301,7 @@ def scale_by_lbfgs(
 
     def update_fn(updates, state, params=None, **extra):
         del extra
-        g, x, unravel, (s, y, sy, accept, gamma) = _flat_inputs(
+        g, x, unravel, (s, y, sy, accept, gamma, ng) = _flat_inputs(
             "scale_by_lbfgs", state, ScaleByLBFGSState, updates, params, state.memory_s.dtype
         )
         dtype = state.memory_s.dtype
@@ -309,7 +317,7 @@ def scale_by_lbfgs(
 
         hg = _two_loop(g, mem_s, mem_y, mem_rho, num_pairs, gamma)
         first = num_pairs == 0
-        d, reset = _finish(g, jnp.where(first, 0.0, -hg), scale_init_precond)
+        d, reset = _finish(g, ng, jnp.where(first, 0.0, -hg), scale_init_precond)
         reset = reset & ~first
         new_state = ScaleByLBFGSState(
             count=base.safe_increment(state.count),
@@ -345,8 +353,10 @@ def bfgs(
       scale_init_precond: see :func:`scale_by_bfgs`.
       linesearch: a transformation, ``"strong_wolfe"`` (default:
         :func:`~gradlab.linesearch.scale_by_zoom_linesearch`, :math:`c_1 = 10^{-4}`,
-        :math:`c_2 = 0.9`, first trial ``"quadratic_capped"``), ``"backtracking"``,
-        ``"exact"`` or ``None``.
+        :math:`c_2 = 0.9`, first trial ``"quadratic_capped"``), ``"more_thuente"``,
+        ``"backtracking"``, ``"exact"`` or ``None``. ``bfgs(scale_init_precond=False,
+        linesearch="more_thuente")`` is scipy's BFGS (same evaluation counts; not invariant
+        to the scale of :math:`f`).
       state_dtype: see :func:`scale_by_bfgs`.
     """
     descent = scale_by_bfgs(scale_init_precond, state_dtype)
@@ -370,8 +380,9 @@ def lbfgs(
       learning_rate: optional fixed factor applied before the search (``None``: none).
       memory_size: pairs kept (static int >= 1).
       scale_init_precond: see :func:`scale_by_lbfgs`.
-      linesearch: as in :func:`bfgs`.
+      linesearch: as in :func:`bfgs`; the default strong-Wolfe search tries :math:`t = 1`
+        first (the natural quasi-Newton step, ``optax.lbfgs``'s choice).
       state_dtype: see :func:`scale_by_lbfgs`.
     """
     descent = scale_by_lbfgs(memory_size, scale_init_precond, state_dtype)
-    return with_search(descent, learning_rate, linesearch, "quadratic_capped")
+    return with_search(descent, learning_rate, linesearch, "one")
