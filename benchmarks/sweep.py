@@ -10,20 +10,28 @@ same initial parameters, same mini-batch plan for every method), it times:
   learning rate set in the state (the recipe of optax#932).
 
 "cold" includes compilation, "warm" re-runs the compiled program: the minimum over ``--reps``
-interleaved rounds (at least ``32 / N``; the order of the methods rotates from round to round),
-since the machine's cores are shared and the least disturbed round is the measurement; process
+interleaved rounds (at least ``32 / N``; the methods run in a new random order every round, so
+that none always follows the same neighbour: what ran just before a method changes its time by
+a few percent through the CPU caches, see ``_interleaved``), since the machine's cores are
+shared and the least disturbed round is the measurement; process
 CPU time is reported beside the wall time. The engine's achieved matmul GFLOP/s at the largest
 N is compared with a big float32 matmul measured in the same process. A second table times vmap
 vs loop for several model sizes: the measurement behind ``strategy="auto"``.
 
-Usage: ``python benchmarks/sweep.py [--quick] [--ns 1,8,32,128] [--steps 100]``.
+``--kernels`` also counts the operations XLA compiled into the training-step loop body of the
+engine's single-run program and of the optax loop (fused kernels, library matmuls, copies).
+
+Usage: ``python benchmarks/sweep.py [--quick] [--ns 1,8,32,128] [--steps 100] [--kernels]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import platform
+import random
+import re
 import resource
 import statistics
 import sys
@@ -37,7 +45,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from gradlab.sweep import choose_strategy, sweep, tasks  # noqa: E402
-from gradlab.sweep.program import seed_inputs  # noqa: E402
+from gradlab.sweep.program import make_program, seed_inputs  # noqa: E402
 
 
 def _cpu() -> float:
@@ -126,11 +134,63 @@ def optax_alternatives(task, steps: int):
     return run_loop, run_vmap
 
 
+def _loop_bodies(hlo: str) -> list[collections.Counter]:
+    """Per ``while`` loop of a compiled module's text: the count of each instruction kind in
+    its body (``fusion``, ``dot``, ``copy``, ``custom-call``, ...)."""
+    bodies, current, out = set(re.findall(r"body=%?([\w.\-]+)", hlo)), None, []
+    for line in hlo.splitlines():
+        head = re.match(r"^%?([\w.\-]+) .*\{$", line)
+        if head and not line.startswith(" "):
+            current = collections.Counter() if head.group(1) in bodies else None
+            if current is not None:
+                out.append(current)
+        elif current is not None:
+            op = re.search(r"= \S+ ([a-z][\w\-]*)\(", line)
+            if op:
+                current[op.group(1)] += 1
+    return out
+
+
+def step_kernels(task, steps: int) -> dict[str, collections.Counter]:
+    """Operations in the step loop body (the innermost ``while`` with the most fusions) of the
+    engine's single-run program and of the optax loop's program, as XLA compiled them."""
+    opt = lambda learning_rate: optax.sgd(learning_rate, momentum=0.9)  # noqa: E731
+    inputs, _ = seed_inputs(task, [0], steps)
+    data = {"task": task.data, **inputs}
+    prog = make_program(task, opt, {}, eval_every=steps, evals_per_call=1, divergence_threshold=100)
+    hp, run = {"learning_rate": np.float32(0.01)}, {"seed_index": np.int32(0)}
+    texts = {"gradlab": jax.jit(prog.finish).lower(hp, run, data).compile().as_text()}
+    params0, model_state, _ = jax.tree.map(lambda a: jnp.asarray(a[0]), inputs["seeds"])
+    plan = jnp.asarray(inputs["plan"][0]) if inputs["plan"] is not None else None
+
+    def train(lr, params):  # the optax loop of optax_alternatives, without the evaluations
+        tx = optax.sgd(lr, momentum=0.9)
+
+        def step(carry, idx):
+            p, s = carry
+            batch = task.get_batch(task.data, idx)
+            g = jax.grad(lambda q: task.loss(q, model_state, batch, None)[0])(p)
+            u, s = tx.update(g, s, p)
+            return (optax.apply_updates(p, u), s), None
+
+        return jax.lax.scan(step, (params, tx.init(params)), plan)[0][0]
+
+    texts["optax loop"] = jax.jit(train).lower(np.float32(0.01), params0).compile().as_text()
+    return {k: max(_loop_bodies(t), key=lambda c: c["fusion"]) for k, t in texts.items()}
+
+
 def _interleaved(calls: dict, reps: int) -> dict[str, tuple[float, float, float]]:
     """``name -> (cold s, warm s, warm CPU s)``: each callable once (compilation), then ``reps``
-    rounds taking every method in turn, the order rotated from round to round (so that no
-    method always runs first or after the same neighbour); warm times are the minimum over the
-    rounds (the least disturbed one: this machine's 2 cores are shared)."""
+    rounds taking every method once, in a new (seeded) random order each round; warm times are
+    the minimum over the rounds (the least disturbed one: this machine's 2 cores are shared).
+
+    A random order, not a rotation: rotating a fixed list changes who runs first but keeps every
+    method's predecessor the same (the cyclic neighbour), and the predecessor matters. A method
+    that follows one running the same Python code (``gradlab loop`` after ``gradlab vmap``)
+    finds that code warm in the CPU caches, one that follows a different program does not:
+    with the former rotation the engine's identical ``auto`` and ``loop`` calls differed by a
+    steady 3% at N = 1 (0.96-0.98x vs 1.00-1.01x in six runs). With random orders every method
+    gets every predecessor, and the minimum is each method's best case."""
     cold = {}
     for name, fn in calls.items():
         t = time.perf_counter()
@@ -139,8 +199,11 @@ def _interleaved(calls: dict, reps: int) -> dict[str, tuple[float, float, float]
     walls = {k: [] for k in calls}
     cpus = {k: [] for k in calls}
     names = list(calls)
-    for i in range(reps):
-        for name in names[i % len(names) :] + names[: i % len(names)]:  # rotate the order
+    rng = random.Random(0)
+    for _ in range(reps):
+        order = names[:]
+        rng.shuffle(order)
+        for name in order:
             fn = calls[name]
             c, t = _cpu(), time.perf_counter()
             jax.block_until_ready(fn())
@@ -193,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="N=1,8, 20 steps, 1 rep (a smoke run)")
     p.add_argument("--no-strategy-table", action="store_true")
+    p.add_argument("--kernels", action="store_true", help="count the step loop's kernels")
     args = p.parse_args(argv)
     ns = [int(v) for v in args.ns.split(",")]
     steps, reps = args.steps, args.reps
@@ -201,6 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     widths = tuple(int(w) for w in args.widths.split(","))
     task = tasks.mlp_classifier("digits", widths, batch_size=args.batch_size, target_accuracy=None)
 
+    if args.kernels:
+        print("operations in the compiled step loop body (one training step):")
+        for name, ops in step_kernels(task, steps).items():
+            kinds = ("fusion", "dot", "custom-call", "copy")
+            print(f"  {name}: " + ", ".join(f"{ops[k]} {k}" for k in kinds))
+        print()
     peak = matmul_peak(1024 if args.quick else 2048)
     dev = jax.devices()[0]
     print(

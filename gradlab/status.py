@@ -24,6 +24,9 @@ class Status(enum.IntEnum):
     UNBOUNDED = 6  #: the objective decreased without bound (step hit its maximum).
     NEGATIVE_CURVATURE = 7  #: an inner CG met non-positive curvature.
     OK = 8  #: a step (or a sweep run) finished normally.
+    #: a training run's loss became non-finite or exceeded the divergence threshold; the run
+    #: was frozen at its last good state (sweeps).
+    DIVERGED = 9
 
     @property
     def label(self) -> str:

@@ -142,7 +142,7 @@ def test_diverged_runs_are_frozen_marked_and_isolated_bitwise():
     good = sweep(
         sgd, {"lr": [0.05, 0.02, 0.03], "momentum": [0.9]}, divergence_threshold=None, **kw
     )
-    ok, bad = int(Status.OK), int(Status.NON_FINITE)
+    ok, bad = int(Status.OK), int(Status.DIVERGED)
     assert res.info["divergence_threshold"] == 100.0
     assert list(res.status) == [ok] * 2 + [bad] * 4 and list(off.status) == [ok] * 4 + [bad] * 2
     assert [row["status"] for row in res.table().rows] == ["ok", "diverged", "diverged"]
@@ -272,3 +272,73 @@ def test_auto_rule_and_bad_arguments():
         sweep(sgd, SPACE, steps=STEPS)  # no task
     with pytest.raises(ValueError):  # a target on a metric the task does not report
         sweep(sgd, SPACE, target=("val_accuracy", 0.9), **kw)
+
+
+def test_single_run_loop_is_the_run_alone_and_diverges_like_vmap():
+    """N = 1 takes the ``loop`` strategy with a deferred transfer (the result is built while
+    the program runs): the healthy run equals the hand-written run, and a diverged run alone
+    reports the same status, step and message as in a vmapped program."""
+    kw = dict(seeds=[3], task=TASK, steps=STEPS, eval_every=EVERY, progress=False)
+    one = sweep(sgd, {"lr": [0.05], "momentum": [0.9]}, **kw)
+    group = one.info["groups"][0]
+    assert group["strategy"] == "loop" and group["runs"] == 1 and group["seconds"] > 0
+    assert list(one.status) == [int(Status.OK)] and list(one.diverged_at) == [-1]
+    ref = _reference_run(TASK, optax.sgd(0.05, momentum=0.9), 3, STEPS, EVERY)
+    for k, v in ref.items():
+        np.testing.assert_allclose(one.curves[k][0], v, rtol=RTOL, atol=ATOL, err_msg=k)
+    assert 0 < one.info["wall_time_s"] < 600
+    for lr in (1.0, 1e4):  # the ratio test, and an overflow
+        alone = sweep(sgd, {"lr": [lr], "momentum": [0.9]}, strategy="loop", **kw)
+        batched = sweep(sgd, {"lr": [0.05, lr], "momentum": [0.9]}, strategy="vmap", **kw)
+        assert alone.labels() == ["diverged"] and batched.labels() == ["ok", "diverged"]
+        assert int(alone.status[0]) == int(Status.DIVERGED) == 9
+        assert alone.diverged_at[0] == batched.diverged_at[1] >= 0
+        assert alone.messages[0] == batched.messages[1] != ""
+        np.testing.assert_allclose(
+            alone.curves["train_loss"][0], batched.curves["train_loss"][1], rtol=RTOL, atol=ATOL
+        )
+
+
+def test_repeated_sweeps_reuse_their_preparation_and_agree_bitwise():
+    from gradlab.optimizers.sgd import sgd as gl_sgd
+
+    def opt(lr):
+        return gl_sgd(lr)
+
+    kw = dict(task=TASK, steps=STEPS, eval_every=EVERY, strategy="loop", progress=False)
+    space = {"lr": [0.05, -1.0]}
+    a, b = sweep(opt, space, **kw), sweep(opt, dict(space), **kw)
+    assert a.labels() == b.labels() == ["ok", "invalid_hyperparameter"]
+    assert a.messages == b.messages and "learning_rate" in a.messages[1]
+    for k in a.curves:
+        np.testing.assert_array_equal(a.curves[k], b.curves[k])
+    # the memo key is type-exact: an int axis is static, a float axis traced
+    key = engine._space_key
+    assert key({"n": [1]}, None, 0) != key({"n": [1.0]}, None, 0) != key({"n": [True]}, None, 0)
+    assert key({"f": [abs]}, None, 0) is None  # callables are never memoised
+    ints = sweep(lambda lr, n: gl_sgd(lr), {"lr": [0.05], "n": [1, 2]}, **kw)
+    assert ints.info["static"] == ["n"] and len(ints.info["groups"]) == 2
+    floats = sweep(lambda lr, n: gl_sgd(lr), {"lr": [0.05], "n": [1.0, 2.0]}, **kw)
+    assert floats.info["traced"] == ["lr", "n"] and len(floats.info["groups"]) == 1
+
+
+def test_pack_unpack_round_trip_is_exact():
+    from gradlab.sweep.program import OUTCOME, pack, unpack
+
+    metrics = {"b_loss": jnp.arange(3.0), "a_acc": jnp.asarray([0.5, np.nan, np.inf])}
+    for cause, at in [(0, -1), (3, 2**31 - 1), (2, -(2**31)), (1, 65535), (1, 65536)]:
+        out = {
+            "cause": jnp.int32(cause),
+            "diverged_at": jnp.int32(at),
+            "bad_loss": jnp.float32(np.nan if cause else 0.0),
+            "loss0": jnp.float32(2.5),
+        }
+        flat = np.asarray(jax.jit(pack)(metrics, out))
+        assert flat.dtype == np.float32 and flat.shape == (2 * 3 + 6,)
+        m, o = unpack(flat, ["b_loss", "a_acc"], 3)
+        for k, v in metrics.items():
+            np.testing.assert_array_equal(m[k], np.asarray(v))
+        assert set(o) == set(OUTCOME) and int(o["cause"]) == cause and int(o["diverged_at"]) == at
+        assert o["diverged_at"].dtype == np.int32 and float(o["loss0"]) == 2.5
+    with pytest.raises(ValueError):
+        unpack(flat, ["b_loss"], 3)

@@ -1,4 +1,4 @@
-"""Smoke tests of the sweep examples (``--quick``) and the benchmark script's quick mode."""
+"""Smoke tests of the sweep examples (``--quick``) and of the sweep benchmark's kernel count."""
 
 import importlib.util
 import os
@@ -42,3 +42,18 @@ def test_09_sweep_lr_schedule_quick(tmp_path):
     finals = by_family.curves["val_loss"][:, -1]
     assert np.isfinite(finals).sum() >= 4
     assert (tmp_path / "09_sweep_lr_schedule.png").stat().st_size > 0
+
+
+def test_benchmark_kernel_count_smoke():
+    """``benchmarks/sweep.py --kernels``: the step loop bodies are found and counted."""
+    from gradlab.sweep import tasks
+
+    bench = _load("benchmarks", "sweep")
+    task = tasks.mlp_classifier("moons", (8,), batch_size=16, target_accuracy=None)
+    ops = bench.step_kernels(task, 4)
+    assert set(ops) == {"gradlab", "optax loop"}
+    # one training step: at least the forward and backward matmuls, fused or not; the engine
+    # also computes the loss value the divergence rule records
+    for counts in ops.values():
+        assert counts["fusion"] + counts["dot"] + counts["custom-call"] >= 4
+    assert ops["gradlab"]["fusion"] >= ops["optax loop"]["fusion"]

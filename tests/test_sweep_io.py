@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import zipfile
@@ -72,7 +73,7 @@ def _result(target=("val_accuracy", 0.9)):
     loss = np.exp(-np.outer(rng.uniform(0.1, 0.5, 6), steps / 10)).astype(np.float32)
     acc = (1 - loss).astype(np.float32)
     status = np.full(6, int(Status.OK), np.int32)
-    status[4:] = int(Status.NON_FINITE)
+    status[4:] = int(Status.DIVERGED)
     loss[4:, 3:] = np.nan
     acc[4:, 3:] = np.nan
     status[1] = int(Status.OK)
@@ -83,7 +84,7 @@ def _result(target=("val_accuracy", 0.9)):
         steps=steps,
         curves={"val_loss": loss, "val_accuracy": acc},
         status=status,
-        diverged_at=np.where(status == int(Status.NON_FINITE), 25, -1),
+        diverged_at=np.where(status == int(Status.DIVERGED), 25, -1),
         messages=[""] * 6,
         primary="val_loss",
         target=target,
@@ -137,6 +138,28 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(back.status, res.status)
     np.testing.assert_array_equal(back.diverged_at, res.diverged_at)
     assert str(back.table()) == str(res.table())
+
+
+def test_format_1_files_read_code_2_as_diverged(tmp_path):
+    """Format 1 stored diverged runs as ``Status.NON_FINITE`` (2): they load as ``DIVERGED``."""
+    assert int(Status.DIVERGED) == 9 and Status.DIVERGED.label == "diverged"
+    res = _result()
+    path = res.save(tmp_path / "new")
+    with np.load(path, allow_pickle=False) as z:
+        files = {k: z[k] for k in z.files}
+    manifest = json.loads(files["manifest"].tobytes().decode("utf-8"))
+    assert manifest["version"] == 2
+    manifest["version"] = 1
+    files["manifest"] = np.frombuffer(json.dumps(manifest).encode("utf-8"), dtype=np.uint8)
+    files["status"] = np.where(files["status"] == int(Status.DIVERGED), 2, files["status"])
+    old = tmp_path / "old.npz"
+    np.savez(old, **files)
+    back = SweepResult.load(old)
+    np.testing.assert_array_equal(back.status, res.status)
+    assert back.labels() == ["ok"] * 4 + ["diverged"] * 2
+    assert [r["status"] for r in back.table().rows] == ["ok", "ok", "diverged"]
+    # a format 2 file keeps its codes as written
+    np.testing.assert_array_equal(SweepResult.load(path).status, res.status)
 
 
 class _Boom:

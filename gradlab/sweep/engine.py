@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from gradlab.status import Status
+from gradlab.sweep import space as space_mod
 from gradlab.sweep import strategies as strat
 from gradlab.sweep import tasks as tasks_mod
 from gradlab.sweep.program import Cause, Program, make_program, memoise, seed_inputs
@@ -102,12 +103,18 @@ def step_flops(prog, hp: dict, runs: dict, data: Any) -> float | None:
 
 
 def _check_factory(factory: Callable, names: Sequence[str]) -> None:
+    """``TypeError`` unless ``factory`` can take ``names`` as keyword arguments (memoised per
+    factory object and names: a repeated sweep skips ``inspect.signature``)."""
+    memoise(_CHECKED, (factory,), tuple(names), lambda: _check_signature(factory, names), 32)
+
+
+def _check_signature(factory: Callable, names: Sequence[str]) -> bool:
     if not callable(factory):
         raise TypeError(f"optimizer must be a callable returning a transformation, got {factory!r}")
     try:
         sig = inspect.signature(factory)
     except (TypeError, ValueError):  # builtins without a signature: trust the caller
-        return
+        return True
     try:
         sig.bind(**{n: None for n in names})
     except TypeError as err:
@@ -115,6 +122,7 @@ def _check_factory(factory: Callable, names: Sequence[str]) -> None:
             f"the optimizer factory cannot take the space's hyperparameters {list(names)} as "
             f"keyword arguments: {err}"
         ) from None
+    return True
 
 
 def _validate(factory: Callable, setting: Mapping[str, Any]) -> str | None:
@@ -128,6 +136,66 @@ def _validate(factory: Callable, setting: Mapping[str, Any]) -> str | None:
             f"the optimizer factory must return a GradientTransformation, got {type(tx).__name__}"
         )
     return None
+
+
+class _Unkeyable(Exception):
+    """A space holding something other than plain values (it is then not memoised)."""
+
+
+_PLAIN = (bool, int, float, str, type(None), np.bool_, np.integer, np.floating)
+
+
+def _freeze(x: Any) -> Any:
+    """A hashable, type-exact image of a space made of plain values (``_Unkeyable`` for
+    anything else: callables, arbitrary objects)."""
+    if type(x) is list and all(type(v) is float for v in x):  # the common case, fast
+        return ("floats", tuple(x))
+    if type(x) is dict:
+        return ("map", tuple((_freeze(k), _freeze(v)) for k, v in x.items()))
+    if isinstance(x, _PLAIN):
+        return (type(x).__name__, x)
+    if isinstance(x, (list, tuple)):
+        return (type(x).__name__, tuple(_freeze(v) for v in x))
+    if isinstance(x, np.ndarray) and x.dtype.kind in "biuf":
+        return ("ndarray", x.dtype.str, x.shape, x.tobytes())
+    if isinstance(x, Mapping):
+        return ("map", tuple((_freeze(k), _freeze(v)) for k, v in x.items()))
+    if isinstance(x, space_mod.Axis):
+        return (type(x).__name__, _freeze(vars(x)))
+    raise _Unkeyable
+
+
+def _space_key(space: Any, samples: Any, sample_seed: Any) -> tuple | None:
+    """The memo key of a space (``None`` when it holds anything but plain values)."""
+    try:
+        return (_freeze(space), _freeze(samples), _freeze(sample_seed))
+    except _Unkeyable:
+        return None
+
+
+def _settings(space: Any, samples: Any, sample_seed: Any, key: tuple | None):
+    """:func:`~gradlab.sweep.space.settings_from`, memoised on the space's plain values (a
+    repeated sweep does not expand the grid again; the result is never mutated)."""
+
+    def build():
+        return settings_from(space, samples=samples, sample_seed=sample_seed)
+
+    if key is None:
+        return build()
+    return memoise(_SPACES, (), key, build, 32)
+
+
+def _validate_all(factory: Callable, settings: list, key: tuple | None) -> list[str | None]:
+    """:func:`_validate` for every setting, memoised per factory object and space: like the
+    compiled programs (memoised on the same identity), this takes the factory to be a pure
+    function of its arguments."""
+
+    def build():
+        return [_validate(factory, s) for s in settings]
+
+    if key is None:
+        return build()
+    return memoise(_VALIDATED, (factory,), key, build, 32)
 
 
 def _group_key(setting: Mapping[str, Any], static: Sequence[str]) -> tuple:
@@ -212,14 +280,14 @@ def _seeds(seeds: int | Sequence[int]) -> list[int]:
     return out
 
 
-def _progress_bar(progress: bool | None, total: int):
+def _progress_bar(progress: bool | None, total: Callable[[], int]):
     if progress is None:
         progress = sys.stderr.isatty()
     if not progress:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="step", desc="sweep", unit_scale=True, leave=True)
+    return tqdm(total=total(), unit="step", desc="sweep", unit_scale=True, leave=True)
 
 
 def _why(cause: int, step: int, loss: float, loss0: float, tau: float | None) -> str:
@@ -289,7 +357,7 @@ def sweep(
 
     Returns:
       A :class:`~gradlab.sweep.result.SweepResult`. A diverged run has status
-      ``Status.NON_FINITE`` (label ``diverged``), its step in ``diverged_at`` and the reason in
+      ``Status.DIVERGED`` (label ``diverged``), its step in ``diverged_at`` and the reason in
       ``messages``.
     """
     t_start = time.perf_counter()
@@ -299,7 +367,8 @@ def sweep(
     tau = _check_threshold(divergence_threshold)
     n_evals = steps // eval_every
     the_task = _make_task(task, init_fn, loss_fn, data, batch_size)
-    settings, traced = settings_from(space, samples=samples, sample_seed=sample_seed)
+    space_key = _space_key(space, samples, sample_seed)
+    settings, traced = _settings(space, samples, sample_seed, space_key)
     names = list(settings[0])
     static = [n for n in names if n not in traced]
     seed_list = _seeds(seeds)
@@ -310,20 +379,16 @@ def sweep(
 
     n_settings, n_seeds = len(settings), len(seed_list)
     n_runs = n_settings * n_seeds
-    errors = [_validate(optimizer, s) for s in settings]
+    errors = _validate_all(optimizer, settings, space_key)
     invalid = np.asarray([e is not None for e in errors])
     messages = [e or "" for e in errors for _ in seed_list]
     groups: dict[tuple, list[int]] = {}
     for i, s in enumerate(settings):
         groups.setdefault(_group_key(s, static), []).append(i)
-    work = [(idx, list(traced)) for idx in groups.values() if not invalid[idx].all()]
+    bad = [e is not None for e in errors]
+    work = [(idx, list(traced)) for idx in groups.values() if not all(bad[i] for i in idx)]
 
-    seed_of_run = np.tile(np.arange(n_seeds), n_settings)
-    curves = {k: np.full((n_runs, n_evals + 1), np.nan, np.float32) for k in metrics0}
-    outcome = {k: np.zeros(n_runs, np.float32) for k in ("loss0", "bad_loss")}
-    outcome.update(cause=np.zeros(n_runs, np.int32), diverged_at=np.full(n_runs, -1, np.int32))
-    used: list[dict[str, Any]] = []
-    bar = _progress_bar(progress, int((~invalid).sum()) * n_seeds * steps)
+    bar = _progress_bar(progress, lambda: int((~invalid).sum()) * n_seeds * steps)
     ctx = _Context(
         optimizer=optimizer,
         task=the_task,
@@ -339,7 +404,10 @@ def sweep(
         memory_budget=memory_budget,
         devices=devices,
         progress=bar,
+        metric_names=tuple(metrics0),
     )
+    launched: list[tuple[list[int], strat.Output, dict]] = []
+    used: list[dict[str, Any]] = []
     try:
         while work:
             idx, traced_here = work.pop(0)
@@ -358,60 +426,83 @@ def sweep(
                 )
                 work = [([i], []) for i in idx if not invalid[i]] + work
                 continue
-            runs = np.asarray([i * n_seeds + j for i in idx for j in range(n_seeds)])
-            for k, v in out.curves.items():
-                curves[k][runs, 1:] = v
-            for k, v in out.outcome.items():
-                outcome[k][runs] = v
+            launched.append((idx, out, info))
             used.append(info)
+
+        # What does not depend on the results is prepared while the last program runs.
+        seed_of_run = np.tile(np.arange(n_seeds), n_settings)
+        curves = {}
+        for k, v0 in metrics0.items():
+            curves[k] = np.full((n_runs, n_evals + 1), np.nan, np.float32)
+            curves[k][:, 0] = v0[seed_of_run]
+        cause = np.zeros(n_runs, np.int32)
+        diverged_at = np.full(n_runs, -1, np.int32)
+        outcome = {"cause": cause, "diverged_at": diverged_at}
+        outcome.update(loss0=np.zeros(n_runs, np.float32), bad_loss=np.zeros(n_runs, np.float32))
+        invalid_runs = np.repeat(invalid, n_seeds)
+        rows = {i: i * n_seeds + np.arange(n_seeds) for idx, _, _ in launched for i in idx}
+        status = np.full(n_runs, int(Status.OK), np.int32)
+        info = {
+            "task": the_task.name,
+            "task_config": dict(the_task.config),
+            "optimizer": getattr(optimizer, "__qualname__", repr(optimizer)),
+            "steps": steps,
+            "eval_every": eval_every,
+            "divergence_threshold": tau,
+            "traced": list(traced),
+            "static": static,
+            "backend": devices[0].platform,
+            "devices": len(devices),
+            "groups": used,
+            "wall_time_s": 0.0,
+            "jax_version": jax.__version__,
+        }
+        # the result is built while the programs run, and its arrays filled in below
+        result = SweepResult(
+            names=names,
+            settings=settings,
+            seeds=seed_list,
+            steps=np.arange(n_evals + 1) * eval_every,
+            curves=curves,
+            status=status,
+            diverged_at=diverged_at,
+            messages=messages,
+            primary=the_task.primary,
+            target=target,
+            info=info,
+        )
+        curves, status, diverged_at = result.curves, result.status, result.diverged_at
+        outcome["diverged_at"] = diverged_at
+
+        after0 = {k: v[:, 1:] for k, v in curves.items()}  # views: the evaluations after 0
+        for idx, out, group in launched:
+            runs = np.concatenate([rows[i] for i in idx]) if len(idx) > 1 else rows[idx[0]]
+            out.redirect(runs, after0, outcome)
+            out.wait()
+            group["seconds"] = time.perf_counter() - group["seconds"]
     finally:
         if bar is not None:
             bar.close()
 
-    for k, v in curves.items():
-        v[:, 0] = metrics0[k][seed_of_run]
-    cause, diverged_at = outcome["cause"], outcome["diverged_at"]
-    status = np.where(cause > 0, int(Status.NON_FINITE), int(Status.OK)).astype(np.int32)
-    for r in range(n_runs):
-        if invalid[r // n_seeds]:
-            status[r], diverged_at[r] = int(Status.INVALID_HYPERPARAMETER), -1
-            for v in curves.values():
-                v[r] = np.nan
-        elif cause[r]:
-            loss, loss0 = outcome["bad_loss"][r], outcome["loss0"][r]
-            messages[r] = _why(cause[r], diverged_at[r], loss, loss0, tau)
-    info = {
-        "task": the_task.name,
-        "task_config": dict(the_task.config),
-        "optimizer": getattr(optimizer, "__qualname__", repr(optimizer)),
-        "steps": steps,
-        "eval_every": eval_every,
-        "divergence_threshold": tau,
-        "traced": list(traced),
-        "static": static,
-        "backend": devices[0].platform,
-        "devices": len(devices),
-        "groups": used,
-        "wall_time_s": time.perf_counter() - t_start,
-        "jax_version": jax.__version__,
-    }
-    return SweepResult(
-        names=names,
-        settings=settings,
-        seeds=seed_list,
-        steps=np.arange(n_evals + 1) * eval_every,
-        curves=curves,
-        status=status,
-        diverged_at=diverged_at,
-        messages=messages,
-        primary=the_task.primary,
-        target=target,
-        info=info,
-    )
+    if invalid.any():
+        for v in curves.values():
+            v[invalid_runs] = np.nan
+        diverged_at[invalid_runs] = -1
+        cause[invalid_runs] = 0
+        status[invalid_runs] = int(Status.INVALID_HYPERPARAMETER)
+    for r in np.flatnonzero(cause):
+        status[r] = int(Status.DIVERGED)
+        loss, loss0 = outcome["bad_loss"][r], outcome["loss0"][r]
+        result.messages[r] = _why(cause[r], diverged_at[r], loss, loss0, tau)
+    result.info["wall_time_s"] = time.perf_counter() - t_start
+    return result
 
 
 _PROGRAMS: dict[tuple, Any] = {}
 _SEED_INPUTS: dict[tuple, Any] = {}
+_CHECKED: dict[tuple, Any] = {}
+_SPACES: dict[tuple, Any] = {}
+_VALIDATED: dict[tuple, Any] = {}
 
 
 def _seed_inputs(task: tasks_mod.Task, seeds: Sequence[int], steps: int):
@@ -445,6 +536,7 @@ class _Context:
     memory_budget: int | None
     devices: list[Any]
     progress: Any
+    metric_names: tuple[str, ...]
 
 
 def _program(ctx: _Context, static_hp: dict, evals_per_call: int) -> Program:
@@ -486,7 +578,7 @@ def _run_group(ctx: _Context, idx: list[int], traced: list[str]) -> tuple[strat.
     runs = {"seed_index": np.tile(np.arange(ctx.n_seeds, dtype=np.int32), len(idx))}
     job = strat.Job(
         functools.partial(_program, ctx, static_hp), hp, runs, ctx.data, ctx.n_evals,
-        ctx.eval_every, ctx.devices, ctx.progress,
+        ctx.eval_every, ctx.devices, ctx.progress, ctx.metric_names,
     )  # fmt: skip
     backend, d = ctx.devices[0].platform, len(ctx.devices)
     chosen, flops = ctx.strategy, ctx.task.flops_per_step
@@ -497,8 +589,11 @@ def _run_group(ctx: _Context, idx: list[int], traced: list[str]) -> tuple[strat.
     t0 = time.perf_counter()
     if chosen == "loop":
         size = 1
-        local = [x for x in ctx.devices if x.process_index == jax.process_index()]
-        out = strat.run_loop(dataclasses.replace(job, devices=local or ctx.devices))
+        here = jax.process_index()
+        local = [x for x in ctx.devices if x.process_index == here]
+        if local and len(local) < len(ctx.devices):
+            job = dataclasses.replace(job, devices=local)
+        out = strat.run_loop(job)
     else:
         size = _chunk_size(ctx, job, chosen)
         out = strat.run_batched(job, size)
@@ -508,6 +603,6 @@ def _run_group(ctx: _Context, idx: list[int], traced: list[str]) -> tuple[strat.
         "strategy": chosen,
         "chunk_size": int(size),
         "flops_per_step": flops,
-        "seconds": time.perf_counter() - t0,
+        "seconds": t0,  # the start; the engine stores the duration once the results are in
     }
     return out, info

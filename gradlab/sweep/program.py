@@ -37,7 +37,16 @@ import optax
 
 from gradlab import base
 
-__all__ = ["Cause", "Program", "RunState", "make_program", "seed_inputs", "memoise"]
+__all__ = [
+    "Cause",
+    "Program",
+    "RunState",
+    "make_program",
+    "seed_inputs",
+    "memoise",
+    "pack",
+    "unpack",
+]
 
 
 class Cause(enum.IntEnum):
@@ -78,8 +87,9 @@ class Program(NamedTuple):
     * ``advance(state, hp, data) -> (state, metrics)``: ``evals_per_call`` evaluation intervals
       of ``eval_every`` steps inside ``lax.scan``, the metrics stacked along a leading axis;
     * ``start(hp, run, data) -> (state, metrics)``: ``init`` then ``advance``, one program;
-    * ``finish(hp, run, data) -> (metrics, outcome)``: ``start`` returning only what the host
-      keeps (the metrics and ``{name: scalar}`` for :data:`OUTCOME`), not the state;
+    * ``finish(hp, run, data) -> flat``: ``start`` returning only what the host keeps, the
+      metrics and ``{name: scalar}`` for :data:`OUTCOME` (not the state), packed into one
+      float32 vector by :func:`pack` (one transfer; :func:`unpack` reads it on the host);
     * ``step(state, hp, data) -> state``: one training step, for cost estimates.
 
     ``run`` is ``{"seed_index": int32}``; ``data`` is ``{"task": task.data, "seeds": per-seed
@@ -98,6 +108,48 @@ class Program(NamedTuple):
 def outcome(state: RunState) -> dict[str, jax.Array]:
     """The :data:`OUTCOME` fields of a final state."""
     return {k: getattr(state, k) for k in OUTCOME}
+
+
+#: The int32 fields of :data:`OUTCOME` (packed as two exact float32 halves each).
+_INT_FIELDS = ("cause", "diverged_at")
+
+
+def pack(metrics: Mapping[str, jax.Array], out: Mapping[str, jax.Array]) -> jax.Array:
+    """One float32 vector holding a run's metrics (``{name: (E,)}``, in sorted name order) and
+    its :data:`OUTCOME`: a single device-to-host transfer instead of one per array. An int32
+    field travels as its high and low 16 bits, each exact in float32 (no bit casts, so no
+    NaN payloads or denormals to lose on the way)."""
+    parts = [jnp.ravel(jnp.asarray(metrics[k], jnp.float32)) for k in sorted(metrics)]
+    for k in OUTCOME:
+        v = out[k]
+        if k in _INT_FIELDS:
+            v = jnp.asarray(v, jnp.int32)
+            parts.append(jnp.stack([v >> 16, v & 0xFFFF]).astype(jnp.float32))
+        else:
+            parts.append(jnp.reshape(jnp.asarray(v, jnp.float32), (1,)))
+    return jnp.concatenate(parts)
+
+
+def unpack(flat: np.ndarray, names: Sequence[str], n_evals: int) -> tuple[dict, dict]:
+    """The host-side inverse of :func:`pack`: ``({name: (n_evals,) float32}, {OUTCOME name:
+    scalar})`` from the vector of one run; ``names`` are the metric names."""
+    flat = np.asarray(flat)
+    metrics, i = {}, 0
+    for k in sorted(names):
+        metrics[k] = flat[i : i + n_evals]
+        i += n_evals
+    out = {}
+    for k in OUTCOME:
+        if k in _INT_FIELDS:
+            hi, lo = flat[i : i + 2].astype(np.int64)
+            out[k] = np.int32((hi << 16) | lo)
+            i += 2
+        else:
+            out[k] = np.float32(flat[i])
+            i += 1
+    if i != flat.shape[-1]:
+        raise ValueError(f"packed run of {flat.shape[-1]} values, expected {i}")
+    return metrics, out
 
 
 def make_program(
@@ -210,7 +262,7 @@ def make_program(
 
     def finish(hp, run, data):
         state, metrics = start(hp, run, data)
-        return metrics, outcome(state)
+        return pack(metrics, outcome(state))
 
     def step(state, hp, data):
         idx = None if data["plan"] is None else data["plan"][state.seed_index, state.step]

@@ -20,18 +20,15 @@ from gradlab.status import Status
 
 __all__ = ["SweepResult", "Table", "status_label", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
-
-_LABELS = {
-    int(Status.OK): "ok",
-    int(Status.NON_FINITE): "diverged",
-    int(Status.INVALID_HYPERPARAMETER): "invalid_hyperparameter",
-}
+#: Version 2 marks diverged runs ``Status.DIVERGED`` (9); version 1 files stored them as
+#: ``Status.NON_FINITE`` (2), which :meth:`SweepResult.load` reads back as ``DIVERGED``.
+FORMAT_VERSION = 2
 
 
 def status_label(code: int) -> str:
-    """``ok``, ``diverged`` or ``invalid_hyperparameter`` for a run's status code."""
-    return _LABELS.get(int(code), Status(int(code)).label)
+    """``ok``, ``diverged`` or ``invalid_hyperparameter`` for a run's status code (the
+    :class:`~gradlab.status.Status` label)."""
+    return Status(int(code)).label
 
 
 def maximise(metric: str) -> bool:
@@ -116,7 +113,8 @@ class SweepResult:
       seeds: the seeds; each setting ran once per seed.
       steps: ``(E,)`` step numbers of the evaluations (0 = before training).
       curves: ``{metric: (R, E) array}`` per run; NaN after a run diverged and for invalid runs.
-      status: ``(R,)`` int status codes (:class:`gradlab.status.Status`).
+      status: ``(R,)`` int status codes (:class:`gradlab.status.Status`): ``OK``, ``DIVERGED``
+        or ``INVALID_HYPERPARAMETER``.
       diverged_at: ``(R,)`` the step at which a run diverged (its training loss non-finite or
         above ``divergence_threshold`` x its first value, or its parameters non-finite at the
         end of that evaluation interval), ``-1`` if none.
@@ -201,7 +199,7 @@ class SweepResult:
         n = len(codes)
         if np.all(codes == int(Status.INVALID_HYPERPARAMETER)):
             return "invalid_hyperparameter"
-        bad = int(np.sum(codes == int(Status.NON_FINITE)))
+        bad = int(np.sum(codes == int(Status.DIVERGED)))
         if bad:
             return "diverged" if bad == n else f"diverged {bad}/{n}"
         return "ok"
@@ -373,13 +371,16 @@ class SweepResult:
         if int(manifest.get("version", 0)) > FORMAT_VERSION:
             raise ValueError(f"{path}: written by a newer gradlab (format {manifest['version']})")
         target = manifest.get("target")
+        status = files["status"]
+        if int(manifest.get("version", 0)) < 2:  # format 1 stored diverged runs as NON_FINITE
+            status = np.where(status == int(Status.NON_FINITE), int(Status.DIVERGED), status)
         return cls(
             names=manifest["names"],
             settings=manifest["settings"],
             seeds=manifest["seeds"],
             steps=files["steps"],
             curves={m: files[f"curve__{m}"] for m in manifest["metrics"]},
-            status=files["status"],
+            status=status,
             diverged_at=files["diverged_at"],
             messages=manifest["messages"],
             primary=manifest["primary"],

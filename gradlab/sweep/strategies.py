@@ -19,6 +19,7 @@ per-run outcome come back to the host, in one transfer per chunk (per run in the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gradlab.sweep.program import Program, memoise
+from gradlab.sweep.program import Program, memoise, unpack
 from gradlab.sweep.program import outcome as program_outcome
 
 __all__ = [
@@ -63,6 +64,8 @@ def _fetch(tree: Any) -> Any:
     """A pytree of (possibly sharded) device arrays as numpy arrays, in one transfer."""
     if jax.process_count() > 1:  # pragma: no cover - needs several hosts
         return jax.tree.map(to_host, tree)
+    if isinstance(tree, jax.Array):
+        return np.asarray(tree)
     return jax.device_get(tree)
 
 
@@ -76,6 +79,24 @@ def _put(tree: Any, sharding: Any) -> Any:
         return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
     return jax.tree.map(leaf, tree)
+
+
+_PLACED: dict[tuple, Any] = {}
+
+
+def _replicated(tree: Any, sharding: Any) -> Any:
+    """``tree`` replicated on ``sharding``: a device array already placed that way is used as
+    it is, and other placements are memoised on the arrays' identity, so repeated sweeps on
+    the same task do not copy the data again."""
+    leaves, treedef = jax.tree.flatten(tree)
+
+    def placed(x):
+        return isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim)
+
+    if all(placed(x) for x in leaves):
+        return tree
+    key = (tuple(sharding.mesh.devices.flat), treedef)
+    return memoise(_PLACED, tuple(leaves), key, lambda: _put(tree, sharding), 8)
 
 
 def _take(tree: Any, idx: Any) -> Any:
@@ -94,6 +115,8 @@ class Job:
       n_evals: evaluation intervals per run; ``steps_per_eval``: steps per interval.
       devices: the devices to run on.
       progress: a tqdm-like bar (``update(steps)``) or ``None``.
+      metric_names: the names of the task's metrics (``task.evaluate``'s keys); found by
+        tracing the program when empty.
     """
 
     program: Callable[[int], Program]
@@ -104,6 +127,7 @@ class Job:
     steps_per_eval: int
     devices: Sequence[Any]
     progress: Any = None
+    metric_names: tuple[str, ...] = ()
 
     @property
     def n_runs(self) -> int:
@@ -117,20 +141,63 @@ class Job:
 class Output:
     """A group's results on the host: ``curves[metric]`` is ``(R, n_evals)`` (the evaluations
     after each interval) and ``outcome[name]`` is ``(R,)`` for every name of
-    :data:`~gradlab.sweep.program.OUTCOME`."""
+    :data:`~gradlab.sweep.program.OUTCOME`.
+
+    A strategy may return before its last program has finished: the transfer of its results
+    is then *deferred* (:meth:`defer`), so the caller can do its own bookkeeping while the
+    program runs, and :meth:`wait` completes the output (call it before reading).
+    """
 
     def __init__(self, n_runs: int, n_evals: int):
         self.shape = (n_runs, n_evals)
+        self.rows = np.arange(n_runs)  # where run r is stored: row rows[r]
         self.curves: dict[str, np.ndarray] = {}
         self.outcome: dict[str, np.ndarray] = {}
+        self._pending: list[Callable[[], None]] = []
+
+    def defer(self, fetch: Callable[[], None]) -> None:
+        """Register ``fetch()``, which stores the results of a program still running."""
+        self._pending.append(fetch)
+
+    def wait(self) -> Output:
+        """Wait for the deferred programs and store their results; returns ``self``."""
+        while self._pending:
+            self._pending.pop(0)()
+        return self
+
+    def redirect(self, rows: np.ndarray, curves: dict, outcome: dict) -> None:
+        """Store run ``r`` in row ``rows[r]`` of the caller's arrays from now on (``curves[name]``
+        with ``n_evals`` columns, ``outcome[name]`` for every outcome name), copying what is
+        already stored: the results of a deferred program land there without a merge."""
+        rows = np.asarray(rows)
+        for k, v in self.curves.items():
+            curves[k][rows] = v[self.rows]
+        for k, v in self.outcome.items():
+            outcome[k][rows] = v[self.rows]
+        self.rows, self.curves, self.outcome = rows, curves, outcome
+
+    def _array(self, store: dict, k: str, fill: float, dtype: Any, columns: bool) -> np.ndarray:
+        if k not in store:
+            shape = self.shape if columns else self.shape[:1]
+            store[k] = np.full(shape, fill, dtype)
+        return store[k]
+
+    def put_packed(self, r: int, flat: np.ndarray, names: Sequence[str]) -> None:
+        """Store run ``r`` from its packed vector (:func:`~gradlab.sweep.program.pack`)."""
+        metrics, outcome = unpack(flat, names, self.shape[1])
+        row = self.rows[r]
+        for k, v in metrics.items():
+            self._array(self.curves, k, np.nan, np.float32, True)[row] = v
+        for k, v in outcome.items():
+            self._array(self.outcome, k, 0, v.dtype, False)[row] = v
 
     def put(self, runs: np.ndarray, metrics: dict, outcome: dict) -> None:
         """Store rows ``runs`` (``metrics``/``outcome`` may carry padded lanes after them)."""
-        n = len(runs)
+        n, rows = len(runs), self.rows[runs]
         for k, v in metrics.items():
-            self.curves.setdefault(k, np.full(self.shape, np.nan, np.float32))[runs] = v[:n]
+            self._array(self.curves, k, np.nan, np.float32, True)[rows] = v[:n]
         for k, v in outcome.items():
-            self.outcome.setdefault(k, np.zeros(self.shape[0], np.asarray(v).dtype))[runs] = v[:n]
+            self._array(self.outcome, k, 0, np.asarray(v).dtype, False)[rows] = v[:n]
 
 
 def run_batched(job: Job, chunk_size: int) -> Output:
@@ -158,8 +225,15 @@ def run_batched(job: Job, chunk_size: int) -> Output:
         return jit(prog.start), jit(prog.advance, donate_argnums=0)
 
     start, advance = memoise(_JIT_CACHE, (prog,), ("batched", tuple(job.devices)), build, 32)
-    data = _put(job.data, rep)
+    data = _replicated(job.data, rep)
     out = Output(n_runs, job.n_evals)
+
+    def collect(which, pieces, outcome):
+        metrics, outcome = _fetch((pieces, outcome))
+        job.tick(len(which), evals_per_call)
+        metrics = {k: np.concatenate([m[k] for m in metrics], axis=1) for k in metrics[0]}
+        out.put(which, metrics, outcome)
+
     for c in range(n_chunks):
         which = np.arange(c * chunk_size, min((c + 1) * chunk_size, n_runs))
         lanes = np.concatenate([which, np.full(chunk_size - len(which), which[0])])
@@ -172,10 +246,11 @@ def run_batched(job: Job, chunk_size: int) -> Output:
                 job.tick(len(which), evals_per_call)
             state, m = advance(state, hp, data)
             pieces.append(m)
-        metrics, outcome = _fetch((pieces, program_outcome(state)))
-        job.tick(len(which), evals_per_call)
-        metrics = {k: np.concatenate([m[k] for m in metrics], axis=1) for k in metrics[0]}
-        out.put(which, metrics, outcome)
+        if c + 1 < n_chunks:
+            collect(which, pieces, program_outcome(state))
+        else:  # the last chunk's transfer waits for the caller (see Output.wait); only the
+            # metrics and the outcome are kept, not the training state
+            out.defer(functools.partial(collect, which, pieces, program_outcome(state)))
     return out
 
 
@@ -196,33 +271,45 @@ def run_loop(job: Job, workers: int | None = None) -> Output:
     Runs go round-robin over the job's devices, ``workers`` at a time (threads that dispatch
     the compiled program and wait for it; default :func:`loop_workers`). Every run is the same
     executable on its own inputs, so the results do not depend on the scheduling. The program
-    returns only the run's metrics and outcome (not its state): one small transfer per run.
+    returns only the run's metrics and outcome (not its state), packed into one vector
+    (:func:`~gradlab.sweep.program.pack`): one small transfer per run. The per-run arguments
+    are numpy scalars cut from the job's columns; the shared data is placed once.
     """
     n_runs, devices = job.n_runs, list(job.devices)
     prog = job.program(job.n_evals)
     finish = memoise(_JIT_CACHE, (prog,), ("loop",), lambda: jax.jit(prog.finish), 32)
+    names = job.metric_names or _metric_names(prog, job)
     # on the default device alone, jit places the inputs itself (no per-call transfers)
     default = len(devices) == 1 and devices[0] == jax.devices()[0]
     datas = [job.data] if default else [jax.device_put(job.data, dev) for dev in devices]
+    columns = {k: np.asarray(v) for k, v in job.hp.items()}
+    runs = {k: np.asarray(v) for k, v in job.runs.items()}
     out = Output(n_runs, job.n_evals)
 
-    def one(r: int):
-        hp, run = _take((job.hp, job.runs), r)
+    def dispatch(r: int):
+        hp = {k: v[r] for k, v in columns.items()}
+        run = {k: v[r] for k, v in runs.items()}
         i = r % len(devices)
         if not default:
             hp, run = jax.device_put((hp, run), devices[i])
-        return r, _fetch(finish(hp, run, datas[i]))
+        return r, finish(hp, run, datas[i])
+
+    def one(r: int):
+        r, flat = dispatch(r)
+        return r, _fetch(flat)
 
     def store(item):
-        r, (metrics, outcome) = item
-        out.put(np.asarray([r]), *jax.tree.map(lambda v: np.asarray(v)[None], (metrics, outcome)))
+        r, flat = item
+        out.put_packed(r, flat, names)
         job.tick(1, job.n_evals)
 
     if n_runs == 0:
         return out
-    store(one(0))  # compiles once, before any concurrency
-    if n_runs == 1:
+    if n_runs == 1:  # the transfer waits for the caller (see Output.wait)
+        r, flat = dispatch(0)
+        out.defer(lambda: store((r, _fetch(flat))))
         return out
+    store(one(0))  # compiles once, before any concurrency
     workers = loop_workers(devices) if workers is None else max(1, int(workers))
     if workers == 1:
         for r in range(1, n_runs):
@@ -232,6 +319,13 @@ def run_loop(job: Job, workers: int | None = None) -> Output:
         for fut in as_completed([pool.submit(one, r) for r in range(1, n_runs)]):
             store(fut.result())
     return out
+
+
+def _metric_names(prog: Program, job: Job) -> tuple[str, ...]:
+    """The metric names of a program, by tracing it (when the job does not carry them)."""
+    hp0, run0 = _take((job.hp, job.runs), 0)
+    metrics = jax.eval_shape(prog.start, hp0, run0, job.data)[1]
+    return tuple(metrics)
 
 
 def _evals_per_call(n_evals: int, steps_per_eval: int, runs: int) -> int:
