@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import scipy.optimize as so
 from jax import enable_x64
+from objectives import linear, nan_off_start, nan_region, square
 
 from gradlab import base
 from gradlab.linesearch import (
     scale_by_backtracking_linesearch,
     scale_by_exact_linesearch,
+    scale_by_more_thuente_linesearch,
     scale_by_zoom_linesearch,
 )
 from gradlab.status import Status
@@ -29,34 +31,21 @@ def _search(ls, fn, x, d):
     return ls.update(d, ls.init(x), x, value=value, grad=grad, value_fn=fn)
 
 
-def square(x):
-    return jnp.sum(x**2)
-
-
-def linear(x):
-    return -jnp.sum(x)
-
-
-def nan_off_start(x):
-    return jnp.where(jnp.all(x == 0.0), jnp.sum(x**2 - x), jnp.nan)
-
-
-def nan_region(x):
-    return jnp.where(jnp.all(x < 0.5), jnp.sum((x - 1.0) ** 2), jnp.nan)
-
-
 ZOOM = scale_by_zoom_linesearch()
+MORE_THUENTE = scale_by_more_thuente_linesearch()
 BACKTRACK = scale_by_backtracking_linesearch()
 EXACT = scale_by_exact_linesearch()
 
 
 @pytest.mark.parametrize("start", [(-1.2, 1.0), (0.0, 0.0), (1.5, 2.5)])
-def test_zoom_accepts_strong_wolfe_step_and_stores_value_grad(start):
+@pytest.mark.parametrize("search", ["zoom", "more_thuente"])
+def test_wolfe_search_accepts_strong_wolfe_step_and_stores_value_grad(search, start):
+    ls = ZOOM if search == "zoom" else MORE_THUENTE
     with enable_x64(True):
         x = jnp.asarray(start, jnp.float64)
         g = np.asarray(jax.grad(rosen)(x))
         d = -g
-        upd, st = _search(ZOOM, rosen, x, jnp.asarray(d))
+        upd, st = _search(ls, rosen, x, jnp.asarray(d))
         t = float(st.step_size)
         assert int(st.status) == Status.OK and bool(st.curvature_satisfied)
         np.testing.assert_allclose(np.asarray(upd), t * d, rtol=1e-12)

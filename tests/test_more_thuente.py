@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import enable_x64
+from objectives import linear, nan_off_start, nan_region, square
 from scipy.optimize._dcsrch import DCSRCH
 
 from gradlab import base
@@ -151,26 +152,6 @@ def test_same_steps_and_evaluations_as_minpack():
         assert converged >= 40  # the comparison above is mostly the exact one
 
 
-def test_accepted_step_satisfies_strong_wolfe_and_stores_value_grad():
-    with enable_x64(True):
-        for start in [(-1.2, 1.0), (0.0, 0.0), (1.5, 2.5)]:
-            x = jnp.asarray(start, jnp.float64)
-            g = np.asarray(jax.grad(rosen)(x))
-            d = -g
-            upd, st = _search(MT, rosen, x, jnp.asarray(d))
-            t = float(st.step_size)
-            assert int(st.status) == Status.OK and bool(st.curvature_satisfied)
-            np.testing.assert_allclose(np.asarray(upd), t * d, rtol=1e-12)
-            x1 = np.asarray(x) + t * d
-            f0, f1 = float(rosen(x)), float(rosen(jnp.asarray(x1)))
-            g1 = np.asarray(jax.grad(rosen)(jnp.asarray(x1)))
-            assert f1 <= f0 + 1e-4 * t * g @ d
-            assert abs(g1 @ d) <= 0.9 * abs(g @ d)
-            np.testing.assert_allclose(float(st.value), f1, rtol=1e-12)
-            np.testing.assert_allclose(np.asarray(st.grad), g1, rtol=1e-10)
-            assert 1 <= int(st.num_fun_evals) == int(st.num_grad_evals) <= 20
-
-
 def test_float32_any_gradient_scale():
     # The search runs on the unit direction with values and slopes divided by |phi'(0)|, so the
     # same steps are taken for f, 1e-30 f and 1e30 f (first trial: a unit displacement).
@@ -191,22 +172,6 @@ def test_float32_any_gradient_scale():
         assert int(st.num_fun_evals) == int(st1.num_fun_evals)
         np.testing.assert_allclose(np.asarray(upd), np.asarray(upd1), rtol=1e-4)
         np.testing.assert_allclose(float(st.value), scale * float(st1.value), rtol=1e-4)
-
-
-def square(x):
-    return jnp.sum(x**2)
-
-
-def linear(x):
-    return -jnp.sum(x)
-
-
-def nan_off_start(x):
-    return jnp.where(jnp.all(x == 0.0), jnp.sum(x**2 - x), jnp.nan)
-
-
-def nan_region(x):
-    return jnp.where(jnp.all(x < 0.5), jnp.sum((x - 1.0) ** 2), jnp.nan)
 
 
 def test_failure_modes():

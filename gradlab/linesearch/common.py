@@ -42,8 +42,16 @@ __all__ = [
     "check_search_inputs",
     "search_update",
     "finish_search",
+    "run_bracketing_search",
+    "start_wolfe_search",
+    "INITIAL_GUESSES",
+    "WolfeSearchState",
+    "wolfe_hyperparameters",
     "FATAL_STATUSES",
 ]
+
+#: First-trial rules of the Wolfe searches (``initial_guess_strategy``).
+INITIAL_GUESSES = ("one", "keep", "quadratic", "quadratic_capped")
 
 #: Status codes after which a solver loop stops (a step that cannot be trusted).
 FATAL_STATUSES = (
@@ -313,3 +321,158 @@ def finish_search(
         **fields,
     )
     return scaled_or_zero(step, accepted, direction), new_state
+
+
+class WolfeSearchState(NamedTuple):
+    """The fields of a Wolfe search's state (each search subclasses it, so states of different
+    searches are different types).
+
+    ``value`` and ``grad`` are those at the point the last search returned (``params +
+    updates``; the old point when the step was rejected), so a solver loop can reuse them.
+    """
+
+    count: jax.Array  # shape=(), int32: searches run so far (the schedule clock).
+    step_size: jax.Array  # shape=(): accepted t (update = t * d); 0 when rejected.
+    value: jax.Array  # shape=(): f at the accepted point (inf before any search).
+    grad: Any  # gradient at the accepted point.
+    start_value: jax.Array  # shape=(): f at the start of the last search (for "quadratic").
+    curvature_satisfied: jax.Array  # shape=(), bool: the accepted step met strong Wolfe.
+    status: jax.Array  # shape=(), int32: gradlab.status code of the last search.
+    num_fun_evals: jax.Array  # shape=(), int32: cumulative evaluations of value_fn.
+    num_grad_evals: jax.Array  # shape=(), int32: cumulative gradient evaluations.
+
+
+def initial_wolfe_state(state_type: type, params: Any) -> NamedTuple:
+    """A fresh Wolfe search state (no search yet)."""
+    dtype = compute_dtype(params)
+    return state_type(
+        start_value=jnp.asarray(jnp.inf, dtype),
+        curvature_satisfied=jnp.asarray(False),
+        **initial_search_fields(params, 1.0),
+    )
+
+
+class WolfeStart(NamedTuple):
+    """What a Wolfe search knows before its first trial (see :func:`start_wolfe_search`)."""
+
+    unit: Any  #: the unit direction d / |d|.
+    direction_norm: jax.Array  #: |d| (1 when the search does not start).
+    slope: jax.Array  #: phi'(0) = g . unit.
+    code: jax.Array  #: OK, NOT_DESCENT or NON_FINITE.
+    searching: jax.Array  #: code == OK.
+    tau0: jax.Array  #: first trial displacement.
+    tau_max: jax.Array  #: largest displacement.
+
+
+def wolfe_hyperparameters(
+    owner: str,
+    initial_guess_strategy: str,
+    slope_rtol: Any,
+    curv_rtol: Any,
+    max_learning_rate: Any,
+    max_step_norm: Any,
+) -> tuple[Any, Any, Any, Any]:
+    r"""Validate the arguments every Wolfe search takes; return ``(c1, c2, max_learning_rate,
+    max_step_norm)`` (``ValueError`` naming the argument: :math:`0 < c_1 \le c_2 < 1`, positive
+    bounds, a known ``initial_guess_strategy``)."""
+    check_initial_guess(initial_guess_strategy, owner)
+    open_unit = base.Interval(0.0, 1.0, lower_closed=False, upper_closed=False)
+    c1 = base.hyperparameter(slope_rtol, "slope_rtol", open_unit, owner=owner)
+    c2 = base.hyperparameter(curv_rtol, "curv_rtol", open_unit, owner=owner)
+    base.check_order(c1, c2, "slope_rtol", "curv_rtol", owner=owner)
+    t_max = (
+        None
+        if max_learning_rate is None
+        else base.hyperparameter(max_learning_rate, "max_learning_rate", base.POSITIVE, owner=owner)
+    )
+    step_norm_max = base.hyperparameter(max_step_norm, "max_step_norm", base.POSITIVE, owner=owner)
+    return c1, c2, t_max, step_norm_max
+
+
+def check_initial_guess(strategy: str, owner: str) -> str:
+    """``ValueError`` unless ``strategy`` is one of :data:`INITIAL_GUESSES`."""
+    if strategy not in INITIAL_GUESSES:
+        raise ValueError(
+            f"{owner}: initial_guess_strategy must be one of {INITIAL_GUESSES}, got {strategy!r}"
+        )
+    return strategy
+
+
+def start_wolfe_search(
+    updates: Any,
+    state: NamedTuple,
+    grad: Any,
+    f0: jax.Array,
+    *,
+    dtype,
+    hyperparameters_ok: jax.Array,
+    initial_guess_strategy: str,
+    max_step_norm: Any,
+    max_learning_rate: Any,
+) -> WolfeStart:
+    r"""The shared start of the Wolfe searches: the unit direction and its slope (``code`` is
+    ``NON_FINITE`` as well when ``f0`` or a traced hyperparameter is not finite), the largest
+    displacement, and the first trial displacement :math:`\tau_0` (``initial_guess_strategy``,
+    documented in :func:`~gradlab.linesearch.scale_by_zoom_linesearch`)."""
+    count = state.count
+    unit, d_norm, s0, code = unit_direction(updates, grad, dtype)
+    ok = jnp.isfinite(f0) & hyperparameters_ok
+    code = jnp.where(ok, code, int(Status.NON_FINITE))
+    searching = code == int(Status.OK)
+    d_norm = jnp.where(searching, d_norm, 1.0)
+
+    tau_max = base.resolve(max_step_norm, count, dtype)
+    if max_learning_rate is not None:
+        tau_max = jnp.minimum(tau_max, base.resolve(max_learning_rate, count, dtype) * d_norm)
+
+    if initial_guess_strategy == "one":
+        tau0 = d_norm
+    elif initial_guess_strategy == "keep":
+        prev = state.step_size
+        tau0 = jnp.where((prev > 0) & jnp.isfinite(prev), prev, 1.0) * d_norm
+    else:
+        # First search: about a unit-length displacement (exactly 1.01 for d = -g).
+        first_guess = 1.01 * safe_norm(grad, dtype) / jnp.abs(s0)
+        quad = 1.01 * 2.0 * (f0 - state.start_value) / s0
+        usable = (count > 0) & jnp.isfinite(quad) & (quad > 0)
+        tau0 = jnp.where(usable, quad, first_guess)
+        if initial_guess_strategy == "quadratic_capped":
+            tau0 = jnp.minimum(tau0, d_norm)
+    tau0 = jnp.where(jnp.isfinite(tau0) & (tau0 > 0), tau0, 1.0)
+    tau0 = jnp.minimum(tau0, tau_max)
+    return WolfeStart(unit, d_norm, s0, code, searching, tau0, tau_max)
+
+
+def run_bracketing_search(
+    cond_fun: Callable[[Any], jax.Array],
+    body_fun: Callable[[Any], Any],
+    init: NamedTuple,
+    state: NamedTuple,
+    direction: Any,
+    start: WolfeStart,
+    f0: jax.Array,
+    grad0: Any,
+) -> tuple[Any, NamedTuple]:
+    """Run a Wolfe search's loop (:func:`packed_while_loop`) and finish it.
+
+    The carry must track ``i`` (evaluations), ``tau_b``/``f_b``/``g_b`` (the best point with
+    sufficient decrease along the unit direction; ``tau_b = 0``: none), ``wolfe`` (it meets
+    strong Wolfe) and ``unbounded``. Returns :func:`finish_search`'s ``(updates, state)``.
+    """
+    c = packed_while_loop(cond_fun, body_fun, init, jnp.result_type(f0))
+    found = start.searching & (c.tau_b > 0)
+    return finish_search(
+        state,
+        direction,
+        code=start.code,
+        accepted=found,
+        step=c.tau_b / start.direction_norm,
+        value=c.f_b,
+        grad=c.g_b,
+        f0=f0,
+        grad0=grad0,
+        num_evals=(c.i, c.i),
+        unbounded=c.unbounded,
+        start_value=f0,
+        curvature_satisfied=found & c.wolfe,
+    )

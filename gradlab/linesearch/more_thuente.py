@@ -67,8 +67,6 @@ import jax.numpy as jnp
 
 from gradlab import base
 from gradlab.linesearch import common
-from gradlab.linesearch.zoom import INITIAL_GUESSES
-from gradlab.status import Status
 
 __all__ = ["ScaleByMoreThuenteLinesearchState", "scale_by_more_thuente_linesearch"]
 
@@ -76,22 +74,11 @@ _OWNER = "scale_by_more_thuente_linesearch"
 _XTRAPL, _XTRAPU, _P66 = 1.1, 4.0, 0.66
 
 
-class ScaleByMoreThuenteLinesearchState(NamedTuple):
-    """State of :func:`scale_by_more_thuente_linesearch` (the fields of the zoom search's).
+class ScaleByMoreThuenteLinesearchState(common.WolfeSearchState):
+    """State of :func:`scale_by_more_thuente_linesearch` (the fields of
+    :class:`~gradlab.linesearch.common.WolfeSearchState`)."""
 
-    ``value`` and ``grad`` are those at the point the last search returned (``params +
-    updates``; the old point when the step was rejected), so a solver loop can reuse them.
-    """
-
-    count: jax.Array  # shape=(), int32: searches run so far (the schedule clock).
-    step_size: jax.Array  # shape=(): accepted t (update = t * d); 0 when rejected.
-    value: jax.Array  # shape=(): f at the accepted point (inf before any search).
-    grad: base.Updates  # gradient at the accepted point.
-    start_value: jax.Array  # shape=(): f at the start of the last search (for "quadratic").
-    curvature_satisfied: jax.Array  # shape=(), bool: the accepted step met strong Wolfe.
-    status: jax.Array  # shape=(), int32: gradlab.status code of the last search.
-    num_fun_evals: jax.Array  # shape=(), int32: cumulative evaluations of value_fn.
-    num_grad_evals: jax.Array  # shape=(), int32: cumulative gradient evaluations.
+    __slots__ = ()
 
 
 class _Carry(NamedTuple):
@@ -200,24 +187,6 @@ def _dcstep(stx, fx, dx, sty, fy, dy, stp, fp, dp, brackt, stpmin, stpmax):
     return stx_n, fx_n, dx_n, sty_n, fy_n, dy_n, step, brackt | case1 | case2
 
 
-def _initial_tau(strategy, state, f0, s0, grad, d_norm, dtype):
-    """The first trial displacement for ``initial_guess_strategy`` (the zoom search's rules)."""
-    count = state.count
-    if strategy == "one":
-        return d_norm
-    if strategy == "keep":
-        prev = state.step_size
-        return jnp.where((prev > 0) & jnp.isfinite(prev), prev, 1.0) * d_norm
-    # First search: about a unit-length displacement (exactly 1.01 for d = -g).
-    first_guess = 1.01 * common.safe_norm(grad, dtype) / jnp.abs(s0)
-    quad = 1.01 * 2.0 * (f0 - state.start_value) / s0
-    usable = (count > 0) & jnp.isfinite(quad) & (quad > 0)
-    tau0 = jnp.where(usable, quad, first_guess)
-    if strategy == "quadratic_capped":
-        tau0 = jnp.minimum(tau0, d_norm)
-    return tau0
-
-
 def scale_by_more_thuente_linesearch(
     max_linesearch_steps: int = 20,
     slope_rtol: base.ScalarOrSchedule = 1e-4,
@@ -272,32 +241,13 @@ def scale_by_more_thuente_linesearch(
       20(3), 1994.
     """
     max_steps = base.check_positive_int(max_linesearch_steps, "max_linesearch_steps", owner=_OWNER)
-    if initial_guess_strategy not in INITIAL_GUESSES:
-        raise ValueError(
-            f"{_OWNER}: initial_guess_strategy must be one of {INITIAL_GUESSES}, "
-            f"got {initial_guess_strategy!r}"
-        )
-    open_unit = base.Interval(0.0, 1.0, lower_closed=False, upper_closed=False)
-    c1 = base.hyperparameter(slope_rtol, "slope_rtol", open_unit, owner=_OWNER)
-    c2 = base.hyperparameter(curv_rtol, "curv_rtol", open_unit, owner=_OWNER)
-    base.check_order(c1, c2, "slope_rtol", "curv_rtol", owner=_OWNER)
-    x_tol = base.hyperparameter(xtol, "xtol", base.UNIT_INTERVAL_OPEN_RIGHT, owner=_OWNER)
-    t_max = (
-        None
-        if max_learning_rate is None
-        else base.hyperparameter(
-            max_learning_rate, "max_learning_rate", base.POSITIVE, owner=_OWNER
-        )
+    c1, c2, t_max, step_norm_max = common.wolfe_hyperparameters(
+        _OWNER, initial_guess_strategy, slope_rtol, curv_rtol, max_learning_rate, max_step_norm
     )
-    step_norm_max = base.hyperparameter(max_step_norm, "max_step_norm", base.POSITIVE, owner=_OWNER)
+    x_tol = base.hyperparameter(xtol, "xtol", base.UNIT_INTERVAL_OPEN_RIGHT, owner=_OWNER)
 
     def init_fn(params):
-        dtype = common.compute_dtype(params)
-        return ScaleByMoreThuenteLinesearchState(
-            start_value=jnp.asarray(jnp.inf, dtype),
-            curvature_satisfied=jnp.asarray(False),
-            **common.initial_search_fields(params, 1.0),
-        )
+        return common.initial_wolfe_state(ScaleByMoreThuenteLinesearchState, params)
 
     def search(updates, state, params, *, dtype, f0, grad, value_fn):
         count = state.count
@@ -306,18 +256,19 @@ def scale_by_more_thuente_linesearch(
         xtol_t = base.resolve(x_tol, count, dtype)
         # An invalid traced pair (c1 > c2) poisons this lane instead of misbehaving silently.
         c2_t = jnp.where(c1_t <= c2_t, c2_t, jnp.nan)
-        unit, d_norm, s0, code = common.unit_direction(updates, grad, dtype)
-        ok_hyper = jnp.isfinite(f0) & jnp.isfinite(c2_t) & jnp.isfinite(xtol_t)
-        code = jnp.where(ok_hyper, code, int(Status.NON_FINITE))
-        searching = code == int(Status.OK)
-        safe_norm = jnp.where(searching, d_norm, 1.0)
-
-        tau_max = base.resolve(step_norm_max, count, dtype)
-        if t_max is not None:
-            tau_max = jnp.minimum(tau_max, base.resolve(t_max, count, dtype) * safe_norm)
-        tau0 = _initial_tau(initial_guess_strategy, state, f0, s0, grad, safe_norm, dtype)
-        tau0 = jnp.where(jnp.isfinite(tau0) & (tau0 > 0), tau0, 1.0)
-        tau0 = jnp.minimum(tau0, tau_max)
+        ok_hyper = jnp.isfinite(c2_t) & jnp.isfinite(xtol_t)
+        start = common.start_wolfe_search(
+            updates,
+            state,
+            grad,
+            f0,
+            dtype=dtype,
+            hyperparameters_ok=ok_hyper,
+            initial_guess_strategy=initial_guess_strategy,
+            max_step_norm=step_norm_max,
+            max_learning_rate=t_max,
+        )
+        unit, safe_norm, s0, code, searching, tau0, tau_max = start
 
         value_and_grad = jax.value_and_grad(value_fn)
         eps = jnp.finfo(dtype).eps
@@ -446,23 +397,7 @@ def scale_by_more_thuente_linesearch(
             wolfe=jnp.asarray(False),
             unbounded=jnp.asarray(False),
         )
-        c = common.packed_while_loop(cond, body, carry, dtype)
-        found = searching & (c.tau_b > 0)
-        return common.finish_search(
-            state,
-            updates,
-            code=code,
-            accepted=found,
-            step=c.tau_b / safe_norm,
-            value=c.f_b,
-            grad=c.g_b,
-            f0=f0,
-            grad0=grad,
-            num_evals=(c.i, c.i),
-            unbounded=c.unbounded,
-            start_value=f0,
-            curvature_satisfied=found & c.wolfe,
-        )
+        return common.run_bracketing_search(cond, body, carry, state, updates, start, f0, grad)
 
     return base.GradientTransformationExtraArgs(
         init_fn, common.search_update(_OWNER, ScaleByMoreThuenteLinesearchState, search)

@@ -41,30 +41,18 @@ import jax.numpy as jnp
 
 from gradlab import base
 from gradlab.linesearch import common
-from gradlab.status import Status
 
 __all__ = ["ScaleByZoomLinesearchState", "scale_by_zoom_linesearch", "INITIAL_GUESSES"]
 
 _OWNER = "scale_by_zoom_linesearch"
-INITIAL_GUESSES = ("one", "keep", "quadratic", "quadratic_capped")
+INITIAL_GUESSES = common.INITIAL_GUESSES
 
 
-class ScaleByZoomLinesearchState(NamedTuple):
-    """State of :func:`scale_by_zoom_linesearch`.
+class ScaleByZoomLinesearchState(common.WolfeSearchState):
+    """State of :func:`scale_by_zoom_linesearch` (the fields of
+    :class:`~gradlab.linesearch.common.WolfeSearchState`)."""
 
-    ``value`` and ``grad`` are those at the point the last search returned (``params +
-    updates``; the old point when the step was rejected), so a solver loop can reuse them.
-    """
-
-    count: jax.Array  # shape=(), int32: searches run so far (the schedule clock).
-    step_size: jax.Array  # shape=(): accepted t (update = t * d); 0 when rejected.
-    value: jax.Array  # shape=(): f at the accepted point (inf before any search).
-    grad: base.Updates  # gradient at the accepted point.
-    start_value: jax.Array  # shape=(): f at the start of the last search (for "quadratic").
-    curvature_satisfied: jax.Array  # shape=(), bool: the accepted step met strong Wolfe.
-    status: jax.Array  # shape=(), int32: gradlab.status code of the last search.
-    num_fun_evals: jax.Array  # shape=(), int32: cumulative evaluations of value_fn.
-    num_grad_evals: jax.Array  # shape=(), int32: cumulative gradient evaluations.
+    __slots__ = ()
 
 
 class _Carry(NamedTuple):
@@ -142,31 +130,12 @@ def scale_by_zoom_linesearch(
       Nocedal & Wright (2006), Algorithms 3.5 and 3.6, eqs. (3.59)–(3.60).
     """
     max_steps = base.check_positive_int(max_linesearch_steps, "max_linesearch_steps", owner=_OWNER)
-    if initial_guess_strategy not in INITIAL_GUESSES:
-        raise ValueError(
-            f"{_OWNER}: initial_guess_strategy must be one of {INITIAL_GUESSES}, "
-            f"got {initial_guess_strategy!r}"
-        )
-    open_unit = base.Interval(0.0, 1.0, lower_closed=False, upper_closed=False)
-    c1 = base.hyperparameter(slope_rtol, "slope_rtol", open_unit, owner=_OWNER)
-    c2 = base.hyperparameter(curv_rtol, "curv_rtol", open_unit, owner=_OWNER)
-    base.check_order(c1, c2, "slope_rtol", "curv_rtol", owner=_OWNER)
-    t_max = (
-        None
-        if max_learning_rate is None
-        else base.hyperparameter(
-            max_learning_rate, "max_learning_rate", base.POSITIVE, owner=_OWNER
-        )
+    c1, c2, t_max, step_norm_max = common.wolfe_hyperparameters(
+        _OWNER, initial_guess_strategy, slope_rtol, curv_rtol, max_learning_rate, max_step_norm
     )
-    step_norm_max = base.hyperparameter(max_step_norm, "max_step_norm", base.POSITIVE, owner=_OWNER)
 
     def init_fn(params):
-        dtype = common.compute_dtype(params)
-        return ScaleByZoomLinesearchState(
-            start_value=jnp.asarray(jnp.inf, dtype),
-            curvature_satisfied=jnp.asarray(False),
-            **common.initial_search_fields(params, 1.0),
-        )
+        return common.initial_wolfe_state(ScaleByZoomLinesearchState, params)
 
     def search(updates, state, params, *, dtype, f0, grad, value_fn):
         count = state.count
@@ -174,30 +143,18 @@ def scale_by_zoom_linesearch(
         c2_t = base.resolve(c2, count, dtype)
         # An invalid traced pair (c1 >= c2) poisons this lane instead of misbehaving silently.
         c2_t = jnp.where(c1_t < c2_t, c2_t, jnp.nan)
-        unit, d_norm, s0, code = common.unit_direction(updates, grad, dtype)
-        code = jnp.where(jnp.isfinite(f0) & jnp.isfinite(c2_t), code, int(Status.NON_FINITE))
-        searching = code == int(Status.OK)
-        safe_norm = jnp.where(searching, d_norm, 1.0)
-
-        tau_max = base.resolve(step_norm_max, count, dtype)
-        if t_max is not None:
-            tau_max = jnp.minimum(tau_max, base.resolve(t_max, count, dtype) * safe_norm)
-
-        if initial_guess_strategy == "one":
-            tau0 = safe_norm
-        elif initial_guess_strategy == "keep":
-            prev = state.step_size
-            tau0 = jnp.where((prev > 0) & jnp.isfinite(prev), prev, 1.0) * safe_norm
-        else:
-            # First search: about a unit-length displacement (exactly 1.01 for d = -g).
-            first_guess = 1.01 * common.safe_norm(grad, dtype) / jnp.abs(s0)
-            quad = 1.01 * 2.0 * (f0 - state.start_value) / s0
-            usable = (count > 0) & jnp.isfinite(quad) & (quad > 0)
-            tau0 = jnp.where(usable, quad, first_guess)
-            if initial_guess_strategy == "quadratic_capped":
-                tau0 = jnp.minimum(tau0, safe_norm)
-        tau0 = jnp.where(jnp.isfinite(tau0) & (tau0 > 0), tau0, 1.0)
-        tau0 = jnp.minimum(tau0, tau_max)
+        start = common.start_wolfe_search(
+            updates,
+            state,
+            grad,
+            f0,
+            dtype=dtype,
+            hyperparameters_ok=jnp.isfinite(c2_t),
+            initial_guess_strategy=initial_guess_strategy,
+            max_step_norm=step_norm_max,
+            max_learning_rate=t_max,
+        )
+        unit, safe_norm, s0, code, searching, tau0, tau_max = start
 
         value_and_grad = jax.value_and_grad(value_fn)
         eps = jnp.finfo(dtype).eps
@@ -334,23 +291,7 @@ def scale_by_zoom_linesearch(
             wolfe=jnp.asarray(False),
             unbounded=jnp.asarray(False),
         )
-        c = common.packed_while_loop(cond, body, carry, dtype)
-        found = searching & (c.tau_b > 0)
-        return common.finish_search(
-            state,
-            updates,
-            code=code,
-            accepted=found,
-            step=c.tau_b / safe_norm,
-            value=c.f_b,
-            grad=c.g_b,
-            f0=f0,
-            grad0=grad,
-            num_evals=(c.i, c.i),
-            unbounded=c.unbounded,
-            start_value=f0,
-            curvature_satisfied=found & c.wolfe,
-        )
+        return common.run_bracketing_search(cond, body, carry, state, updates, start, f0, grad)
 
     return base.GradientTransformationExtraArgs(
         init_fn, common.search_update(_OWNER, ScaleByZoomLinesearchState, search)
