@@ -64,18 +64,12 @@ __all__ = [
 def _pair(x, g, prev_x, prev_g, count):
     r"""``(s, y, sy, accept, gamma, |g|)`` for the newest pair (accept=False on the first step).
 
-    The norms of :math:`s, y, g` are computed together with the usual rescaling by the largest
-    entry (:math:`\lVert v\rVert = m\sqrt{\sum (v_i/m)^2}`, so :math:`10^{\pm 30}`-scaled
-    problems neither under- nor overflow): two passes over the stacked vectors instead of two
-    per norm.
+    Norms are rescaled by the largest entry (:func:`~gradlab.linesearch.common.safe_norm`), so
+    :math:`10^{\pm 30}`-scaled problems neither under- nor overflow; :math:`\lVert g\rVert` is
+    computed once here for :func:`_finish` as well.
     """
     s, y = x - prev_x, g - prev_g
-    v = jnp.stack([s, y, g])
-    m = jnp.max(jnp.abs(v), axis=1)
-    safe_m = jnp.where((m > 0) & jnp.isfinite(m), m, 1.0)
-    u = v / safe_m[:, None]
-    norms = jnp.where(jnp.isfinite(m), safe_m * jnp.sqrt(jnp.sum(u * u, axis=1)), m)
-    ns, ny, ng = norms[0], norms[1], norms[2]
+    ns, ny, ng = (common.safe_norm(v, v.dtype) for v in (s, y, g))
     sy = jnp.vdot(s, y)
     eps = jnp.finfo(s.dtype).eps
     accept = (count > 0) & jnp.isfinite(sy) & (sy > eps * ns * ny) & (ny > 0)
