@@ -123,31 +123,38 @@ def packed_while_loop(
     dtype,
 ) -> NamedTuple:
     """``lax.while_loop(cond_fun, body_fun, init)`` for a ``NamedTuple`` carry whose scalar
-    fields (floats in ``dtype``, int32 counters below :math:`2^{24}`, booleans) travel packed
-    in one ``dtype`` vector; other fields are carried as they are.
+    fields (floats in ``dtype``, int32 counters below :math:`2^{24}`, booleans) and short
+    ``dtype`` vectors (at most 8 entries) travel packed in one ``dtype`` vector; other fields
+    are carried as they are.
 
     Same results as the plain loop. On the CPU every carried buffer costs a copy and every
     scalar update its own kernel per iteration: a line search's ~17 scalars packed into one
     vector cut its per-trial cost by about a quarter (measured at ``n = 100``).
     """
     names = init._fields
-    scalars = [
-        k
-        for k in names
-        if isinstance(getattr(init, k), jax.Array | bool | float | int)
-        and jnp.shape(getattr(init, k)) == ()
-    ]
-    kinds = {k: jnp.result_type(getattr(init, k)) for k in scalars}
+
+    def small(v):  # a scalar, or a short float vector of the packing dtype
+        if not isinstance(v, jax.Array | bool | float | int):
+            return False
+        shape = jnp.shape(v)
+        return shape == () or (len(shape) == 1 and shape[0] <= 8 and jnp.result_type(v) == dtype)
+
+    packed = [k for k in names if small(getattr(init, k))]
+    kinds = {k: jnp.result_type(getattr(init, k)) for k in packed}
+    sizes = {k: int(jnp.size(getattr(init, k))) for k in packed}
+    shapes = {k: jnp.shape(getattr(init, k)) for k in packed}
 
     def pack(c):
-        vec = jnp.stack([jnp.asarray(getattr(c, k)).astype(dtype) for k in scalars])
-        return vec, {k: getattr(c, k) for k in names if k not in kinds}
+        parts = [jnp.ravel(jnp.asarray(getattr(c, k)).astype(dtype)) for k in packed]
+        return jnp.concatenate(parts), {k: getattr(c, k) for k in names if k not in kinds}
 
-    def unpack(packed):
-        vec, rest = packed
-        values = dict(rest)
-        for j, k in enumerate(scalars):
-            values[k] = vec[j] != 0 if kinds[k] == jnp.bool_ else vec[j].astype(kinds[k])
+    def unpack(p):
+        vec, rest = p
+        values, j = dict(rest), 0
+        for k in packed:
+            part = vec[j : j + sizes[k]].reshape(shapes[k])
+            j += sizes[k]
+            values[k] = part != 0 if kinds[k] == jnp.bool_ else part.astype(kinds[k])
         return type(init)(**values)
 
     out = jax.lax.while_loop(

@@ -60,15 +60,9 @@ class _Carry(NamedTuple):
     done: jax.Array
     zooming: jax.Array
     tau: jax.Array  # next trial (displacement length along the unit direction)
-    tau_p: jax.Array  # previous bracketing trial
-    f_p: jax.Array
-    s_p: jax.Array
-    tau_lo: jax.Array
-    f_lo: jax.Array
-    s_lo: jax.Array
-    tau_hi: jax.Array
-    f_hi: jax.Array
-    s_hi: jax.Array
+    prev: jax.Array  # (tau, f, phi') of the previous bracketing trial
+    lo: jax.Array  # (tau, f, phi') of the interval end with the lower value
+    hi: jax.Array  # (tau, f, phi') of the other end
     tau_b: jax.Array  # best point with sufficient decrease (0: none yet)
     f_b: jax.Array
     g_b: Any
@@ -162,11 +156,13 @@ def scale_by_zoom_linesearch(
 
         s_scale = jnp.where(searching, jnp.abs(s0), 1.0)
 
-        def nf(f):
-            return (f - f0) / s_scale
+        origin = jnp.stack([zero, f0, s0])  # phi at tau = 0
+        offset = jnp.stack([zero, f0, zero])
+        scale = jnp.stack([jnp.ones([], dtype), s_scale, s_scale])
 
-        def ns(s):
-            return s / s_scale
+        def normalise(point):
+            """(tau, f, phi') -> (tau, (f - f0)/|phi'(0)|, phi'/|phi'(0)|)."""
+            return (point - offset) / scale
 
         def cond(c: _Carry):
             return ~c.done & searching
@@ -188,52 +184,42 @@ def scale_by_zoom_linesearch(
 
             # Bracketing phase (Algorithm 3.5).
             first = c.i == 0
-            br_a = ~armijo | (~first & (f >= c.f_p))
+            br_a = ~armijo | (~first & (f >= c.prev[1]))
             br_accept = ~br_a & curv
             br_c = ~br_a & ~curv & (s >= 0)
             br_extrap = ~br_a & ~curv & (s < 0)
             at_max = tau >= tau_max * (1 - 4 * eps)
             br_unbounded = br_extrap & at_max
             # Zoom phase (Algorithm 3.6).
-            zm_a = ~armijo | (f >= c.f_lo)
+            zm_a = ~armijo | (f >= c.lo[1])
             zm_accept = ~zm_a & curv
-            zm_flip = ~zm_a & ~curv & (s * (c.tau_hi - c.tau_lo) >= 0)
+            zm_flip = ~zm_a & ~curv & (s * (c.hi[0] - c.lo[0]) >= 0)
 
             z = c.zooming
             accept = jnp.where(z, zm_accept, br_accept)
             unbounded = ~z & br_unbounded
             start_zoom = ~z & (br_a | br_c)
-            # New interval ends.
+            # New interval ends, each a (tau, f, phi') triple selected whole.
             # Bracketing: (a) lo=prev, hi=cur; (c) lo=cur, hi=prev.
             # Zooming: (a) hi=cur; otherwise hi=lo if flip, then lo=cur.
+            cur = jnp.stack([tau, f, s])
             lo_is_cur = jnp.where(z, ~zm_a, br_c)
             lo_is_prev = ~z & br_a
             hi_is_cur = jnp.where(z, zm_a, br_a)
             hi_is_prev = ~z & br_c
             hi_is_lo = z & zm_flip
-
-            def pick(cur, prev, lo, hi, which_lo):
-                if which_lo:
-                    return jnp.where(lo_is_cur, cur, jnp.where(lo_is_prev, prev, lo))
-                return jnp.where(
-                    hi_is_cur, cur, jnp.where(hi_is_prev, prev, jnp.where(hi_is_lo, lo, hi))
-                )
-
-            tau_lo = pick(tau, c.tau_p, c.tau_lo, c.tau_hi, True)
-            f_lo = pick(f, c.f_p, c.f_lo, c.f_hi, True)
-            s_lo = pick(s, c.s_p, c.s_lo, c.s_hi, True)
-            tau_hi = pick(tau, c.tau_p, c.tau_lo, c.tau_hi, False)
-            f_hi = pick(f, c.f_p, c.f_lo, c.f_hi, False)
-            s_hi = pick(s, c.s_p, c.s_lo, c.s_hi, False)
+            lo = jnp.where(lo_is_cur, cur, jnp.where(lo_is_prev, c.prev, c.lo))
+            hi = jnp.where(
+                hi_is_cur, cur, jnp.where(hi_is_prev, c.prev, jnp.where(hi_is_lo, c.lo, c.hi))
+            )
             zooming = z | start_zoom
 
             # Next trial: interpolate inside [lo, hi], or extrapolate beyond tau.
             # Interpolate on f and slopes divided by |phi'(0)|: O(tau) numbers at any scale.
-            interp = common.safeguarded_interpolation(
-                tau_lo, nf(f_lo), ns(s_lo), tau_hi, nf(f_hi), ns(s_hi)
-            )
-            cub = common.cubic_min(c.tau_p, nf(c.f_p), ns(c.s_p), tau, nf(f), ns(s))
-            width = tau - c.tau_p
+            lo_n, hi_n, prev_n, cur_n = (normalise(v) for v in (lo, hi, c.prev, cur))
+            interp = common.safeguarded_interpolation(*lo_n, *hi_n)
+            cub = common.cubic_min(*prev_n, *cur_n)
+            width = tau - c.prev[0]
             lo_ext, hi_ext = tau + 1.1 * width, tau + 4.0 * width
             ext = jnp.where(jnp.isfinite(cub) & (cub > tau), jnp.clip(cub, lo_ext, hi_ext), hi_ext)
             ext = jnp.minimum(ext, tau_max)
@@ -247,7 +233,7 @@ def scale_by_zoom_linesearch(
 
             i = c.i + 1
             tiny_interval = zooming & (
-                jnp.abs(tau_hi - tau_lo) <= 8 * eps * jnp.maximum(tau_lo, tau_hi)
+                jnp.abs(hi[0] - lo[0]) <= 8 * eps * jnp.maximum(lo[0], hi[0])
             )
             done = accept | unbounded | (i >= max_steps) | tiny_interval
             return _Carry(
@@ -255,15 +241,9 @@ def scale_by_zoom_linesearch(
                 done=done,
                 zooming=zooming,
                 tau=next_tau,
-                tau_p=jnp.where(br_extrap, tau, c.tau_p),
-                f_p=jnp.where(br_extrap, f, c.f_p),
-                s_p=jnp.where(br_extrap, s, c.s_p),
-                tau_lo=tau_lo,
-                f_lo=f_lo,
-                s_lo=s_lo,
-                tau_hi=tau_hi,
-                f_hi=f_hi,
-                s_hi=s_hi,
+                prev=jnp.where(br_extrap, cur, c.prev),
+                lo=lo,
+                hi=hi,
                 tau_b=tau_b,
                 f_b=f_b,
                 g_b=g_b,
@@ -276,15 +256,9 @@ def scale_by_zoom_linesearch(
             done=jnp.asarray(False),
             zooming=jnp.asarray(False),
             tau=tau0,
-            tau_p=zero,
-            f_p=f0,
-            s_p=s0,
-            tau_lo=zero,
-            f_lo=f0,
-            s_lo=s0,
-            tau_hi=zero,
-            f_hi=f0,
-            s_hi=s0,
+            prev=origin,
+            lo=origin,
+            hi=origin,
             tau_b=zero,
             f_b=jnp.asarray(jnp.inf, dtype),
             g_b=grad,
