@@ -44,8 +44,10 @@ __all__ = [
     "finish_search",
     "run_bracketing_search",
     "start_wolfe_search",
+    "evaluate_trial",
     "INITIAL_GUESSES",
     "WolfeSearchState",
+    "WolfeSettings",
     "wolfe_hyperparameters",
     "FATAL_STATUSES",
 ]
@@ -371,6 +373,16 @@ class WolfeStart(NamedTuple):
     tau_max: jax.Array  #: largest displacement.
 
 
+class WolfeSettings(NamedTuple):
+    """A Wolfe search's validated arguments (numbers, traced arrays or schedules)."""
+
+    slope_rtol: Any  #: c1.
+    curv_rtol: Any  #: c2.
+    max_learning_rate: Any  #: None: no bound on t.
+    max_step_norm: Any
+    initial_guess_strategy: str
+
+
 def wolfe_hyperparameters(
     owner: str,
     initial_guess_strategy: str,
@@ -393,7 +405,7 @@ def wolfe_hyperparameters(
         else base.hyperparameter(max_learning_rate, "max_learning_rate", base.POSITIVE, owner=owner)
     )
     step_norm_max = base.hyperparameter(max_step_norm, "max_step_norm", base.POSITIVE, owner=owner)
-    return c1, c2, t_max, step_norm_max
+    return WolfeSettings(c1, c2, t_max, step_norm_max, initial_guess_strategy)
 
 
 def check_initial_guess(strategy: str, owner: str) -> str:
@@ -410,12 +422,10 @@ def start_wolfe_search(
     state: NamedTuple,
     grad: Any,
     f0: jax.Array,
+    settings: WolfeSettings,
     *,
     dtype,
     hyperparameters_ok: jax.Array,
-    initial_guess_strategy: str,
-    max_step_norm: Any,
-    max_learning_rate: Any,
 ) -> WolfeStart:
     r"""The shared start of the Wolfe searches: the unit direction and its slope (``code`` is
     ``NON_FINITE`` as well when ``f0`` or a traced hyperparameter is not finite), the largest
@@ -428,13 +438,15 @@ def start_wolfe_search(
     searching = code == int(Status.OK)
     d_norm = jnp.where(searching, d_norm, 1.0)
 
-    tau_max = base.resolve(max_step_norm, count, dtype)
-    if max_learning_rate is not None:
-        tau_max = jnp.minimum(tau_max, base.resolve(max_learning_rate, count, dtype) * d_norm)
+    strategy = settings.initial_guess_strategy
+    tau_max = base.resolve(settings.max_step_norm, count, dtype)
+    if settings.max_learning_rate is not None:
+        t_max = base.resolve(settings.max_learning_rate, count, dtype)
+        tau_max = jnp.minimum(tau_max, t_max * d_norm)
 
-    if initial_guess_strategy == "one":
+    if strategy == "one":
         tau0 = d_norm
-    elif initial_guess_strategy == "keep":
+    elif strategy == "keep":
         prev = state.step_size
         tau0 = jnp.where((prev > 0) & jnp.isfinite(prev), prev, 1.0) * d_norm
     else:
@@ -443,11 +455,30 @@ def start_wolfe_search(
         quad = 1.01 * 2.0 * (f0 - state.start_value) / s0
         usable = (count > 0) & jnp.isfinite(quad) & (quad > 0)
         tau0 = jnp.where(usable, quad, first_guess)
-        if initial_guess_strategy == "quadratic_capped":
+        if strategy == "quadratic_capped":
             tau0 = jnp.minimum(tau0, d_norm)
     tau0 = jnp.where(jnp.isfinite(tau0) & (tau0 > 0), tau0, 1.0)
     tau0 = jnp.minimum(tau0, tau_max)
     return WolfeStart(unit, d_norm, s0, code, searching, tau0, tau_max)
+
+
+def evaluate_trial(
+    value_and_grad: Callable[[Any], tuple[jax.Array, Any]],
+    params: Any,
+    direction: Any,
+    start: WolfeStart,
+    tau: jax.Array,
+    grad0: Any,
+) -> tuple[jax.Array, Any, jax.Array, jax.Array]:
+    r"""``(f, g, slope, finite)`` at the trial displacement ``tau`` along the unit direction:
+    :math:`f(x + \tau\hat d)`, its gradient (in ``grad0``'s dtypes), :math:`g^\top\hat d`, and
+    whether both are finite (a NaN/Inf anywhere in ``g`` makes the slope NaN: one check)."""
+    dtype = start.tau0.dtype
+    f, g = value_and_grad(trial_point(params, tau / start.direction_norm, direction))
+    g = base.cast_like(g, grad0)
+    s = tree_vdot(g, start.unit, dtype)
+    f = jnp.asarray(f, dtype)
+    return f, g, s, jnp.isfinite(f) & jnp.isfinite(s)
 
 
 def run_bracketing_search(

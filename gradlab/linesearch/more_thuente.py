@@ -241,7 +241,7 @@ def scale_by_more_thuente_linesearch(
       20(3), 1994.
     """
     max_steps = base.check_positive_int(max_linesearch_steps, "max_linesearch_steps", owner=_OWNER)
-    c1, c2, t_max, step_norm_max = common.wolfe_hyperparameters(
+    settings = common.wolfe_hyperparameters(
         _OWNER, initial_guess_strategy, slope_rtol, curv_rtol, max_learning_rate, max_step_norm
     )
     x_tol = base.hyperparameter(xtol, "xtol", base.UNIT_INTERVAL_OPEN_RIGHT, owner=_OWNER)
@@ -251,22 +251,14 @@ def scale_by_more_thuente_linesearch(
 
     def search(updates, state, params, *, dtype, f0, grad, value_fn):
         count = state.count
-        c1_t = base.resolve(c1, count, dtype)
-        c2_t = base.resolve(c2, count, dtype)
+        c1_t = base.resolve(settings.slope_rtol, count, dtype)
+        c2_t = base.resolve(settings.curv_rtol, count, dtype)
         xtol_t = base.resolve(x_tol, count, dtype)
         # An invalid traced pair (c1 > c2) poisons this lane instead of misbehaving silently.
         c2_t = jnp.where(c1_t <= c2_t, c2_t, jnp.nan)
         ok_hyper = jnp.isfinite(c2_t) & jnp.isfinite(xtol_t)
         start = common.start_wolfe_search(
-            updates,
-            state,
-            grad,
-            f0,
-            dtype=dtype,
-            hyperparameters_ok=ok_hyper,
-            initial_guess_strategy=initial_guess_strategy,
-            max_step_norm=step_norm_max,
-            max_learning_rate=t_max,
+            updates, state, grad, f0, settings, dtype=dtype, hyperparameters_ok=ok_hyper
         )
         unit, safe_norm, s0, code, searching, tau0, tau_max = start
 
@@ -283,12 +275,9 @@ def scale_by_more_thuente_linesearch(
 
         def body(c: _Carry):
             tau = c.tau
-            f, g = value_and_grad(common.trial_point(params, tau / safe_norm, updates))
-            f = jnp.asarray(f, dtype)
-            g = base.cast_like(g, grad)
-            s = common.tree_vdot(g, unit, dtype)
-            # A NaN/Inf anywhere in g makes s = g . unit NaN (0 * NaN = NaN): one check suffices.
-            finite = jnp.isfinite(f) & jnp.isfinite(s)
+            f, g, s, finite = common.evaluate_trial(
+                value_and_grad, params, updates, start, tau, grad
+            )
             fn = jnp.where(finite, (f - f0) / s_scale, jnp.inf)
             sn = jnp.where(finite, s / s_scale, 0.0)
             ftest = tau * gtest

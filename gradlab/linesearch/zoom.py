@@ -124,7 +124,7 @@ def scale_by_zoom_linesearch(
       Nocedal & Wright (2006), Algorithms 3.5 and 3.6, eqs. (3.59)–(3.60).
     """
     max_steps = base.check_positive_int(max_linesearch_steps, "max_linesearch_steps", owner=_OWNER)
-    c1, c2, t_max, step_norm_max = common.wolfe_hyperparameters(
+    settings = common.wolfe_hyperparameters(
         _OWNER, initial_guess_strategy, slope_rtol, curv_rtol, max_learning_rate, max_step_norm
     )
 
@@ -133,20 +133,12 @@ def scale_by_zoom_linesearch(
 
     def search(updates, state, params, *, dtype, f0, grad, value_fn):
         count = state.count
-        c1_t = base.resolve(c1, count, dtype)
-        c2_t = base.resolve(c2, count, dtype)
+        c1_t = base.resolve(settings.slope_rtol, count, dtype)
+        c2_t = base.resolve(settings.curv_rtol, count, dtype)
         # An invalid traced pair (c1 >= c2) poisons this lane instead of misbehaving silently.
         c2_t = jnp.where(c1_t < c2_t, c2_t, jnp.nan)
         start = common.start_wolfe_search(
-            updates,
-            state,
-            grad,
-            f0,
-            dtype=dtype,
-            hyperparameters_ok=jnp.isfinite(c2_t),
-            initial_guess_strategy=initial_guess_strategy,
-            max_step_norm=step_norm_max,
-            max_learning_rate=t_max,
+            updates, state, grad, f0, settings, dtype=dtype, hyperparameters_ok=jnp.isfinite(c2_t)
         )
         unit, safe_norm, s0, code, searching, tau0, tau_max = start
 
@@ -169,12 +161,9 @@ def scale_by_zoom_linesearch(
 
         def body(c: _Carry):
             tau = c.tau
-            f, g = value_and_grad(common.trial_point(params, tau / safe_norm, updates))
-            f = jnp.asarray(f, dtype)
-            g = base.cast_like(g, grad)
-            s = common.tree_vdot(g, unit, dtype)
-            # A NaN/Inf anywhere in g makes s = g . unit NaN (0 * NaN = NaN): one check suffices.
-            finite = jnp.isfinite(f) & jnp.isfinite(s)
+            f, g, s, finite = common.evaluate_trial(
+                value_and_grad, params, updates, start, tau, grad
+            )
             f = jnp.where(finite, f, jnp.inf)
             s = jnp.where(finite, s, 0.0)
             # Strict decrease as well: in float32, f0 + c1*tau*s0 can round to f0 and accept a
