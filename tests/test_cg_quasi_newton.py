@@ -101,31 +101,68 @@ def test_cg_default_restart_period_is_dimension_and_bad_args_raise():
         scale_by_nonlinear_cg(restart_every=0)
 
 
+def _h1(x0, g0, x1, g1, c0):
+    """Textbook BFGS matrix after one update of H0 = c0 I."""
+    s, y = np.asarray(x1 - x0, np.float64), np.asarray(g1 - g0, np.float64)
+    rho, eye = 1.0 / (y @ s), np.eye(s.size)
+    left = eye - rho * np.outer(s, y)
+    return left @ (c0 * eye) @ left.T + rho * np.outer(s, s)
+
+
 def test_bfgs_first_step_is_gradient_descent_direction_and_update_matches_textbook():
     x0 = jnp.asarray([1.0, 2.0, -1.0])
     g0 = jnp.asarray([0.5, -1.0, 2.0])
-    tx = scale_by_bfgs(scale_init_precond=False)
+    tx = scale_by_bfgs(initial_inverse_hessian="identity")
     state = tx.init(x0)
     d0, state = tx.update(g0, state, x0)
     np.testing.assert_allclose(np.asarray(d0), -np.asarray(g0))  # B0 = I
-    d0s, _ = scale_by_bfgs().update(g0, scale_by_bfgs().init(x0), x0)
+    d0s, _ = scale_by_bfgs("gamma").update(g0, scale_by_bfgs("gamma").init(x0), x0)
     np.testing.assert_allclose(
         np.asarray(d0s), -np.asarray(g0) / np.linalg.norm(g0), rtol=1e-6
     )  # scaled: unit length, same direction
+    # The default is B0 = I as well when |g0| >= 1 (here |g0| = 2.29).
+    d0m, _ = scale_by_bfgs().update(g0, scale_by_bfgs().init(x0), x0)
+    np.testing.assert_allclose(np.asarray(d0m), -np.asarray(g0))
     x1 = x0 + 0.1 * d0
     g1 = jnp.asarray([0.2, -0.3, 1.0])
     d1, state = tx.update(g1, state, x1)
-    s, y = np.asarray(x1 - x0, np.float64), np.asarray(g1 - g0, np.float64)
-    rho = 1.0 / (y @ s)
-    eye = np.eye(3)
-    h1 = (eye - rho * np.outer(s, y)) @ eye @ (eye - rho * np.outer(y, s)) + rho * np.outer(s, s)
+    h1 = _h1(x0, g0, x1, g1, 1.0)
     np.testing.assert_allclose(np.asarray(d1), -h1 @ np.asarray(g1), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(state.inv_hessian), h1, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_bfgs_initial_inverse_hessian_rules(scale):
+    """H0 = max(1, gamma) I (default), I, or gamma I; first direction -max(1, 1/|g|) g, -g or
+    -g/|g|: the three rules written out on f = scale * sum(a x^2 / 2)."""
+    a = np.asarray([1.0, 4.0, 0.25])
+    x0, x1 = np.asarray([1.0, -1.0, 2.0]), np.asarray([0.5, -0.5, 1.0])
+    g0, g1 = scale * a * x0, scale * a * x1
+    s, y = x1 - x0, g1 - g0
+    gamma = (s @ y) / (y @ y)
+    ng0 = np.linalg.norm(g0)
+    expected = {
+        "max_identity_gamma": (max(1.0, 1.0 / ng0), max(1.0, gamma)),
+        "identity": (1.0, 1.0),
+        "gamma": (1.0 / ng0, gamma),
+    }
+    for rule, (first, c0) in expected.items():
+        with enable_x64(True):
+            tx = scale_by_bfgs(rule)
+            d0, state = tx.update(jnp.asarray(g0), tx.init(jnp.asarray(x0)), jnp.asarray(x0))
+            d1, state = tx.update(jnp.asarray(g1), state, jnp.asarray(x1))
+            inv_hessian = np.asarray(state.inv_hessian)
+        np.testing.assert_allclose(np.asarray(d0), -first * g0, rtol=1e-12, err_msg=rule)
+        h1 = _h1(x0, g0, x1, g1, c0)
+        np.testing.assert_allclose(inv_hessian, h1, rtol=1e-10, err_msg=rule)
+        np.testing.assert_allclose(np.asarray(d1), -h1 @ g1, rtol=1e-10, err_msg=rule)
+    with pytest.raises(ValueError, match="initial_inverse_hessian"):
+        scale_by_bfgs("unit")
+
+
 def test_bfgs_skips_update_without_positive_curvature():
     x0 = jnp.asarray([0.0, 0.0])
-    tx = scale_by_bfgs(scale_init_precond=False)
+    tx = scale_by_bfgs(initial_inverse_hessian="identity")
     state = tx.init(x0)
     _, state = tx.update(jnp.asarray([1.0, 0.0]), state, x0)
     # s = (1, 0), y = (-2, 0): y's < 0 -> skipped, H stays I.
@@ -141,7 +178,8 @@ def test_lbfgs_with_enough_memory_equals_bfgs():
         rng = np.random.default_rng(0)
         xs = [jnp.asarray(rng.normal(size=4)) for _ in range(5)]
         gs = [convex_quadratic_grad(x) for x in xs]
-        dense, lim = scale_by_bfgs(False), scale_by_lbfgs(memory_size=6, scale_init_precond=False)
+        dense = scale_by_bfgs(initial_inverse_hessian="identity")
+        lim = scale_by_lbfgs(memory_size=6, scale_init_precond=False)
         sd, sl = dense.init(xs[0]), lim.init(xs[0])
         dense_update, lim_update = jax.jit(dense.update), jax.jit(lim.update)  # one compile each
         for x, g in zip(xs, gs, strict=True):

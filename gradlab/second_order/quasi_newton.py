@@ -9,16 +9,27 @@ Both build an approximation :math:`H_k \approx \nabla^2 f(x_k)^{-1}` from the pa
     H_{k+1} = (I - \rho_k s_k y_k^\top)\, H_k\, (I - \rho_k y_k s_k^\top) + \rho_k s_k s_k^\top,
     \qquad \rho_k = \frac{1}{y_k^\top s_k}.
 
-**Initial matrix.** :math:`H_0 = I` (the textbook's :math:`B_0 = I_m`): the first direction
-is the gradient-descent direction :math:`-g_0`. With ``scale_init_precond=True`` (default) it is
-scaled to unit length, :math:`-g_0/\lVert g_0\rVert`, so the first trial step has a sensible
-size whatever the scale of :math:`f`, and just before the first update :math:`H_0` is replaced
-by :math:`\gamma I`, :math:`\gamma = s_0^\top y_0 / y_0^\top y_0` (Nocedal & Wright eq. 6.20);
-L-BFGS uses :math:`H^0_k = \gamma_k I` from the newest pair at every step (Liu & Nocedal). This
-makes both methods invariant to scaling :math:`f` (they behave the same on :math:`10^{-30}f`
-and :math:`10^{30}f`). ``scale_init_precond=False`` keeps :math:`H_0 = I` (scipy's BFGS): better
-when the inverse Hessian happens to be :math:`\preceq I`, worse otherwise, and not
-scale-invariant. The default line search tries
+**Initial matrix.** BFGS starts from the textbook's :math:`H_0 = I` (:math:`B_0 = I_m`): the
+first direction is the gradient-descent direction :math:`-g_0`. ``initial_inverse_hessian``
+chooses how the identity is safeguarded against the scale of :math:`f`:
+
+* ``"max_identity_gamma"`` (default): :math:`H_0 = \max(1, 1/\lVert g_0\rVert)\, I` for the
+  first direction (a gradient step, lengthened to unit length when :math:`\lVert g_0\rVert < 1`)
+  and :math:`H_0 = \max(1, \gamma)\, I`, :math:`\gamma = s_0^\top y_0 / y_0^\top y_0`
+  (Nocedal & Wright eq. 6.20), just before the first update. On a problem with gradients and
+  inverse curvature not larger than 1 this *is* :math:`H_0 = I` (scipy's BFGS, the same
+  steps); on :math:`10^{-30}f`, where the identity's steps would be :math:`10^{30}` times too
+  short for a line search to recover, it becomes the scaled :math:`\gamma I`.
+* ``"identity"``: :math:`H_0 = I` throughout (scipy's choice; fails on :math:`10^{-30}f` in
+  float32).
+* ``"gamma"``: a unit-length first direction :math:`-g_0/\lVert g_0\rVert` and
+  :math:`H_0 = \gamma I`: invariant to the scale of :math:`f` (identical steps on
+  :math:`10^{-30}f`, :math:`f`, :math:`10^{30}f`); better when the inverse Hessian is far from
+  :math:`\preceq I`, worse when it is (see the benchmarks).
+
+L-BFGS uses :math:`H^0_k = \gamma_k I` from the newest pair at every step (Liu & Nocedal) with
+a unit-length first direction (``scale_init_precond=True``, as ``optax.lbfgs``), or
+:math:`H^0_k = I` and :math:`-g_0` (``False``). The default BFGS search, More–Thuente, tries
 :math:`t_0 = \min(1, 1.01 \cdot 2(f_k - f_{k-1})/g_k^\top d_k)` first (scipy's choice).
 
 **Skipped updates.** The update keeps :math:`H` positive definite only when
@@ -30,7 +41,8 @@ with :math:`\varepsilon` the machine epsilon of the state dtype (1.2e-7 in float
 relative, scale-free test that also rejects a rejected step (:math:`s = 0`). A strong-Wolfe
 search guarantees :math:`y^\top s > 0`, so skips happen only with other searches or in
 round-off. **Resets.** When :math:`d_k` is not a descent direction (:math:`g^\top d \ge 0`) or
-not finite, the memory is cleared and the step restarts from :math:`-g/\lVert g\rVert`.
+not finite, the memory is cleared and the step restarts from :math:`-g` (its length set as for
+the first direction).
 
 References:
   Broyden (1970), Fletcher (1970), Goldfarb (1970), Shanno (1970).
@@ -80,13 +92,19 @@ def _pair(x, g, prev_x, prev_g, count):
     return s, y, sy, accept, gamma, ng
 
 
-def _finish(g, ng, d, scale_init_precond):
-    """``(d, reset)``: ``d``, or the restart direction ``-g`` (unit length when scaling) when
-    ``d`` is not a finite descent direction. ``g . d < 0`` is tested on ``g/|g|`` and
-    ``d/max|d|`` (no underflow for tiny gradients)."""
+#: Restart-direction lengths: ``-g/|g|``, ``-g``, or ``-g`` lengthened to unit length.
+_UNIT, _RAW, _AT_LEAST_UNIT = "unit", "raw", "at_least_unit"
+
+
+def _finish(g, ng, d, restart_length):
+    """``(d, reset)``: ``d``, or the restart direction ``-g`` (``restart_length``: scaled to
+    unit length, unscaled, or lengthened to unit length when shorter) when ``d`` is not a
+    finite descent direction. ``g . d < 0`` is tested on ``g/|g|`` and ``d/max|d|`` (no
+    underflow for tiny gradients)."""
     ok_g = (ng > 0) & jnp.isfinite(ng)
     inv = 1.0 / jnp.where(ok_g, ng, 1.0)
-    steepest = -(inv * g) if scale_init_precond else -g
+    factor = {_UNIT: inv, _RAW: 1.0, _AT_LEAST_UNIT: jnp.maximum(inv, 1.0)}[restart_length]
+    steepest = -(factor * g)
     md = jnp.max(jnp.abs(d))
     ok_d = (md > 0) & jnp.isfinite(md)
     slope = jnp.vdot(inv * g, d / jnp.where(ok_d, md, 1.0))
@@ -146,8 +164,12 @@ class ScaleByBFGSState(NamedTuple):
         return scale * jnp.eye(rest.shape[-1], dtype=rest.dtype) + rest
 
 
+#: ``initial_inverse_hessian`` choices of :func:`scale_by_bfgs`.
+INITIAL_INVERSE_HESSIANS = ("max_identity_gamma", "identity", "gamma")
+
+
 def scale_by_bfgs(
-    scale_init_precond: bool = True, state_dtype: Any = None
+    initial_inverse_hessian: str = "max_identity_gamma", state_dtype: Any = None
 ) -> base.GradientTransformation:
     r"""The BFGS direction :math:`d_k = -H_k g_k` with the dense inverse-Hessian update.
 
@@ -156,15 +178,19 @@ def scale_by_bfgs(
     :func:`scale_by_lbfgs` beyond a few thousand parameters).
 
     Args:
-      scale_init_precond: unit-length first direction and :math:`H_0 = \gamma I` before the
-        first update (see the module docstring); ``False``: :math:`H_0 = I` throughout.
+      initial_inverse_hessian: ``"max_identity_gamma"`` (default), ``"identity"`` or
+        ``"gamma"``: :math:`H_0` and the first direction (see the module docstring).
       state_dtype: dtype of :math:`H` and the stored vectors (default float32, float64 for
         float64 parameters).
     """
-    if not isinstance(scale_init_precond, bool):
-        raise TypeError(
-            f"scale_by_bfgs: scale_init_precond must be a bool, got {scale_init_precond!r}"
+    if initial_inverse_hessian not in INITIAL_INVERSE_HESSIANS:
+        raise ValueError(
+            f"scale_by_bfgs: initial_inverse_hessian must be one of {INITIAL_INVERSE_HESSIANS}, "
+            f"got {initial_inverse_hessian!r}"
         )
+    restart_length = {"max_identity_gamma": _AT_LEAST_UNIT, "identity": _RAW, "gamma": _UNIT}[
+        initial_inverse_hessian
+    ]
 
     def init_fn(params):
         n, dtype, fields = _initial_fields(params, state_dtype)
@@ -183,10 +209,13 @@ def scale_by_bfgs(
         dtype = state.inv_hessian_rest.dtype
 
         # H = alpha I + M. A "fresh" matrix (no update since the start or a reset) is c0 I:
-        # M is ignored and alpha = c0 (N&W eq. 6.20, H0 = (s'y / y'y) I just before the first
-        # update, which makes BFGS invariant to the scale of f).
+        # M is ignored and alpha = c0 (1, gamma = s'y / y'y of N&W eq. 6.20, or the larger of
+        # the two), taken just before the first update.
         fresh = state.num_updates == 0
-        alpha = jnp.where(fresh, gamma if scale_init_precond else 1.0, state.inv_hessian_scale)
+        c0 = {"max_identity_gamma": jnp.maximum(gamma, 1.0), "identity": 1.0, "gamma": gamma}[
+            initial_inverse_hessian
+        ]
+        alpha = jnp.where(fresh, c0, state.inv_hessian_scale)
         acc = accept.astype(dtype)
         rho = 1.0 / jnp.where(accept, sy, 1.0)
         hy = alpha * y + jnp.where(fresh, 0.0, state.inv_hessian_rest @ y)
@@ -204,10 +233,8 @@ def scale_by_bfgs(
 
         first = num_updates == 0
         # On the first step (nothing learned yet) d = 0 is "not descent": the restart
-        # direction -g (unit length with scaling) is taken, without counting a reset.
-        d, reset = _finish(
-            g, ng, jnp.where(first, 0.0, -(alpha * g + rest @ g)), scale_init_precond
-        )
+        # direction -g (its length set by initial_inverse_hessian) is taken, not counted.
+        d, reset = _finish(g, ng, jnp.where(first, 0.0, -(alpha * g + rest @ g)), restart_length)
         reset = reset & ~first
         new_state = ScaleByBFGSState(
             count=base.safe_increment(state.count),
@@ -311,7 +338,7 @@ def scale_by_lbfgs(
 
         hg = _two_loop(g, mem_s, mem_y, mem_rho, num_pairs, gamma)
         first = num_pairs == 0
-        d, reset = _finish(g, ng, jnp.where(first, 0.0, -hg), scale_init_precond)
+        d, reset = _finish(g, ng, jnp.where(first, 0.0, -hg), _UNIT if scale_init_precond else _RAW)
         reset = reset & ~first
         new_state = ScaleByLBFGSState(
             count=base.safe_increment(state.count),
@@ -334,8 +361,8 @@ def scale_by_lbfgs(
 
 def bfgs(
     learning_rate: base.ScalarOrSchedule | None = None,
-    scale_init_precond: bool = True,
-    linesearch: base.GradientTransformation | str | None = "strong_wolfe",
+    initial_inverse_hessian: str = "max_identity_gamma",
+    linesearch: base.GradientTransformation | str | None = "more_thuente",
     state_dtype: Any = None,
 ) -> base.GradientTransformationExtraArgs:
     r"""BFGS with a line search: ``chain(scale_by_bfgs, [learning rate], linesearch)``.
@@ -344,16 +371,16 @@ def bfgs(
 
     Args:
       learning_rate: optional fixed factor applied before the search (``None``: none).
-      scale_init_precond: see :func:`scale_by_bfgs`.
-      linesearch: a transformation, ``"strong_wolfe"`` (default:
-        :func:`~gradlab.linesearch.scale_by_zoom_linesearch`, :math:`c_1 = 10^{-4}`,
-        :math:`c_2 = 0.9`, first trial ``"quadratic_capped"``), ``"more_thuente"``,
-        ``"backtracking"``, ``"exact"`` or ``None``. ``bfgs(scale_init_precond=False,
-        linesearch="more_thuente")`` is scipy's BFGS (same evaluation counts; not invariant
-        to the scale of :math:`f`).
+      initial_inverse_hessian: see :func:`scale_by_bfgs`.
+      linesearch: a transformation, ``"more_thuente"`` (default:
+        :func:`~gradlab.linesearch.scale_by_more_thuente_linesearch`, :math:`c_1 = 10^{-4}`,
+        :math:`c_2 = 0.9`, first trial ``"quadratic_capped"``), ``"strong_wolfe"`` (the zoom
+        search), ``"backtracking"``, ``"exact"`` or ``None``. With
+        ``initial_inverse_hessian="identity"`` this is scipy's BFGS (the same evaluation
+        counts); the default differs from it only where the identity is too small.
       state_dtype: see :func:`scale_by_bfgs`.
     """
-    descent = scale_by_bfgs(scale_init_precond, state_dtype)
+    descent = scale_by_bfgs(initial_inverse_hessian, state_dtype)
     return with_search(descent, learning_rate, linesearch, "quadratic_capped")
 
 
@@ -374,7 +401,8 @@ def lbfgs(
       learning_rate: optional fixed factor applied before the search (``None``: none).
       memory_size: pairs kept (static int >= 1).
       scale_init_precond: see :func:`scale_by_lbfgs`.
-      linesearch: as in :func:`bfgs`; the default strong-Wolfe search tries :math:`t = 1`
+      linesearch: as in :func:`bfgs`; the default is the strong-Wolfe zoom search
+        (``"strong_wolfe"``), trying :math:`t = 1`
         first (the natural quasi-Newton step, ``optax.lbfgs``'s choice).
       state_dtype: see :func:`scale_by_lbfgs`.
     """
