@@ -24,8 +24,9 @@ chooses how the identity is safeguarded against the scale of :math:`f`:
   float32).
 * ``"gamma"``: a unit-length first direction :math:`-g_0/\lVert g_0\rVert` and
   :math:`H_0 = \gamma I`: invariant to the scale of :math:`f` (identical steps on
-  :math:`10^{-30}f`, :math:`f`, :math:`10^{30}f`); better when the inverse Hessian is far from
-  :math:`\preceq I`, worse when it is (see the benchmarks).
+  :math:`10^{-30}f`, :math:`f`, :math:`10^{30}f`); fewer evaluations where the inverse
+  Hessian has eigenvalues well above 1, many more where it is :math:`\preceq I` (see the
+  benchmarks).
 
 L-BFGS uses :math:`H^0_k = \gamma_k I` from the newest pair at every step (Liu & Nocedal) with
 a unit-length first direction (``scale_init_precond=True``, as ``optax.lbfgs``), or
