@@ -165,8 +165,14 @@ class ScaleByBFGSState(NamedTuple):
         return scale * jnp.eye(rest.shape[-1], dtype=rest.dtype) + rest
 
 
-#: ``initial_inverse_hessian`` choices of :func:`scale_by_bfgs`.
-INITIAL_INVERSE_HESSIANS = ("max_identity_gamma", "identity", "gamma")
+#: ``initial_inverse_hessian`` rules of :func:`scale_by_bfgs`: the first direction's length and
+#: the scale :math:`c_0` of :math:`H_0 = c_0 I` as a function of :math:`\gamma`.
+_INITIAL_RULES = {
+    "max_identity_gamma": (_AT_LEAST_UNIT, lambda gamma: jnp.maximum(gamma, 1.0)),
+    "identity": (_RAW, lambda gamma: 1.0),
+    "gamma": (_UNIT, lambda gamma: gamma),
+}
+INITIAL_INVERSE_HESSIANS = tuple(_INITIAL_RULES)
 
 
 def scale_by_bfgs(
@@ -189,9 +195,7 @@ def scale_by_bfgs(
             f"scale_by_bfgs: initial_inverse_hessian must be one of {INITIAL_INVERSE_HESSIANS}, "
             f"got {initial_inverse_hessian!r}"
         )
-    restart_length = {"max_identity_gamma": _AT_LEAST_UNIT, "identity": _RAW, "gamma": _UNIT}[
-        initial_inverse_hessian
-    ]
+    restart_length, initial_scale = _INITIAL_RULES[initial_inverse_hessian]
 
     def init_fn(params):
         n, dtype, fields = _initial_fields(params, state_dtype)
@@ -213,10 +217,7 @@ def scale_by_bfgs(
         # M is ignored and alpha = c0 (1, gamma = s'y / y'y of N&W eq. 6.20, or the larger of
         # the two), taken just before the first update.
         fresh = state.num_updates == 0
-        c0 = {"max_identity_gamma": jnp.maximum(gamma, 1.0), "identity": 1.0, "gamma": gamma}[
-            initial_inverse_hessian
-        ]
-        alpha = jnp.where(fresh, c0, state.inv_hessian_scale)
+        alpha = jnp.where(fresh, initial_scale(gamma), state.inv_hessian_scale)
         acc = accept.astype(dtype)
         rho = 1.0 / jnp.where(accept, sy, 1.0)
         hy = alpha * y + jnp.where(fresh, 0.0, state.inv_hessian_rest @ y)
@@ -403,8 +404,8 @@ def lbfgs(
       memory_size: pairs kept (static int >= 1).
       scale_init_precond: see :func:`scale_by_lbfgs`.
       linesearch: as in :func:`bfgs`; the default is the strong-Wolfe zoom search
-        (``"strong_wolfe"``), trying :math:`t = 1`
-        first (the natural quasi-Newton step, ``optax.lbfgs``'s choice).
+        (``"strong_wolfe"``) trying :math:`t = 1` first (the natural quasi-Newton step,
+        ``optax.lbfgs``'s choice).
       state_dtype: see :func:`scale_by_lbfgs`.
     """
     descent = scale_by_lbfgs(memory_size, scale_init_precond, state_dtype)
