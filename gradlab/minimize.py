@@ -76,7 +76,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradlab import base
+from gradlab import base, compilation
 from gradlab.linesearch import common
 from gradlab.status import Status, describe
 
@@ -227,8 +227,7 @@ class _Carry(NamedTuple):
     status: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("fun", "solver", "static_extra", "has_aux"))
-def _run(fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_extra, has_aux):
+def _solve(fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_extra, has_aux):
     extra = dict(static_extra)
     extra.update(dynamic_extra)
     value_fn = (lambda p: fun(p, *args)[0]) if has_aux else (lambda p: fun(p, *args))
@@ -341,6 +340,10 @@ def _run(fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_extr
         status=c.status,
         aux=aux,
     )
+
+
+# One compiled loop per (fun, solver, static extras, has_aux), with gradlab's CPU options.
+_run = compilation.jit(_solve, static_argnames=("fun", "solver", "static_extra", "has_aux"))
 
 
 def minimize(

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from gradlab import compilation
 from gradlab.sweep.program import Program, memoise, unpack
 from gradlab.sweep.program import outcome as program_outcome
 
@@ -216,11 +217,14 @@ def run_batched(job: Job, chunk_size: int) -> Output:
     run_sh = NamedSharding(mesh, PartitionSpec("runs"))
     rep = NamedSharding(mesh, PartitionSpec())
 
+    options = compilation.compiler_options(job.devices[0].platform)
+
     def build():
         def jit(fn, **kw):
             vmapped = jax.vmap(fn, in_axes=(0, 0, None))
             shardings = (run_sh, run_sh, rep)
-            return jax.jit(vmapped, in_shardings=shardings, out_shardings=run_sh, **kw)
+            kw.update(in_shardings=shardings, out_shardings=run_sh, compiler_options=options)
+            return jax.jit(vmapped, **kw)
 
         return jit(prog.start), jit(prog.advance, donate_argnums=0)
 
@@ -277,7 +281,12 @@ def run_loop(job: Job, workers: int | None = None) -> Output:
     """
     n_runs, devices = job.n_runs, list(job.devices)
     prog = job.program(job.n_evals)
-    finish = memoise(_JIT_CACHE, (prog,), ("loop",), lambda: jax.jit(prog.finish), 32)
+    options = compilation.compiler_options(devices[0].platform)
+
+    def build():
+        return jax.jit(prog.finish, compiler_options=options)
+
+    finish = memoise(_JIT_CACHE, (prog,), ("loop", devices[0].platform), build, 32)
     names = job.metric_names or _metric_names(prog, job)
     # on the default device alone, jit places the inputs itself (no per-call transfers)
     default = len(devices) == 1 and devices[0] == jax.devices()[0]

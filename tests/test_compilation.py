@@ -1,0 +1,51 @@
+"""gradlab's compiler options: valid for this jaxlib, used at top level, skipped when nested."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradlab import compilation
+from gradlab.minimize import minimize
+
+
+def test_options_per_backend_and_valid_for_this_xla():
+    assert compilation.compiler_options("cpu") == compilation.CPU_COMPILER_OPTIONS
+    assert compilation.compiler_options("gpu") is None
+    assert compilation.compiler_options("tpu") is None
+    # XLA accepts them (a renamed or removed flag raises "No such compile option").
+    f = jax.jit(lambda x: jnp.sin(x) * 2.0)
+    compiled = f.lower(jnp.ones(3)).compile(compiler_options=compilation.compiler_options("cpu"))
+    np.testing.assert_allclose(np.asarray(compiled(jnp.ones(3))), 2.0 * np.sin(np.ones(3)))
+
+
+def _loop(x, n):
+    def body(c):
+        x, prev, k = c
+        return jnp.tanh(x + 0.1 * prev), x, k + 1
+
+    return jax.lax.while_loop(lambda c: c[2] < n, body, (x, jnp.zeros_like(x), 0))[0]
+
+
+def test_jit_top_level_nested_and_vmapped_agree_with_plain_jit():
+    tuned = compilation.jit(_loop, static_argnames="n")
+    plain = jax.jit(_loop, static_argnames="n")
+    x = jnp.linspace(-1.0, 1.0, 5)
+    expected = np.asarray(plain(x, n=7))
+    np.testing.assert_array_equal(np.asarray(tuned(x, n=7)), expected)
+    # Inside a jit of the caller's (JAX refuses options on a nested jit): the plain path.
+    np.testing.assert_array_equal(np.asarray(jax.jit(lambda y: tuned(y, n=7))(x)), expected)
+    # Traced without traced arguments (a constant inside the caller's jit).
+    np.testing.assert_array_equal(np.asarray(jax.jit(lambda: tuned(x, n=7))()), expected)
+    out = jax.vmap(lambda y: tuned(y, n=7))(jnp.stack([x, 2 * x]))
+    np.testing.assert_allclose(np.asarray(out[1]), np.asarray(plain(2 * x, n=7)), rtol=1e-6)
+
+
+def test_minimize_inside_a_user_jit_equals_the_direct_call():
+    def rosen(x):
+        return jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+    x0 = jnp.zeros(6)
+    direct = minimize(rosen, x0, "bfgs")
+    wrapped = jax.jit(lambda x: minimize(rosen, x, "bfgs"))(x0)
+    assert int(direct.num_fun_evals) == int(wrapped.num_fun_evals)
+    np.testing.assert_allclose(np.asarray(direct.params), np.asarray(wrapped.params), rtol=1e-5)
