@@ -11,9 +11,13 @@ indicative; scipy is also counted to the 2-norm test, column ``@2-norm``). Ratio
 other: below 1 means gradlab needed fewer evaluations or less time. Every JAX solver is timed
 as one jitted function returning the same things: the solution, its counters and the final
 gradient norm (each returned array costs the caller ~2 us to receive, comparable against
-comparable). It finishes with a vmapped batch of 64 Rosenbrock starts beside a Python loop.
+comparable). gradlab's function is compiled with gradlab's CPU compiler options
+(:mod:`gradlab.compilation`: what ``minimize`` uses when called directly, and what its docs tell
+you to pass to a ``jax.jit`` of your own around it); the other libraries with XLA's defaults,
+as their users get them, or with the same options under ``--same-xla-options``. It finishes
+with a vmapped batch of 64 Rosenbrock starts beside a Python loop.
 
-Run: ``python benchmarks/solvers.py [--quick] [--repeats N]``.
+Run: ``python benchmarks/solvers.py [--quick] [--repeats N] [--same-xla-options]``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import scipy.optimize as so  # noqa: E402
 
+from gradlab import compilation  # noqa: E402
 from gradlab.minimize import minimize  # noqa: E402
 
 GTOL = 1e-5
@@ -71,6 +76,15 @@ PROBLEMS = {
 }
 
 
+#: Compiler options for the other libraries' functions (``--same-xla-options`` sets gradlab's).
+OTHERS_OPTIONS: dict | None = None
+
+
+def _jit(fn, ours: bool = False):
+    """``fn`` jitted with gradlab's compiler options (``ours``) or :data:`OTHERS_OPTIONS`."""
+    return compilation.jit(fn) if ours else jax.jit(fn, compiler_options=OTHERS_OPTIONS)
+
+
 def _timed(fn, x0, repeats):
     t0 = time.perf_counter()
     out = jax.block_until_ready(fn(x0))
@@ -91,7 +105,7 @@ def run_gradlab(fun, x0, method, repeats, options=None):
         r = minimize(fun, x, method, tol=0.0, atol=GTOL, max_steps=MAXIT, options=options)
         return r.params, r.num_steps, r.num_fun_evals, r.num_grad_evals, r.grad_norm
 
-    (_, k, nfev, ngev, gnorm), comp, wall = _timed(jax.jit(solve), jnp.asarray(x0), repeats)
+    (_, k, nfev, ngev, gnorm), comp, wall = _timed(_jit(solve, True), jnp.asarray(x0), repeats)
     return dict(
         iters=int(k), nfev=int(nfev), ngev=int(ngev), gnorm=float(gnorm), compile=comp, wall=wall
     )
@@ -169,7 +183,7 @@ def run_optax(fun, x0, method, repeats):
         x, st, k, nev = jax.lax.while_loop(cond, body, (x0, opt.init(x0), 0, 1))
         return x, k, nev, optax.tree.norm(optax.tree.get(st, "grad"))
 
-    (_, k, nev, gn), comp, wall = _timed(jax.jit(solve), jnp.asarray(x0), repeats)
+    (_, k, nev, gn), comp, wall = _timed(_jit(solve), jnp.asarray(x0), repeats)
     return dict(
         iters=int(k), nfev=int(nev), ngev=int(nev), gnorm=float(gn), compile=comp, wall=wall
     )
@@ -195,7 +209,7 @@ def run_jaxopt(fun, x0, method, repeats):
         params, st = s.run(x)
         return params, st.iter_num, st.num_fun_eval, st.num_grad_eval, jnp.linalg.norm(st.grad)
 
-    (_, it, nfev, ngev, gn), comp, wall = _timed(jax.jit(solve), jnp.asarray(x0), repeats)
+    (_, it, nfev, ngev, gn), comp, wall = _timed(_jit(solve), jnp.asarray(x0), repeats)
     return dict(
         iters=int(it), nfev=int(nfev), ngev=int(ngev), gnorm=float(gn), compile=comp, wall=wall
     )
@@ -217,7 +231,7 @@ def run_optimistix(fun, x0, method, repeats):
         sol = optx.minimise(lambda y, _: fun(y), s, x, max_steps=MAXIT, throw=False)
         return sol.value, sol.stats["num_steps"], jnp.linalg.norm(jax.grad(fun)(sol.value))
 
-    (_, k, gn), comp, wall = _timed(jax.jit(solve), jnp.asarray(x0), repeats)
+    (_, k, gn), comp, wall = _timed(_jit(solve), jnp.asarray(x0), repeats)
     # One f-and-gradient evaluation per step (accepted or rejected) plus the start.
     return dict(
         iters=int(k), nfev=int(k) + 1, ngev=int(k) + 1, gnorm=float(gn), compile=comp, wall=wall
@@ -242,8 +256,8 @@ def _fmt(x, spec):
 def batch_benchmark(repeats: int, n: int = 64):
     rng = np.random.default_rng(0)
     starts = jnp.asarray(rng.uniform(-2.0, 2.0, size=(n, 2)))
-    one = jax.jit(lambda x: minimize(rosenbrock, x, "bfgs", tol=0.0, atol=GTOL, max_steps=MAXIT))
-    batched = jax.jit(jax.vmap(one))
+    one = _jit(lambda x: minimize(rosenbrock, x, "bfgs", tol=0.0, atol=GTOL, max_steps=MAXIT), True)
+    batched = _jit(jax.vmap(one), True)
     res, comp_b, wall_b = _timed(batched, starts, repeats)
     jax.block_until_ready(one(starts[0]))
 
@@ -268,7 +282,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="two problems, one repeat")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--same-xla-options",
+        action="store_true",
+        help="compile the other libraries with gradlab's CPU compiler options too",
+    )
     args = parser.parse_args(argv)
+    global OTHERS_OPTIONS
+    OTHERS_OPTIONS = compilation.compiler_options() if args.same_xla_options else None
     repeats = 1 if args.quick else args.repeats
     problems = dict(list(PROBLEMS.items())[:2]) if args.quick else PROBLEMS
     methods = ["bfgs", "lbfgs", "cg"]
@@ -282,7 +303,8 @@ def main(argv=None) -> int:
     print(
         f"jax {jax.__version__}, optax {optax.__version__}, {platform.machine()}, "
         f"{os.cpu_count()} CPU cores, float64, stop at |g| <= {GTOL}, "
-        f"load average at start {os.getloadavg()[0]:.1f}"
+        f"load average at start {os.getloadavg()[0]:.1f}, other libraries compiled with "
+        f"{OTHERS_OPTIONS or 'XLA defaults'}"
     )
     header = (
         f"{'problem':<16} {'method':<9} {'library':<10} {'iters':>6} {'f-evals':>8} "
