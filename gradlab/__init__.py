@@ -109,6 +109,7 @@ from gradlab.second_order.least_squares import (
     levenberg_marquardt as levenberg_marquardt,
 )
 from gradlab.minimize import MinimizeResult as MinimizeResult, minimize as minimize
+from gradlab import compilation as compilation
 
 # Test problems and the lab.
 from gradlab import problems as problems
