@@ -57,7 +57,8 @@ def jit(fun: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
             )
             pair = by_backend[backend] = (tuned, plain)
         tuned, plain = pair
-        if tuned is plain or any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(args)):
+        leaves = jax.tree.leaves((args, kwargs))
+        if tuned is plain or any(isinstance(x, jax.core.Tracer) for x in leaves):
             return plain(*args, **kwargs)
         try:
             return tuned(*args, **kwargs)
