@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from gradlab import compilation
 from gradlab.minimize import minimize
@@ -49,3 +50,19 @@ def test_minimize_inside_a_user_jit_equals_the_direct_call():
     wrapped = jax.jit(lambda x: minimize(rosen, x, "bfgs"))(x0)
     assert int(direct.num_fun_evals) == int(wrapped.num_fun_evals)
     np.testing.assert_allclose(np.asarray(direct.params), np.asarray(wrapped.params), rtol=1e-5)
+
+
+def test_jit_nested_traces_once_and_passes_the_functions_own_errors_through():
+    traces = []
+
+    def f(x):
+        traces.append(1)
+        if x.shape[0] > 3:
+            raise ValueError("x is too long")
+        return x + 1.0
+
+    tuned = compilation.jit(f)
+    jax.jit(lambda y: tuned(y))(jnp.ones(2))
+    assert len(traces) == 1  # JAX refuses the options before tracing: no second trace
+    with pytest.raises(ValueError, match="^x is too long$"):
+        tuned(jnp.ones(5))
