@@ -121,17 +121,22 @@ class StateMismatchError(TypeError):
 
 
 class Interval(NamedTuple):
-    """A range of valid values: ``lower``/``upper`` (``None`` = unbounded) with closedness."""
+    """A range of valid values: ``lower``/``upper`` (``None`` = unbounded) with closedness.
+
+    Infinite values are outside unless ``allow_inf`` (for limits where ``inf`` means "no
+    limit": a clipping norm, a largest step); NaN is always outside.
+    """
 
     lower: float | None = None
     upper: float | None = None
     lower_closed: bool = True
     upper_closed: bool = True
+    allow_inf: bool = False
 
     def contains(self, x):
-        """Elementwise membership; works on numpy and JAX values (NaN is never inside)."""
+        """Elementwise membership; works on numpy and JAX values."""
         xp = jnp if isinstance(x, jax.Array) else np
-        ok = xp.isfinite(x) | xp.isinf(x)  # False only for NaN
+        ok = ~xp.isnan(x) if self.allow_inf else xp.isfinite(x)
         if self.lower is not None:
             ok = ok & ((x >= self.lower) if self.lower_closed else (x > self.lower))
         if self.upper is not None:
@@ -142,7 +147,8 @@ class Interval(NamedTuple):
         lo = "-inf" if self.lower is None else _fmt(self.lower)
         hi = "inf" if self.upper is None else _fmt(self.upper)
         left = "[" if (self.lower_closed and self.lower is not None) else "("
-        right = "]" if (self.upper_closed and self.upper is not None) else ")"
+        closed_hi = self.allow_inf if self.upper is None else self.upper_closed
+        right = "]" if closed_hi else ")"
         return f"{left}{lo}, {hi}{right}"
 
 
@@ -155,6 +161,8 @@ NONNEGATIVE = Interval(0.0, None)
 POSITIVE = Interval(0.0, None, lower_closed=False)
 UNIT_INTERVAL_OPEN_RIGHT = Interval(0.0, 1.0, upper_closed=False)  # decay rates, betas
 UNIT_INTERVAL = Interval(0.0, 1.0)
+NONNEGATIVE_OR_INF = Interval(0.0, None, allow_inf=True)  # limits: inf = no limit
+POSITIVE_OR_INF = Interval(0.0, None, lower_closed=False, allow_inf=True)
 
 
 def is_concrete(x: Any) -> bool:
@@ -231,7 +239,8 @@ def _poisoned_schedule(fn: Schedule, valid: Interval) -> Schedule:
     def schedule(count):
         out = fn(count)
         if is_concrete(out) and not isinstance(out, jax.Array):
-            return out
+            if np.all(valid.contains(np.asarray(out, np.float64))):
+                return out  # a Python/numpy number in range stays one (exact complements)
         return poison(jnp.asarray(out), valid)
 
     schedule.__wrapped__ = fn  # type: ignore[attr-defined]

@@ -51,6 +51,32 @@ def test_schedule_outputs_are_poisoned_when_out_of_range():
     assert np.isnan(float(lr(jnp.asarray(3))))
 
 
+def test_schedules_returning_python_or_numpy_numbers_are_checked_too():
+    for out in (-0.5, np.float32(-0.5), np.array([0.1, -0.5])):
+        lr = base.hyperparameter(lambda c, out=out: out, "learning_rate", base.NONNEGATIVE)
+        assert np.isnan(np.asarray(lr(jnp.asarray(0)))).any()
+    lr = base.hyperparameter(lambda c: 0.25, "learning_rate", base.NONNEGATIVE)
+    assert lr(jnp.asarray(0)) == 0.25 and isinstance(lr(jnp.asarray(0)), float)  # kept exact
+    u, _ = gradlab.sgd(lambda c: -0.5).update(jnp.ones(2), gradlab.sgd(0.1).init(jnp.ones(2)))
+    assert np.isnan(np.asarray(u)).all()  # never a silent ascent step
+
+
+@pytest.mark.parametrize("inf", [float("inf"), -float("inf"), np.inf])
+def test_infinite_values_are_outside_unless_the_argument_is_a_limit(inf):
+    with pytest.raises(ValueError, match=r"learning_rate must be in \[0, inf\), got"):
+        gradlab.sgd(inf)
+    with pytest.raises(ValueError, match="weight_decay"):
+        gradlab.adamw(0.1, weight_decay=inf)
+    assert not base.NONNEGATIVE.contains(inf)
+    assert str(base.NONNEGATIVE_OR_INF) == "[0, inf]"
+    if inf > 0:  # a limit of inf means no limit: clipping by an infinite norm is the identity
+        g = jnp.array([3.0, -4.0])
+        u, _ = gradlab.clip_by_global_norm(inf).update(g, gradlab.clip_by_global_norm(inf).init(g))
+        np.testing.assert_array_equal(u, g)
+    traced = jax.jit(lambda v: base.hyperparameter(v, "lr", base.NONNEGATIVE) + 0.0)
+    assert jnp.isnan(traced(jnp.asarray(inf)))
+
+
 def test_python_int_becomes_float():
     assert isinstance(base.hyperparameter(0, "b1", base.UNIT_INTERVAL_OPEN_RIGHT), float)
 

@@ -219,3 +219,6 @@ def test_cli_errors(tmp_path, capsys):
     assert main(["sweep", "--optimizer", "no_such_opt", "--out", str(tmp_path)]) == 2
     assert main(["sweep", "--space", "not_an_arg=1.0", "--out", str(tmp_path)]) == 2
     assert "error" in capsys.readouterr().err
+    # A sampled range without a count and without --samples has no grid: a usage error.
+    assert main(["sweep", "--space", "lr=loguniform:1e-3:1e-1", "--out", str(tmp_path)]) == 2
+    assert "no grid points" in capsys.readouterr().err

@@ -96,9 +96,11 @@ def scale_by_backtracking_linesearch(
     c1 = base.hyperparameter(slope_rtol, "slope_rtol", open_unit, owner=_OWNER)
     rho = base.hyperparameter(decrease_factor, "decrease_factor", open_unit, owner=_OWNER)
     gamma = base.hyperparameter(
-        increase_factor, "increase_factor", base.Interval(1.0, None), owner=_OWNER
+        increase_factor, "increase_factor", base.Interval(1.0, None, allow_inf=True), owner=_OWNER
     )
-    t_max = base.hyperparameter(max_learning_rate, "max_learning_rate", base.POSITIVE, owner=_OWNER)
+    t_max = base.hyperparameter(
+        max_learning_rate, "max_learning_rate", base.POSITIVE_OR_INF, owner=_OWNER
+    )
 
     def init_fn(params):
         return ScaleByBacktrackingLinesearchState(**common.initial_search_fields(params, jnp.inf))

@@ -402,9 +402,13 @@ def wolfe_hyperparameters(
     t_max = (
         None
         if max_learning_rate is None
-        else base.hyperparameter(max_learning_rate, "max_learning_rate", base.POSITIVE, owner=owner)
+        else base.hyperparameter(
+            max_learning_rate, "max_learning_rate", base.POSITIVE_OR_INF, owner=owner
+        )
     )
-    step_norm_max = base.hyperparameter(max_step_norm, "max_step_norm", base.POSITIVE, owner=owner)
+    step_norm_max = base.hyperparameter(
+        max_step_norm, "max_step_norm", base.POSITIVE_OR_INF, owner=owner
+    )
     return WolfeSettings(c1, c2, t_max, step_norm_max, initial_guess_strategy)
 
 

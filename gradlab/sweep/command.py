@@ -167,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
         widths = tuple(int(w) for w in str(args.widths).split(",") if w.strip())
         bs = None if str(args.batch_size).lower() in ("all", "none", "-1") else int(args.batch_size)
         task = tasks.mlp_classifier(dataset=args.dataset, widths=widths, batch_size=bs)
+        n_settings = args.samples or len(grid(space))
     except (ValueError, TypeError) as err:
         print(f"gradlab sweep: error: {err}", file=sys.stderr)
         return 2
@@ -175,7 +176,6 @@ def run(args: argparse.Namespace) -> int:
         return factory(**hp)
 
     optimizer.__qualname__ = args.optimizer
-    n_settings = args.samples or len(grid(space))
     print(
         f"gradlab sweep: {args.optimizer} on {task.name}, {n_settings} settings x {args.seeds} "
         f"seeds x {args.steps} steps",

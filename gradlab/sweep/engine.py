@@ -349,8 +349,9 @@ def sweep(
         non-finite test, for losses that may be negative or start at zero).
       strategy: ``"auto"``, ``"vmap"``, ``"chunked"`` or ``"loop"`` (see ``docs/sweeps.md``).
       chunk_size: runs per vmapped chunk (``"chunked"``); default from ``memory_budget``.
-      memory_budget: bytes per device a chunk may use (default: half the device memory on
-        accelerators, 2 GiB on CPU).
+      memory_budget: bytes per device a chunk may use with ``"chunked"`` and ``"auto"``
+        (default: half the device memory on accelerators, 2 GiB on CPU); an explicit
+        ``"vmap"`` runs a group's runs in one program whatever the budget.
       devices: devices to shard the runs over (default ``jax.devices()``: every device of every
         host after ``jax.distributed.initialize()``).
       progress: show a progress bar (default: when stderr is a terminal).

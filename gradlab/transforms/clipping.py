@@ -38,7 +38,7 @@ def clip(max_delta: base.ScalarOrSchedule) -> base.GradientTransformation:
     Args:
       max_delta: :math:`\delta \ge 0`; number, array or schedule.
     """
-    max_delta = base.hyperparameter(max_delta, "max_delta", owner="clip")
+    max_delta = base.hyperparameter(max_delta, "max_delta", base.NONNEGATIVE_OR_INF, owner="clip")
 
     def apply(updates, count, params):
         del params
@@ -100,7 +100,9 @@ def clip_by_global_norm(max_norm: base.ScalarOrSchedule) -> base.GradientTransfo
       Pascanu, Mikolov & Bengio, `On the difficulty of training recurrent neural networks
       <https://arxiv.org/abs/1211.5063>`_, 2013.
     """
-    max_norm = base.hyperparameter(max_norm, "max_norm", owner="clip_by_global_norm")
+    max_norm = base.hyperparameter(
+        max_norm, "max_norm", base.NONNEGATIVE_OR_INF, owner="clip_by_global_norm"
+    )
 
     def apply(updates, count, params):
         del params

@@ -188,7 +188,7 @@ def reduce_on_plateau(
 
 def _int_like(value, name: str, minimum: float):
     """A count compared with counters: a number (integral) or a traced array, ``>= minimum``."""
-    valid = base.Interval(minimum, None)
+    valid = base.Interval(minimum, None, allow_inf=True)  # inf: never
     value = base.hyperparameter(value, name, valid, owner=_OWNER, allow_schedule=False)
     if isinstance(value, float) and not value.is_integer() and value != float("inf"):
         raise ValueError(f"{_OWNER}: {name} must be a whole number, got {value!r}")

@@ -117,7 +117,9 @@ def scale_by_rprop(
     eta_minus = base.hyperparameter(eta_minus, "eta_minus", _ETA_MINUS, owner=owner)
     eta_plus = base.hyperparameter(eta_plus, "eta_plus", _ETA_PLUS, owner=owner)
     min_step_size = base.hyperparameter(min_step_size, "min_step_size", owner=owner)
-    max_step_size = base.hyperparameter(max_step_size, "max_step_size", owner=owner)
+    max_step_size = base.hyperparameter(
+        max_step_size, "max_step_size", base.NONNEGATIVE_OR_INF, owner=owner
+    )
     base.check_order(min_step_size, max_step_size, "min_step_size", "max_step_size", owner=owner)
     dtype = base.state_dtype_of(state_dtype, owner)
     backtrack = variant in ("rprop+", "irprop+")
