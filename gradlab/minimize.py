@@ -54,7 +54,9 @@ when a search rejected its step). When the state has both, ``minimize`` takes th
 (the chain's last link, normally the line search) as :math:`f(x_{k+1}), \nabla f(x_{k+1})`
 instead of evaluating again, so a BFGS step costs exactly what its line search evaluated.
 Without them (first-order methods, a chain with no search) it calls ``jax.value_and_grad`` once
-per step and counts it.
+per step and counts it. optax's searches keep no cumulative counters: their per-step
+``info.num_linesearch_steps`` is added up instead (one evaluation per trial, with a gradient
+when the search stores it).
 
 **Batches.** ``minimize`` is ``jax.vmap``-able over starting points, over arrays in ``args``
 and over traced hyperparameters. Each member stops updating when it finishes: the batched
@@ -278,6 +280,12 @@ def _solve(fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_ex
         and jax.tree.structure(grads[-1]) == jax.tree.structure(x0)
     )
 
+    # optax's searches keep no cumulative counters; they report each step's trials in
+    # ``info.num_linesearch_steps`` (one evaluation each, with a gradient when they store it).
+    optax_trials = not _fields(state0, "num_fun_evals") and bool(
+        _fields(state0, "num_linesearch_steps")
+    )
+
     def cond(c: _Carry):
         return c.status == int(Status.RUNNING)
 
@@ -287,6 +295,9 @@ def _solve(fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_ex
         )
         params = optax.apply_updates(c.params, updates)
         own_f, own_g = c.own_fevals, c.own_gevals
+        if optax_trials:
+            trials = _counter(state, "num_linesearch_steps")
+            own_f, own_g = own_f + trials, (own_g + trials) if reuse else own_g
         if reuse:
             value = jnp.asarray(_fields(state, "value")[-1], dtype)
             grad = base.cast_like(_fields(state, "grad")[-1], c.grad)
