@@ -247,20 +247,26 @@ def _poisoned_schedule(fn: Schedule, valid: Interval) -> Schedule:
     return schedule
 
 
-def check_order(small: Any, large: Any, small_name: str, large_name: str, *, owner: str = ""):
-    """``ValueError`` when two concrete hyperparameters are out of order (``small > large``)."""
-    if (
-        not callable(small)
-        and not callable(large)
-        and is_concrete(small)
-        and is_concrete(large)
-        and np.any(np.asarray(small) > np.asarray(large))
-    ):
-        where = f"{owner}: " if owner else ""
-        raise ValueError(
-            f"{where}{small_name} must be <= {large_name}, got {small_name}={small!r} "
-            f"> {large_name}={large!r}"
-        )
+def check_order(
+    small: Any,
+    large: Any,
+    small_name: str,
+    large_name: str,
+    *,
+    owner: str = "",
+    strict: bool = False,
+):
+    """``ValueError`` when two concrete hyperparameters are out of order (``small > large``,
+    or ``small >= large`` when ``strict``)."""
+    if not callable(small) and not callable(large) and is_concrete(small) and is_concrete(large):
+        a, b = np.asarray(small), np.asarray(large)
+        if np.any(a >= b) if strict else np.any(a > b):
+            where = f"{owner}: " if owner else ""
+            relation, opposite = ("<", ">=") if strict else ("<=", ">")
+            raise ValueError(
+                f"{where}{small_name} must be {relation} {large_name}, got {small_name}={small!r}"
+                f" {opposite} {large_name}={large!r}"
+            )
 
 
 def resolve(value: ScalarOrSchedule, count: jax.Array, dtype=DEFAULT_STATE_DTYPE) -> jax.Array:

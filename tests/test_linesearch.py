@@ -172,8 +172,10 @@ def test_traced_hyperparameter_and_invalid_traced_value_poison_only_their_lane()
 def test_invalid_hyperparameters_raise():
     with pytest.raises(ValueError, match="slope_rtol"):
         scale_by_zoom_linesearch(slope_rtol=0.0)
-    with pytest.raises(ValueError, match="slope_rtol must be <= curv_rtol"):
+    with pytest.raises(ValueError, match="slope_rtol must be < curv_rtol"):
         scale_by_zoom_linesearch(slope_rtol=0.5, curv_rtol=0.1)
+    with pytest.raises(ValueError, match="slope_rtol must be < curv_rtol, got slope_rtol=0.1 >="):
+        scale_by_zoom_linesearch(slope_rtol=0.1, curv_rtol=0.1)
     with pytest.raises(ValueError, match="initial_guess_strategy"):
         scale_by_zoom_linesearch(initial_guess_strategy="two")
     with pytest.raises(ValueError, match="max_linesearch_steps"):

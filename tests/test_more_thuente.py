@@ -6,11 +6,13 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax import enable_x64
 from objectives import linear, nan_off_start, nan_region, square
 from scipy.optimize._dcsrch import DCSRCH
 
+import gradlab
 from gradlab import base
 from gradlab.linesearch import (
     get_linesearch,
@@ -270,3 +272,11 @@ def test_inside_bfgs_and_by_name():
         np.testing.assert_allclose(np.asarray(res.params), [1.0, 1.0], atol=1e-5)
         # minimize reuses the search's value and gradient: every evaluation is a trial.
         assert int(res.num_fun_evals) == int(res.num_grad_evals) < 80
+
+
+def test_a_strong_wolfe_step_at_the_step_cap_is_accepted_not_unbounded():
+    # t = max_learning_rate = 0.1 satisfies both conditions on sum(x^2) from x = (1, 1) along
+    # -g: MINPACK reports convergence there (its STPMAX warning is for steps that are not).
+    tx = gradlab.chain(optax.scale(-1.0), scale_by_more_thuente_linesearch(max_learning_rate=0.1))
+    res = minimize(lambda x: jnp.sum(x**2), jnp.ones(2), tx)
+    assert int(res.status) == Status.CONVERGED and int(res.num_steps) > 1

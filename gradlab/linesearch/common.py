@@ -390,15 +390,18 @@ def wolfe_hyperparameters(
     curv_rtol: Any,
     max_learning_rate: Any,
     max_step_norm: Any,
+    *,
+    strict_order: bool,
 ) -> tuple[Any, Any, Any, Any]:
     r"""Validate the arguments every Wolfe search takes; return ``(c1, c2, max_learning_rate,
-    max_step_norm)`` (``ValueError`` naming the argument: :math:`0 < c_1 \le c_2 < 1`, positive
-    bounds, a known ``initial_guess_strategy``)."""
+    max_step_norm)`` (``ValueError`` naming the argument: :math:`0 < c_1 < c_2 < 1`, or
+    :math:`c_1 \le c_2` where the search allows equal ones, positive bounds, a known
+    ``initial_guess_strategy``)."""
     check_initial_guess(initial_guess_strategy, owner)
     open_unit = base.Interval(0.0, 1.0, lower_closed=False, upper_closed=False)
     c1 = base.hyperparameter(slope_rtol, "slope_rtol", open_unit, owner=owner)
     c2 = base.hyperparameter(curv_rtol, "curv_rtol", open_unit, owner=owner)
-    base.check_order(c1, c2, "slope_rtol", "curv_rtol", owner=owner)
+    base.check_order(c1, c2, "slope_rtol", "curv_rtol", owner=owner, strict=strict_order)
     t_max = (
         None
         if max_learning_rate is None

@@ -242,7 +242,13 @@ def scale_by_more_thuente_linesearch(
     """
     max_steps = base.check_positive_int(max_linesearch_steps, "max_linesearch_steps", owner=_OWNER)
     settings = common.wolfe_hyperparameters(
-        _OWNER, initial_guess_strategy, slope_rtol, curv_rtol, max_learning_rate, max_step_norm
+        _OWNER,
+        initial_guess_strategy,
+        slope_rtol,
+        curv_rtol,
+        max_learning_rate,
+        max_step_norm,
+        strict_order=False,  # MINPACK's dcsrch accepts ftol = gtol
     )
     x_tol = base.hyperparameter(xtol, "xtol", base.UNIT_INTERVAL_OPEN_RIGHT, owner=_OWNER)
 
@@ -285,7 +291,7 @@ def scale_by_more_thuente_linesearch(
             armijo = finite & (fn <= ftest) & (f < f0)
             accept = armijo & (jnp.abs(sn) <= c2_t)
             at_max = tau >= tau_max * (1 - 4 * eps)
-            unbounded = at_max & armijo & (sn <= gtest)
+            unbounded = at_max & armijo & (sn <= gtest) & ~accept  # MINPACK: convergence wins
             stage2 = c.stage2 | (finite & (fn <= ftest) & (sn >= 0))
 
             # First stage with a lower but insufficient value: step on psi = phi - c1 tau phi'(0).

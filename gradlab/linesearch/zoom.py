@@ -125,7 +125,13 @@ def scale_by_zoom_linesearch(
     """
     max_steps = base.check_positive_int(max_linesearch_steps, "max_linesearch_steps", owner=_OWNER)
     settings = common.wolfe_hyperparameters(
-        _OWNER, initial_guess_strategy, slope_rtol, curv_rtol, max_learning_rate, max_step_norm
+        _OWNER,
+        initial_guess_strategy,
+        slope_rtol,
+        curv_rtol,
+        max_learning_rate,
+        max_step_norm,
+        strict_order=True,  # c1 = c2 leaves no strong-Wolfe interval for the zoom to find
     )
 
     def init_fn(params):
