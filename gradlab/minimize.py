@@ -43,7 +43,8 @@ chained) state with ``optax.tree.get_all_with_path`` and reports
 * ``num_fun_evals = ``its own evaluations ``+`` the sum of all ``num_fun_evals`` fields (same
   for gradients);
 * a step whose state holds a ``status`` in ``FATAL_STATUSES`` (``NON_FINITE``,
-  ``LINE_SEARCH_FAILED``, ``NOT_DESCENT``, ``UNBOUNDED``) ends the run with that status;
+  ``LINE_SEARCH_FAILED``, ``INVALID_HYPERPARAMETER``, ``NOT_DESCENT``, ``UNBOUNDED``) ends the
+  run with that status;
   otherwise a step reporting ``CONVERGED`` (Levenberg–Marquardt when no decrease is possible at
   machine precision) ends it as converged; other codes (``OK``, ``NEGATIVE_CURVATURE`` after a
   modified Newton step...) are informational.
@@ -257,6 +258,8 @@ def _solve(fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_ex
 
     finite0 = jnp.isfinite(f0) & base.tree_all_finite(g0) & base.tree_all_finite(x0)
     finite0 = finite0 & jnp.isfinite(threshold)
+    # Traced tolerances are checked here (concrete ones raised in ``minimize``).
+    valid = (jnp.asarray(tol, dtype) >= 0) & (jnp.asarray(atol, dtype) >= 0) & (max_steps >= 0)
     state0 = solver.init(x0)
     carry = _Carry(
         params=x0,
@@ -267,7 +270,11 @@ def _solve(fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_ex
         count=jnp.zeros([], jnp.int32),
         own_fevals=jnp.ones([], jnp.int32),
         own_gevals=jnp.ones([], jnp.int32),
-        status=classify(g0_norm, finite0, jnp.zeros([], jnp.int32)),
+        status=jnp.where(
+            valid,
+            classify(g0_norm, finite0, jnp.zeros([], jnp.int32)),
+            int(Status.INVALID_HYPERPARAMETER),
+        ).astype(jnp.int32),
     )
     # Reuse only a pair that looks like a loss and a gradient of x0 (optax's backtracking
     # search keeps grad=None unless store_grad=True).
@@ -411,6 +418,12 @@ def minimize(
     dynamic_extra = {k: v for k, v in extra_args.items() if not callable(v)}
     if not isinstance(has_aux, bool):
         raise TypeError(f"minimize: has_aux must be a bool, got {has_aux!r}")
+    for name, value in (("tol", tol), ("atol", atol)):
+        base.hyperparameter(value, name, base.NONNEGATIVE, owner="minimize", allow_schedule=False)
+    if base.is_concrete(max_steps) and (
+        np.ndim(max_steps) == 0 and (max_steps != int(max_steps) or max_steps < 0)
+    ):
+        raise ValueError(f"minimize: max_steps must be a whole number >= 0, got {max_steps!r}")
     return _run(
         fun, solver, static_extra, x0, tuple(args), tol, atol, max_steps, dynamic_extra, has_aux
     )

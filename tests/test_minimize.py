@@ -213,6 +213,27 @@ def test_bad_methods_and_arguments_raise():
         assert name in METHODS
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(tol=-1.0), r"tol must be in \[0, inf\)"),
+        (dict(atol=float("nan")), r"atol must be in \[0, inf\)"),
+        (dict(max_steps=2.7), "max_steps must be a whole number >= 0"),
+        (dict(max_steps=-1), "max_steps must be a whole number >= 0"),
+    ],
+)
+def test_bad_tolerances_raise_and_traced_ones_end_as_invalid(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        minimize(rosenbrock, jnp.zeros(2), "bfgs", **kwargs)
+
+
+def test_traced_invalid_tolerance_ends_only_its_member_as_invalid_hyperparameter():
+    solve = jax.vmap(lambda t: minimize(rosenbrock, jnp.zeros(2), "bfgs", tol=t))
+    res = solve(jnp.asarray([1e-5, -1.0, jnp.nan]))
+    assert [int(s) for s in res.status] == [Status.CONVERGED] + 2 * [Status.INVALID_HYPERPARAMETER]
+    assert int(res.num_steps[0]) > 0 and int(res.num_steps[1]) == int(res.num_steps[2]) == 0
+
+
 def test_register_method_and_options():
     register_method("lbfgs3", lambda **kw: METHODS_LBFGS(memory_size=3, **kw))
     res = minimize(rosenbrock, jnp.asarray([-1.2, 1.0]), "lbfgs3", options={"linesearch": None})

@@ -59,6 +59,7 @@ INITIAL_GUESSES = ("one", "keep", "quadratic", "quadratic_capped")
 FATAL_STATUSES = (
     int(Status.NON_FINITE),
     int(Status.LINE_SEARCH_FAILED),
+    int(Status.INVALID_HYPERPARAMETER),
     int(Status.NOT_DESCENT),
     int(Status.UNBOUNDED),
 )
