@@ -72,6 +72,25 @@ def test_exponential_fit_converges_to_2_minus_1(make):
         assert int(inner.status[-1]) == Status.CONVERGED and int(inner.status[0]) == Status.OK
 
 
+@pytest.mark.parametrize("jacobian", ["auto", "matrix_free"])
+def test_lm_is_scale_free_at_1e30_and_never_falsely_converged_at_1e_minus_30(jacobian):
+    # float32; f = |r|^2 / 2 scaled by 1e30 and 1e-30 (residuals by 1e15, 1e-15). Earlier the
+    # predicted decrease overflowed (1e30) or underflowed to 0, which read as "converged" at x0.
+    from gradlab.second_order.least_squares import least_squares
+
+    x0 = jnp.asarray([1.0, 0.0])
+    runs = {
+        k: least_squares(lambda p, k=k: k * exp_fit(p), x0, options={"jacobian": jacobian})
+        for k in (1.0, 1e15, 1e-15)
+    }
+    assert int(runs[1.0].status) == int(runs[1e15].status) == Status.CONVERGED
+    assert int(runs[1e15].num_steps) == int(runs[1.0].num_steps)
+    np.testing.assert_allclose(runs[1e15].params, runs[1.0].params, rtol=1e-4)
+    tiny = runs[1e-15]
+    assert int(tiny.num_steps) > 1  # it moves (it stopped "converged" at x0 before)
+    np.testing.assert_allclose(tiny.params, [2.0, -1.0], atol=1e-2)
+
+
 def test_lm_matches_scipy_minpack_on_noisy_curve_fit():
     rng = np.random.default_rng(0)
     t = np.linspace(0.0, 4.0, 40)

@@ -404,7 +404,12 @@ def levenberg_marquardt(
         if lin.jac is not None:
             finite = finite & jnp.all(jnp.isfinite(lin.jac))
         r = jnp.where(finite, r, 0.0)
-        cost = 0.5 * jnp.vdot(r, r)
+        # Costs, predicted decreases and damping are compared in units of |r(x)|^2, so that
+        # nothing under- or overflows on 1e-30 or 1e30 scaled problems (|r|^2 of 1e-60 is 0 in
+        # float32: every step would look like "no decrease possible").
+        r_scale = common.safe_norm(r, dtype)
+        r_scale = jnp.where(r_scale > 0, r_scale, 1.0)
+        cost = 0.5 * jnp.vdot(r / r_scale, r / r_scale)  # 0.5, or 0 at an exact fit
         tau = base.resolve(damping_init, state.count, dtype)
         if lin.jac is not None:
             jac = jnp.where(finite, lin.jac, 0.0)
@@ -419,30 +424,41 @@ def levenberg_marquardt(
                 diag, sqrt_d = state.diag, jnp.ones((), dtype)
                 mu0 = tau * jnp.max(colsq) if relative_damping else tau
             u, s, vt = _svd(jac / sqrt_d)
-            ur = u.T @ r
+            s, ur = (
+                s / r_scale,
+                (u.T @ r) / r_scale,
+            )  # J/c and r/c: the same step, no under/overflow
 
             def solve(mu):
-                # Predicted decrease L(0) - L(h) in singular coordinates: a sum of
-                # non-negative terms, free of the cancellation in -g.h - |Jh|^2 / 2.
+                # Predicted decrease L(0) - L(h) in singular coordinates (units of |r|^2): a
+                # sum of non-negative terms, free of the cancellation in -g.h - |Jh|^2 / 2.
+                mu = mu / r_scale / r_scale
                 den = s * s + mu
                 pred = jnp.sum((s * ur) ** 2 * (s * s + 2.0 * mu) / (2.0 * den * den))
                 return -(vt.T @ ((s / den) * ur)) / sqrt_d, pred, jnp.zeros((), jnp.int32)
 
         else:
-            g = jnp.where(finite, lin.vjp(r), 0.0)
+            g = jnp.where(finite, lin.vjp(r / r_scale), 0.0) / r_scale  # J^T r / |r|^2
             diag = state.diag
-            rr = 2.0 * cost
-            ratio = jnp.vdot(g, g) / jnp.where(rr > 0, rr, 1.0)
+            ratio = jnp.vdot(g, g) * r_scale * r_scale  # |J^T r|^2 / |r|^2
             mu0 = tau * jnp.where(ratio > 0, ratio, 1.0) if relative_damping else tau
-            gnorm = jnp.linalg.norm(g)
-            tol = _forcing_tol(forcing, state.count, gnorm)
+            # The forcing term of |J^T r| in the original units, the tolerance in these.
+            tol = (
+                _forcing_tol(forcing, state.count, common.safe_norm(g, dtype) * r_scale**2)
+                / r_scale**2
+            )
             steps = _cg_steps(max_cg_steps, lin.flat.size)
 
             def solve(mu):
+                # (J^T J + mu I) h = -J^T r, divided through by |r|^2.
+                mu = mu / r_scale / r_scale
                 res = conjugate_gradient(
-                    lambda v: lin.vjp(lin.jvp(v)) + mu * v, -g, tol=tol, max_steps=steps
+                    lambda v: lin.vjp(lin.jvp(v) / r_scale) / r_scale + mu * v,
+                    -g,
+                    tol=tol,
+                    max_steps=steps,
                 )
-                jh = lin.jvp(res.x)  # CG is inexact: the general model decrease
+                jh = lin.jvp(res.x) / r_scale  # CG is inexact: the general model decrease
                 pred = -jnp.vdot(g, res.x) - 0.5 * jnp.vdot(jh, jh)
                 return res.x, pred, res.num_matvecs
 
@@ -464,7 +480,7 @@ def levenberg_marquardt(
         def body(c):
             k, mu, nu, _, _, _, _, products = c
             h, pred, n_prod = solve(mu)
-            r_new = lin.residual_at(lin.flat + h.astype(lin.flat.dtype))
+            r_new = lin.residual_at(lin.flat + h.astype(lin.flat.dtype)) / r_scale
             cost_new = 0.5 * jnp.vdot(r_new, r_new)
             h_ok = jnp.all(jnp.isfinite(h)) & jnp.isfinite(pred)
             rho = (cost - cost_new) / jnp.where(pred > 0, pred, 1.0)
