@@ -9,6 +9,8 @@ import pytest
 import scipy.optimize
 
 from gradlab import base
+from gradlab.minimize import minimize
+from gradlab.second_order.least_squares import least_squares
 from gradlab.second_order.newton import newton, scale_by_newton
 from gradlab.second_order.newton_cg import (
     conjugate_gradient,
@@ -100,6 +102,32 @@ def test_cg_solves_spd_system_on_pytrees():
     res = conjugate_gradient(lambda t: split(a @ join(t)), split(b), tol=1e-6, max_steps=50)
     assert int(res.status) == Status.CONVERGED
     np.testing.assert_allclose(join(res.x), np.linalg.solve(a, b), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_cg_solution_scales_with_b_without_under_or_overflow(scale):
+    # float32: b.b of a 1e-30 (1e30) scaled b under- (over-)flows; CG solves for b / |b|.
+    a = jnp.asarray([[4.0, 1.0], [1.0, 3.0]])
+    b = jnp.asarray([1.0, 2.0])
+    ref = conjugate_gradient(lambda v: a @ v, b, tol=1e-6, max_steps=10)
+    res = conjugate_gradient(lambda v: a @ v, scale * b, tol=scale * 1e-6, max_steps=10)
+    assert int(res.status) == int(ref.status) == Status.CONVERGED
+    np.testing.assert_allclose(res.x / scale, ref.x, rtol=1e-5)
+    np.testing.assert_allclose(res.curvature, ref.curvature, rtol=1e-5)  # a Rayleigh quotient
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_newton_cg_and_matrix_free_gauss_newton_on_scaled_problems(scale):
+    res = minimize(lambda x: scale * rosenbrock(x), jnp.asarray([-1.2, 1.0]), "newton_cg")
+    assert int(res.status) == Status.CONVERGED  # was NOT_DESCENT / NON_FINITE (|g|^2 out of range)
+    np.testing.assert_allclose(res.params, [1.0, 1.0], atol=2e-2)
+    x = jnp.linspace(0.0, 1.0, 10)
+    r = lambda p: np.sqrt(scale) * (p[0] * jnp.exp(p[1] * x) - 2.0 * jnp.exp(-x))
+    fit = least_squares(
+        r, jnp.asarray([1.0, 0.0]), "gauss_newton", options={"jacobian": "matrix_free"}
+    )
+    assert int(fit.status) == Status.CONVERGED
+    np.testing.assert_allclose(fit.params, [2.0, -1.0], atol=1e-3)
 
 
 def test_cg_stops_on_negative_curvature_and_singular_and_nan():

@@ -227,7 +227,7 @@ def scale_by_gauss_newton(
             step = -(vt.T @ (_pinv_values(s, jac.shape) * (u.T @ jnp.where(finite, r, 0.0))))
         else:
             g = lin.vjp(r)
-            gnorm = jnp.linalg.norm(g)
+            gnorm = common.safe_norm(g, g.dtype)
             res = conjugate_gradient(
                 lambda v: lin.vjp(lin.jvp(v)),
                 -g,

@@ -87,7 +87,7 @@ class CGResult(NamedTuple):
     x: Any  # the approximate solution (the last iterate with positive curvature).
     num_matvecs: jax.Array  # int32: products with A computed.
     status: jax.Array  # int32: CONVERGED, MAX_STEPS, NEGATIVE_CURVATURE or NON_FINITE.
-    curvature: jax.Array  # p^T A p of the last product (for the first-step fallback).
+    curvature: jax.Array  # p^T A p / p^T p of the last product (first-step fallback).
 
 
 def conjugate_gradient(
@@ -126,8 +126,13 @@ def conjugate_gradient(
     max_steps = base.check_positive_int(max_steps, "max_steps", owner="conjugate_gradient")
     x0 = jax.tree.map(jnp.zeros_like, b)
     dtype = common.compute_dtype(b)
+    # Solve A x = b / |b| (A is linear: x scales back): b b of a 1e-30 or 1e30 scaled problem
+    # would under- or overflow in float32.
+    b_norm = common.safe_norm(b, dtype)
+    b_scale = jnp.where((b_norm > 0) & jnp.isfinite(b_norm), b_norm, 1.0)
+    b = common.tree_scale(1.0 / b_scale, b)
     rs0 = common.tree_vdot(b, b, dtype)
-    tol = jnp.asarray(tol, rs0.dtype)
+    tol = jnp.asarray(tol, rs0.dtype) / b_scale
     eps = jnp.finfo(rs0.dtype).eps
     status0 = jnp.where(
         ~jnp.isfinite(rs0),
@@ -174,11 +179,12 @@ def conjugate_gradient(
             keep(p_new, p),
             jnp.where(bad, rs, rs_new),
             qmax,
-            pap,
+            pap / jnp.where(pp > 0, pp, 1.0),
             status,
         )
 
     k, x, _, _, _, _, curvature, status = jax.lax.while_loop(cond, body, init)
+    x = common.tree_scale(b_scale, x)
     return CGResult(x=x, num_matvecs=k, status=status, curvature=curvature)
 
 
@@ -256,12 +262,11 @@ def scale_by_newton_cg(
         size = int(sum(np.size(x) for x in leaves))
         steps = max_cg_steps if max_cg_steps is not None else max(1, 20 * size)
         g = jax.tree.map(lambda u: u.astype(_compute_dtype(u, state_dtype)), updates)
-        gg = common.tree_vdot(g, g, common.compute_dtype(g))
-        gnorm = jnp.sqrt(gg)
+        gnorm = common.safe_norm(g, common.compute_dtype(g))  # |g|^2 may overflow: no g.g
         if forcing is None:
             eta = jnp.minimum(0.5, jnp.sqrt(gnorm))
         else:
-            eta = base.resolve(forcing, state.count, gg.dtype)
+            eta = base.resolve(forcing, state.count, gnorm.dtype)
         _, hvp_lin = jax.linearize(jax.grad(value_fn), params)
 
         def matvec(v):
@@ -273,11 +278,12 @@ def scale_by_newton_cg(
         )
         negative = res.status == int(Status.NEGATIVE_CURVATURE)
         first = negative & (res.num_matvecs == 1)
+        # |g|^2 / |g^T H g| = 1 / |Rayleigh quotient of g|, the first direction's.
         curv = jnp.abs(res.curvature)
-        sd_scale = jnp.where(curv > 0, gg / jnp.where(curv > 0, curv, 1.0), 1.0)
+        sd_scale = jnp.where(curv > 0, 1.0 / jnp.where(curv > 0, curv, 1.0), 1.0)
         direction = common.tree_select(first, common.tree_scale(-sd_scale, g), res.x)
         ok = (res.status != int(Status.NON_FINITE)) & base.tree_all_finite(direction)
-        ok = ok & jnp.isfinite(gg)
+        ok = ok & jnp.isfinite(gnorm)
         direction = common.tree_select(ok, direction, jax.tree.map(jnp.zeros_like, direction))
         status = common.first_status(
             [(~ok, Status.NON_FINITE), (negative, Status.NEGATIVE_CURVATURE)], Status.OK
