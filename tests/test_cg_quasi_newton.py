@@ -325,3 +325,11 @@ def test_default_quasi_newton_needs_no_more_evaluations_than_scipy(problem, meth
         res = minimize(fun, jnp.asarray(x0), method, tol=0.0, atol=1e-5, max_steps=2000)
         assert int(res.status) == Status.CONVERGED, res.summary()
         assert int(res.num_fun_evals) <= ref + 1, (int(res.num_fun_evals), ref)
+
+
+@pytest.mark.parametrize("make", [scale_by_bfgs, scale_by_lbfgs])
+def test_quasi_newton_state_for_other_parameters_is_refused_by_size(make):
+    tx = make()
+    small, big = {"a": jnp.ones(2), "b": jnp.ones(3)}, {"a": jnp.ones(3), "b": jnp.ones(3)}
+    with pytest.raises(ValueError, match="params have 6 entries but the state was built .* for 5"):
+        tx.update(big, tx.init(small), big)

@@ -136,6 +136,11 @@ def _flat_inputs(owner, state, state_type, updates, params, dtype):
     check_update_inputs(owner, state, state_type, params, updates)
     g, unravel = ravel_pytree(updates)
     g, x = g.astype(dtype), ravel_pytree(params)[0].astype(dtype)
+    if x.shape != state.prev_params.shape[-1:]:
+        raise ValueError(
+            f"{owner}: params have {x.size} entries but the state was built by init for "
+            f"{state.prev_params.shape[-1]} (update must see the parameters init saw)"
+        )
     return g, x, unravel, _pair(x, g, state.prev_params, state.prev_grad, state.count)
 
 
