@@ -373,3 +373,10 @@ def test_newton_methods_through_minimize_match_scipy_minimizer():
             assert int(r.status) == Status.CONVERGED, (method, r.summary())
             np.testing.assert_allclose(np.asarray(r.params), ref.x, atol=1e-6)
             assert int(r.num_steps) <= ref.nit  # scipy Newton-CG: 83 iterations here
+
+
+@pytest.mark.parametrize("fallback", ["eigen", "shift"])
+def test_newton_on_a_linear_objective_is_unbounded_not_an_uphill_refusal(fallback):
+    # H = 0: the eigen fallback takes the gradient step (it divided by the smallest float).
+    res = minimize(lambda x: -jnp.sum(x), jnp.zeros(2), "newton", options={"fallback": fallback})
+    assert int(res.status) == Status.UNBOUNDED

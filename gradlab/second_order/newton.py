@@ -149,7 +149,9 @@ def _shift_direction(h, g, beta0, increase, max_tries):
 def _eigen_direction(h, g, floor):
     lam, q = jnp.linalg.eigh(h)
     lam_abs = jnp.abs(lam)
-    cut = jnp.maximum(floor * jnp.max(lam_abs), jnp.finfo(h.dtype).tiny)
+    largest = jnp.max(lam_abs)
+    # H = 0 (a linear objective): no curvature to scale by, the gradient step -g.
+    cut = jnp.where(largest > 0, jnp.maximum(floor * largest, jnp.finfo(h.dtype).tiny), 1.0)
     lam_mod = jnp.maximum(lam_abs, cut)
     return -(q @ ((q.T @ g) / lam_mod)), cut
 
@@ -183,7 +185,7 @@ def scale_by_newton(
       damping_increase: factor :math:`> 1` by which a failed shift grows (``"shift"``).
       max_shift_tries: the most Cholesky attempts after the first (static, ``"shift"``).
       eigenvalue_floor: :math:`\delta \in (0, 1]`, eigenvalues' floor relative to the largest
-        (``"eigen"``).
+        (``"eigen"``; a zero Hessian gives the gradient step :math:`-g`).
       hessian_memory_budget: the largest dense Hessian allowed, in bytes (static, default 512
         MiB); :func:`init` raises :class:`ValueError` above it.
       state_dtype: dtype of the Hessian and the solve (default float32, or the parameters'
