@@ -126,7 +126,7 @@ def rmsprop(
       eps_in_sqrt: $\epsilon$ inside (default) or outside the square root.
       centered: divide by the running standard deviation instead of the RMS (Graves 2013).
       momentum: $\mu \in [0, 1)$ or ``None`` (no momentum).
-      nesterov: Nesterov form of the momentum.
+      nesterov: Nesterov form of the momentum (requires ``momentum``).
       bias_correction: divide the averages by $1-\rho^t$.
       init_with_first_gradient: start $\nu$ at $g_1^2$ (textbook variant).
       state_dtype: accumulator dtype (float32 by default).
@@ -146,6 +146,8 @@ def rmsprop(
         state_dtype=state_dtype,
     )
     if momentum is None:
+        if nesterov:
+            raise ValueError("rmsprop: nesterov=True needs a momentum (got momentum=None)")
         return _named("rmsprop", learning_rate, scale)
     lr = base.hyperparameter(learning_rate, "learning_rate", base.NONNEGATIVE, owner="rmsprop")
     mu = base.hyperparameter(momentum, "momentum", base.UNIT_INTERVAL_OPEN_RIGHT, owner="rmsprop")
