@@ -333,3 +333,10 @@ def test_quasi_newton_state_for_other_parameters_is_refused_by_size(make):
     small, big = {"a": jnp.ones(2), "b": jnp.ones(3)}, {"a": jnp.ones(3), "b": jnp.ones(3)}
     with pytest.raises(ValueError, match="params have 6 entries but the state was built .* for 5"):
         tx.update(big, tx.init(small), big)
+
+
+@pytest.mark.parametrize("make", [scale_by_bfgs, scale_by_lbfgs, scale_by_nonlinear_cg])
+@pytest.mark.parametrize("bad", [jnp.int32, "foo"])
+def test_state_dtype_must_be_floating_and_is_named(make, bad):
+    with pytest.raises(TypeError, match=r"scale_by_\w+: state_dtype must be a floating dtype"):
+        make(state_dtype=bad)

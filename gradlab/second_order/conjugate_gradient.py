@@ -101,6 +101,8 @@ def scale_by_nonlinear_cg(
         raise ValueError(f"{_OWNER}: beta must be one of {BETA_RULES}, got {beta!r}")
     if restart_every is not None:
         restart_every = base.check_positive_int(restart_every, "restart_every", owner=_OWNER)
+    if state_dtype is not None:
+        state_dtype = base.state_dtype_of(state_dtype, _OWNER)
 
     def init_fn(params):
         dtype = common.compute_dtype(params) if state_dtype is None else jnp.dtype(state_dtype)

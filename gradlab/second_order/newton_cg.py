@@ -250,6 +250,8 @@ def scale_by_newton_cg(
         )
     if max_cg_steps is not None:
         max_cg_steps = base.check_positive_int(max_cg_steps, "max_cg_steps", owner=_OWNER)
+    if state_dtype is not None:
+        state_dtype = base.state_dtype_of(state_dtype, _OWNER)
 
     def init_fn(params):
         z = jnp.zeros([], jnp.int32)

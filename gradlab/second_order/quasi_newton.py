@@ -201,6 +201,8 @@ def scale_by_bfgs(
             f"got {initial_inverse_hessian!r}"
         )
     restart_length, initial_scale = _INITIAL_RULES[initial_inverse_hessian]
+    if state_dtype is not None:
+        state_dtype = base.state_dtype_of(state_dtype, "scale_by_bfgs")
 
     def init_fn(params):
         n, dtype, fields = _initial_fields(params, state_dtype)
@@ -311,6 +313,8 @@ def scale_by_lbfgs(
       state_dtype: dtype of the stored pairs (default float32, float64 for float64 params).
     """
     m = base.check_positive_int(memory_size, "memory_size", owner="scale_by_lbfgs")
+    if state_dtype is not None:
+        state_dtype = base.state_dtype_of(state_dtype, "scale_by_lbfgs")
     if not isinstance(scale_init_precond, bool):
         raise TypeError(
             f"scale_by_lbfgs: scale_init_precond must be a bool, got {scale_init_precond!r}"
