@@ -73,9 +73,10 @@ def test_exponential_fit_converges_to_2_minus_1(make):
 
 
 @pytest.mark.parametrize("jacobian", ["auto", "matrix_free"])
-def test_lm_is_scale_free_at_1e30_and_never_falsely_converged_at_1e_minus_30(jacobian):
+def test_lm_takes_the_same_steps_on_1e30_and_1e_minus_30_scaled_problems(jacobian):
     # float32; f = |r|^2 / 2 scaled by 1e30 and 1e-30 (residuals by 1e15, 1e-15). Earlier the
-    # predicted decrease overflowed (1e30) or underflowed to 0, which read as "converged" at x0.
+    # predicted decrease overflowed (1e30) or underflowed to 0, which read as "converged" at
+    # x0, and the damping was clipped to [1e-30, 1e30], a scale of its own.
     from gradlab.second_order.least_squares import least_squares
 
     x0 = jnp.asarray([1.0, 0.0])
@@ -83,12 +84,11 @@ def test_lm_is_scale_free_at_1e30_and_never_falsely_converged_at_1e_minus_30(jac
         k: least_squares(lambda p, k=k: k * exp_fit(p), x0, options={"jacobian": jacobian})
         for k in (1.0, 1e15, 1e-15)
     }
-    assert int(runs[1.0].status) == int(runs[1e15].status) == Status.CONVERGED
-    assert int(runs[1e15].num_steps) == int(runs[1.0].num_steps)
-    np.testing.assert_allclose(runs[1e15].params, runs[1.0].params, rtol=1e-4)
-    tiny = runs[1e-15]
-    assert int(tiny.num_steps) > 1  # it moves (it stopped "converged" at x0 before)
-    np.testing.assert_allclose(tiny.params, [2.0, -1.0], atol=1e-2)
+    for k, res in runs.items():
+        assert int(res.status) == Status.CONVERGED, k  # 1e-30: "converged" at x0 before
+        # The same path up to rounding (the CG solves of the matrix-free mode round apart).
+        assert abs(int(res.num_steps) - int(runs[1.0].num_steps)) <= (jacobian != "auto"), k
+        np.testing.assert_allclose(res.params, [2.0, -1.0], atol=1e-3)
 
 
 def test_lm_matches_scipy_minpack_on_noisy_curve_fit():

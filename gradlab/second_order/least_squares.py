@@ -71,7 +71,13 @@ __all__ = [
 
 _JACOBIANS = ("auto", "jacfwd", "jacrev", "matrix_free")
 _SCALINGS = ("levenberg", "marquardt")
-_MU_MIN, _MU_MAX = 1e-30, 1e30
+
+
+def _damping_bounds(dtype) -> tuple[float, float]:
+    """The damping's range: any positive normal number of ``dtype`` (a fixed range such as
+    [1e-30, 1e30] would be a scale: 1e-30-scaled problems need smaller dampings)."""
+    info = jnp.finfo(dtype)
+    return float(info.tiny), float(info.max) / 16
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,7 +471,8 @@ def levenberg_marquardt(
         first = state.damping < 0
         mu_start = jnp.where(first, mu0, state.damping.astype(dtype))
         valid = jnp.isfinite(mu_start) & (mu_start > 0)
-        mu_start = jnp.clip(jnp.where(valid, mu_start, 1.0), _MU_MIN, _MU_MAX)
+        mu_min, mu_max = _damping_bounds(dtype)
+        mu_start = jnp.clip(jnp.where(valid, mu_start, 1.0), mu_min, mu_max)
         nu_start = jnp.where(first, 2.0, state.nu.astype(dtype))
         zero_h = jnp.zeros_like(lin.flat, dtype=dtype)
         z32 = jnp.zeros((), jnp.int32)
@@ -491,7 +498,7 @@ def levenberg_marquardt(
             mu_acc = mu * jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
             mu_new = jnp.where(accepted, mu_acc, jnp.where(stalled, mu, mu * nu))
             nu_new = jnp.where(accepted, 2.0, jnp.where(stalled, nu, 2.0 * nu))
-            mu_new = jnp.clip(mu_new, _MU_MIN, _MU_MAX)
+            mu_new = jnp.clip(mu_new, mu_min, mu_max)
             return (k + 1, mu_new, nu_new, h, accepted, stalled, rho, products + n_prod)
 
         init = (
