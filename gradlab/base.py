@@ -364,9 +364,17 @@ def safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:
     return num / jnp.where(den > 0, den, jnp.ones_like(den))
 
 
-def debias_factor(decay: jax.Array, count: jax.Array) -> jax.Array:
-    r"""$1 - \beta^t$ in the (float32 or wider) dtype of ``decay`` (optax #328)."""
-    return 1 - decay ** count.astype(decay.dtype)
+def debias_factor(complement: jax.Array, count: jax.Array) -> jax.Array:
+    r"""$1 - \beta^t$ from the complement $c = 1 - \beta$, as $-\operatorname{expm1}(t
+    \log(1 - c))$, in the (float32 or wider) dtype of ``complement`` (optax #328).
+
+    The complement is the one the moment update uses (see :func:`resolve_decay`), so the two
+    agree: at $t = 1$ the correction is $c$ itself and $\hat\nu_1 = g_1^2$ exactly, for a
+    Python-number $\beta$ (complement computed in double precision) as for a traced float32
+    one. ``1 - float32(beta) ** t`` loses the digits of $c$ in the rounding of $\beta$
+    ($\beta = 0.99999$: 0.14% at $t = 1$).
+    """
+    return -jnp.expm1(count.astype(complement.dtype) * jnp.log1p(-complement))
 
 
 def cast_like(tree: Any, like: Any) -> Any:

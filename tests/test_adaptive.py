@@ -580,3 +580,20 @@ def test_derivative_through_update_at_zero_gradient():
         assert bool(jnp.all(jnp.isfinite(ds[name]))), name
     # Pinned behaviour: with eps_root = 0 the derivative of sqrt at 0 makes Adam's NaN.
     assert bool(jnp.all(jnp.isnan(ds["adam_eps_root_0"])))
+
+
+@pytest.mark.parametrize("b2", [0.999, 0.99999])
+def test_adam_first_step_is_the_sign_for_python_and_traced_betas(b2):
+    # With eps = 0, m1 = (1-b1) g and v1 = (1-b2) g^2, so the debiased first step is -lr sign(g).
+    # The correction 1 - b2 is computed from the same complement as the moment: exact for a
+    # Python float (double-precision complement) and for a traced float32 b2 (as in a sweep).
+    g = jnp.asarray([1.0, -3.0, 1e-3])
+
+    def first_step(b2_value):
+        tx = gl.adam(1.0, b2=b2_value, eps=0.0)
+        return tx.update(g, tx.init(g))[0]
+
+    expected = -np.sign(np.asarray(g))
+    np.testing.assert_allclose(first_step(b2), expected, rtol=3e-7)
+    traced = jax.jit(first_step)(jnp.asarray(b2, jnp.float32))
+    np.testing.assert_allclose(traced, expected, rtol=3e-7)

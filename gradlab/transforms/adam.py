@@ -144,9 +144,9 @@ def scale_by_adam(
         base.check_update(owner, state, ScaleByAdamState, updates, "nu")
         beta1, one_m_b1, beta2, one_m_b2, e, count_inc = _resolve(b1, b2, eps, state.count, cdt)
         e_root = base.resolve(eps_root, state.count, cdt)
-        bc1 = base.debias_factor(beta1, count_inc)
-        bc2 = base.debias_factor(beta2, count_inc)
-        bc1_next = base.debias_factor(beta1, base.safe_increment(count_inc))
+        bc1 = base.debias_factor(one_m_b1, count_inc)
+        bc2 = base.debias_factor(one_m_b2, count_inc)
+        bc1_next = base.debias_factor(one_m_b1, base.safe_increment(count_inc))
 
         def leaf(g, mu, nu):
             gc = base.to_dtype(g, cdt)
@@ -216,7 +216,7 @@ def scale_by_adamax(
         del params
         base.check_update(owner, state, ScaleByAdamaxState, updates, "nu")
         beta1, one_m_b1, beta2, _, e, count_inc = _resolve(b1, b2, eps, state.count, cdt)
-        bc1 = base.debias_factor(beta1, count_inc)
+        bc1 = base.debias_factor(one_m_b1, count_inc)
 
         def leaf(g, mu, nu):
             gc = base.to_dtype(g, cdt)

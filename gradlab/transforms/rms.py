@@ -112,7 +112,7 @@ def scale_by_rms(
         rho, one_m_rho = base.resolve_decay(decay, state.count, cdt)
         e = base.resolve(eps, state.count, cdt)
         count_inc = base.safe_increment(state.count)
-        bc = base.debias_factor(rho, count_inc) if use_bc else None
+        bc = base.debias_factor(one_m_rho, count_inc) if use_bc else None
         first = state.count == 0
 
         def leaf(g, nu, mu=None):
