@@ -166,7 +166,7 @@ def test_traced_hyperparameter_and_invalid_traced_value_poison_only_their_lane()
 
     status, step = jax.jit(jax.vmap(run))(jnp.asarray([0.9, 0.1, 1.5]))
     assert list(np.asarray(status[:2])) == [Status.OK, Status.OK]
-    assert int(status[2]) == Status.NON_FINITE and float(step[2]) == 0.0
+    assert int(status[2]) == Status.INVALID_HYPERPARAMETER and float(step[2]) == 0.0
 
 
 def test_invalid_hyperparameters_raise():
@@ -237,3 +237,32 @@ def test_packed_while_loop_equals_plain_loop():
     for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(packed), strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+_INVALID_TRACED = {
+    "zoom curv_rtol": (lambda v: scale_by_zoom_linesearch(curv_rtol=v), 0.9, 1e-5),
+    "zoom max_learning_rate": (lambda v: scale_by_zoom_linesearch(max_learning_rate=v), 10.0, -1.0),
+    "more_thuente xtol": (lambda v: scale_by_more_thuente_linesearch(xtol=v), 0.1, 2.0),
+    "backtracking decrease_factor": (
+        lambda v: scale_by_backtracking_linesearch(decrease_factor=v),
+        0.5,
+        1.5,
+    ),
+    "exact initial_step": (lambda v: scale_by_exact_linesearch(initial_step=v), 1.0, -1.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_INVALID_TRACED))
+def test_invalid_traced_setting_ends_its_lane_at_once_as_invalid_hyperparameter(name):
+    from gradlab.minimize import minimize
+    from gradlab.second_order.quasi_newton import bfgs
+
+    make, good, bad = _INVALID_TRACED[name]
+
+    def solve(v):
+        return minimize(square, jnp.asarray([1.0, -2.0]), bfgs(linesearch=make(v)), max_steps=50)
+
+    res = jax.vmap(solve)(jnp.asarray([good, bad]))
+    assert int(res.status[0]) == Status.CONVERGED
+    assert int(res.status[1]) == Status.INVALID_HYPERPARAMETER
+    assert int(res.num_fun_evals[1]) == 1  # the start only: no trial was spent on it

@@ -227,7 +227,7 @@ def test_traced_hyperparameters_vmap_equals_loop_and_poison_their_lane():
         u_i, s_i, n_i = run(c2s[i], xtols[i])
         np.testing.assert_allclose(np.asarray(upd[i]), np.asarray(u_i), rtol=1e-6)
         assert int(status[i]) == int(s_i) == Status.OK and int(nfev[i]) == int(n_i)
-    assert list(np.asarray(status[3:])) == [Status.NON_FINITE] * 2
+    assert list(np.asarray(status[3:])) == [Status.INVALID_HYPERPARAMETER] * 2
     np.testing.assert_array_equal(np.asarray(upd[3:]), 0.0)
     assert list(np.asarray(nfev[3:])) == [0, 0]
 

@@ -436,20 +436,26 @@ def start_wolfe_search(
     hyperparameters_ok: jax.Array,
 ) -> WolfeStart:
     r"""The shared start of the Wolfe searches: the unit direction and its slope (``code`` is
-    ``NON_FINITE`` as well when ``f0`` or a traced hyperparameter is not finite), the largest
+    ``NON_FINITE`` as well when ``f0`` is not finite, ``INVALID_HYPERPARAMETER`` when a traced
+    setting was out of range), the largest
     displacement, and the first trial displacement :math:`\tau_0` (``initial_guess_strategy``,
     documented in :func:`~gradlab.linesearch.scale_by_zoom_linesearch`)."""
     count = state.count
     unit, d_norm, s0, code = unit_direction(updates, grad, dtype)
-    ok = jnp.isfinite(f0) & hyperparameters_ok
-    code = jnp.where(ok, code, int(Status.NON_FINITE))
+    tau_max = base.resolve(settings.max_step_norm, count, dtype)
+    t_max = None
+    if settings.max_learning_rate is not None:
+        t_max = base.resolve(settings.max_learning_rate, count, dtype)
+        hyperparameters_ok = hyperparameters_ok & ~jnp.isnan(t_max)
+    hyperparameters_ok = hyperparameters_ok & ~jnp.isnan(tau_max)
+    # A poisoned (invalid traced) setting: no trial at all, the status says why.
+    code = jnp.where(hyperparameters_ok, code, int(Status.INVALID_HYPERPARAMETER))
+    code = jnp.where(jnp.isfinite(f0), code, int(Status.NON_FINITE))
     searching = code == int(Status.OK)
     d_norm = jnp.where(searching, d_norm, 1.0)
 
     strategy = settings.initial_guess_strategy
-    tau_max = base.resolve(settings.max_step_norm, count, dtype)
-    if settings.max_learning_rate is not None:
-        t_max = base.resolve(settings.max_learning_rate, count, dtype)
+    if t_max is not None:
         tau_max = jnp.minimum(tau_max, t_max * d_norm)
 
     if strategy == "one":

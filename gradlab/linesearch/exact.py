@@ -89,14 +89,13 @@ def scale_by_exact_linesearch(
 
     def search(updates, state, params, *, dtype, f0, grad, value_fn):
         unit, d_norm, _, code = common.unit_direction(updates, grad, dtype)
+        if t_init is not None:  # a poisoned (invalid traced) first step: no trial at all
+            t0 = base.resolve(t_init, state.count, dtype)
+            code = jnp.where(jnp.isnan(t0), int(Status.INVALID_HYPERPARAMETER), code)
         code = jnp.where(jnp.isfinite(f0), code, int(Status.NON_FINITE))
         searching = code == int(Status.OK)
         safe_norm = jnp.where(searching, d_norm, 1.0)
-        h0 = (
-            jnp.ones([], dtype)
-            if t_init is None
-            else base.resolve(t_init, state.count, dtype) * safe_norm
-        )
+        h0 = jnp.ones([], dtype) if t_init is None else t0 * safe_norm
 
         def phi(tau):
             f = jnp.asarray(value_fn(common.trial_point(params, tau / safe_norm, updates)), dtype)
