@@ -147,12 +147,11 @@ def _pinv_values(s: jax.Array, shape: tuple[int, int]) -> jax.Array:
     return jnp.where(s > cut, 1.0 / jnp.where(s > cut, s, 1.0), 0.0)
 
 
-def _forcing_tol(forcing, count, gnorm):
+def _forcing(forcing, count, gnorm):
+    r"""CG's relative tolerance: ``forcing``, or :math:`\min(0.1, \sqrt{\lVert g\rVert})`."""
     if forcing is None:
-        eta = jnp.minimum(0.1, jnp.sqrt(gnorm))
-    else:
-        eta = base.resolve(forcing, count, gnorm.dtype)
-    return eta * gnorm
+        return jnp.minimum(0.1, jnp.sqrt(gnorm))
+    return base.resolve(forcing, count, gnorm.dtype)
 
 
 def _cg_steps(max_cg_steps, d):
@@ -237,7 +236,7 @@ def scale_by_gauss_newton(
             res = conjugate_gradient(
                 lambda v: lin.vjp(lin.jvp(v)),
                 -g,
-                tol=_forcing_tol(forcing, state.count, gnorm),
+                tol=_forcing(forcing, state.count, gnorm) * gnorm,
                 max_steps=_cg_steps(max_cg_steps, lin.flat.size),
             )
             step, num_products = res.x, res.num_matvecs
@@ -430,10 +429,8 @@ def levenberg_marquardt(
                 diag, sqrt_d = state.diag, jnp.ones((), dtype)
                 mu0 = tau * jnp.max(colsq) if relative_damping else tau
             u, s, vt = _svd(jac / sqrt_d)
-            s, ur = (
-                s / r_scale,
-                (u.T @ r) / r_scale,
-            )  # J/c and r/c: the same step, no under/overflow
+            # J/|r| and r/|r|: the same step, and nothing under- or overflows.
+            s, ur = s / r_scale, (u.T @ r) / r_scale
 
             def solve(mu):
                 # Predicted decrease L(0) - L(h) in singular coordinates (units of |r|^2): a
@@ -448,11 +445,9 @@ def levenberg_marquardt(
             diag = state.diag
             ratio = jnp.vdot(g, g) * r_scale * r_scale  # |J^T r|^2 / |r|^2
             mu0 = tau * jnp.where(ratio > 0, ratio, 1.0) if relative_damping else tau
-            # The forcing term of |J^T r| in the original units, the tolerance in these.
-            tol = (
-                _forcing_tol(forcing, state.count, common.safe_norm(g, dtype) * r_scale**2)
-                / r_scale**2
-            )
+            # The forcing term from |J^T r| in the original units, the tolerance in these.
+            g_norm = common.safe_norm(g, dtype)
+            tol = _forcing(forcing, state.count, g_norm * r_scale * r_scale) * g_norm
             steps = _cg_steps(max_cg_steps, lin.flat.size)
 
             def solve(mu):
