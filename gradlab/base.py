@@ -260,7 +260,8 @@ def check_order(
     or ``small >= large`` when ``strict``)."""
     if not callable(small) and not callable(large) and is_concrete(small) and is_concrete(large):
         a, b = np.asarray(small), np.asarray(large)
-        if np.any(a >= b) if strict else np.any(a > b):
+        out_of_order = (a >= b) if strict else (a > b)
+        if np.any(out_of_order):
             where = f"{owner}: " if owner else ""
             relation, opposite = ("<", ">=") if strict else ("<=", ">")
             raise ValueError(
