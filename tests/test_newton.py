@@ -380,3 +380,21 @@ def test_newton_on_a_linear_objective_is_unbounded_not_an_uphill_refusal(fallbac
     # H = 0: the eigen fallback takes the gradient step (it divided by the smallest float).
     res = minimize(lambda x: -jnp.sum(x), jnp.zeros(2), "newton", options={"fallback": fallback})
     assert int(res.status) == Status.UNBOUNDED
+
+
+@pytest.mark.parametrize(
+    "make, good, bad",
+    [
+        (lambda v: newton(fallback="shift", damping_init=v), 1e-3, -1.0),
+        (lambda v: newton(eigenvalue_floor=v), 1e-6, 2.0),
+        (lambda v: newton_cg(forcing=v), 0.1, 2.0),
+    ],
+    ids=["newton-damping_init", "newton-eigenvalue_floor", "newton_cg-forcing"],
+)
+def test_invalid_traced_setting_stops_its_member_even_where_unused(make, good, bad):
+    # On Rosenbrock from (-1.2, 1) the Hessian is positive definite: the fallback's settings
+    # are never used, but an invalid one still ends its batch member, with the reason.
+    solve = jax.vmap(lambda v: minimize(rosenbrock, jnp.asarray([-1.2, 1.0]), make(v)))
+    res = solve(jnp.asarray([good, bad]))
+    assert [int(s) for s in res.status] == [Status.CONVERGED, Status.INVALID_HYPERPARAMETER]
+    assert int(res.num_steps[1]) == 1

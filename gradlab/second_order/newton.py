@@ -38,7 +38,9 @@ where Cholesky fails) and takes sensible unit steps, which is why it is the defa
 Either way the modified matrix is positive definite, so :math:`g^\top d < 0`: every direction
 descends, and Newton does not walk to a saddle. The step's ``status`` says what happened:
 ``OK`` (plain Newton), ``NEGATIVE_CURVATURE`` (the Hessian was indefinite or singular and was
-modified), ``NON_FINITE`` (NaN/Inf gradient or Hessian: the update is zero).
+modified), ``NON_FINITE`` (NaN/Inf gradient or Hessian: the update is zero),
+``INVALID_HYPERPARAMETER`` (a traced fallback setting was out of range, used or not: the
+update is zero).
 
 References:
   Nocedal & Wright, *Numerical Optimization* (2nd ed., 2006), §3.4, Algorithm 3.3.
@@ -241,6 +243,7 @@ def scale_by_newton(
         if fallback == "shift":
             beta0 = base.resolve(damping_init, state.count, dtype)
             increase = base.resolve(damping_increase, state.count, dtype)
+            settings = (beta0, increase)
             modified, shift = jax.lax.cond(
                 plain_ok,
                 lambda: (plain, jnp.zeros((), dtype)),
@@ -248,15 +251,23 @@ def scale_by_newton(
             )
         else:
             floor = base.resolve(eigenvalue_floor, state.count, dtype)
+            settings = (floor,)
             modified, shift = jax.lax.cond(
                 plain_ok,
                 lambda: (plain, jnp.zeros((), dtype)),
                 lambda: _eigen_direction(h, g_safe, floor),
             )
+        # A poisoned (invalid traced) setting stops the run even where the fallback is unused.
+        valid = ~jnp.isnan(jnp.stack(settings)).any()
         ok = finite & jnp.all(jnp.isfinite(modified))
-        direction = jnp.where(ok, modified, 0.0)
+        direction = jnp.where(ok & valid, modified, 0.0)
         status = common.first_status(
-            [(~ok, Status.NON_FINITE), (plain_ok, Status.OK)], Status.NEGATIVE_CURVATURE
+            [
+                (~valid, Status.INVALID_HYPERPARAMETER),
+                (~ok, Status.NON_FINITE),
+                (plain_ok, Status.OK),
+            ],
+            Status.NEGATIVE_CURVATURE,
         )
         new_state = ScaleByNewtonState(
             count=base.safe_increment(state.count),

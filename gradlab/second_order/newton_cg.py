@@ -225,8 +225,9 @@ def scale_by_newton_cg(
     non-positive curvature it returns the last iterate; on the first iteration, the scaled
     steepest-descent direction :math:`-\frac{\lVert u\rVert^2}{|u^\top H u|} u`. The step's
     ``status`` is ``OK``, ``NEGATIVE_CURVATURE`` (curvature was met and handled, the direction
-    is still a descent direction) or ``NON_FINITE`` (a NaN/Inf gradient or product: the update
-    is zero, the parameters stay put).
+    is still a descent direction), ``NON_FINITE`` (a NaN/Inf gradient or product: the update
+    is zero, the parameters stay put) or ``INVALID_HYPERPARAMETER`` (a traced ``forcing`` out
+    of range: the update is zero).
 
     Args:
       forcing: constant relative CG tolerance :math:`\eta \in (0, 1)`, a traced array or a
@@ -265,10 +266,12 @@ def scale_by_newton_cg(
         steps = max_cg_steps if max_cg_steps is not None else max(1, 20 * size)
         g = jax.tree.map(lambda u: u.astype(_compute_dtype(u, state_dtype)), updates)
         gnorm = common.safe_norm(g, common.compute_dtype(g))  # |g|^2 may overflow: no g.g
+        valid = jnp.asarray(True)
         if forcing is None:
             eta = jnp.minimum(0.5, jnp.sqrt(gnorm))
         else:
             eta = base.resolve(forcing, state.count, gnorm.dtype)
+            valid = ~jnp.isnan(eta)  # poisoned (invalid traced): stop, say why
         _, hvp_lin = jax.linearize(jax.grad(value_fn), params)
 
         def matvec(v):
@@ -286,9 +289,16 @@ def scale_by_newton_cg(
         direction = common.tree_select(first, common.tree_scale(-sd_scale, g), res.x)
         ok = (res.status != int(Status.NON_FINITE)) & base.tree_all_finite(direction)
         ok = ok & jnp.isfinite(gnorm)
-        direction = common.tree_select(ok, direction, jax.tree.map(jnp.zeros_like, direction))
+        direction = common.tree_select(
+            ok & valid, direction, jax.tree.map(jnp.zeros_like, direction)
+        )
         status = common.first_status(
-            [(~ok, Status.NON_FINITE), (negative, Status.NEGATIVE_CURVATURE)], Status.OK
+            [
+                (~valid, Status.INVALID_HYPERPARAMETER),
+                (~ok, Status.NON_FINITE),
+                (negative, Status.NEGATIVE_CURVATURE),
+            ],
+            Status.OK,
         )
         new_state = ScaleByNewtonCGState(
             count=base.safe_increment(state.count),
