@@ -269,3 +269,19 @@ def test_has_aux_returns_aux_at_the_final_point():
     np.testing.assert_allclose(float(res.aux["mean"]), 3.0, atol=1e-3)
     with pytest.raises(TypeError, match="has_aux"):
         minimize(rosenbrock, jnp.zeros(2), "bfgs", has_aux=1)
+
+
+def test_python_number_settings_are_cached_device_scalars_with_python_semantics():
+    from gradlab.minimize import _device_scalar
+
+    a, b = _device_scalar(1e-5), _device_scalar(1e-5)
+    assert a is b and a.weak_type and a.dtype == jnp.float32  # transferred once, weakly typed
+    assert _device_scalar(7).dtype == jnp.int32 and _device_scalar(7) is not _device_scalar(7.0)
+    with jax.enable_x64():
+        assert _device_scalar(1e-5).dtype == jnp.float64  # the x64 mode is part of the key
+    traced = jnp.asarray(0.5)
+    assert _device_scalar(traced) is traced
+    # Same results as passing arrays.
+    direct = minimize(rosenbrock, jnp.zeros(2), "bfgs", tol=1e-6, max_steps=50)
+    arrays = minimize(rosenbrock, jnp.zeros(2), "bfgs", tol=jnp.asarray(1e-6), max_steps=50)
+    assert int(direct.num_fun_evals) == int(arrays.num_fun_evals)
