@@ -113,8 +113,8 @@ def scale_by_backtracking_linesearch(
         t_max_t = base.resolve(t_max, count, dtype)
 
         _, d_norm, slope, code = common.unit_direction(updates, grad, dtype)
-        hyperparameters_ok = ~jnp.isnan(jnp.stack([c1_t, rho_t, gamma_t, t_max_t])).any()
-        code = jnp.where(hyperparameters_ok, code, int(Status.INVALID_HYPERPARAMETER))
+        invalid = common.poisoned(c1_t, rho_t, gamma_t, t_max_t)
+        code = jnp.where(invalid, int(Status.INVALID_HYPERPARAMETER), code)
         prev = state.step_size
         t0 = jnp.where(
             (prev > 0) & jnp.isfinite(prev), jnp.minimum(prev * gamma_t, t_max_t), t_max_t

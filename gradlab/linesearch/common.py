@@ -50,6 +50,7 @@ __all__ = [
     "WolfeSettings",
     "wolfe_hyperparameters",
     "FATAL_STATUSES",
+    "poisoned",
 ]
 
 #: First-trial rules of the Wolfe searches (``initial_guess_strategy``).
@@ -117,6 +118,12 @@ def first_status(cases: list[tuple[Any, Status]], default: Status) -> jax.Array:
     """The int32 code of the first case whose predicate holds, else ``default``."""
     preds = [jnp.asarray(p) for p, _ in cases]
     return jnp.select(preds, [int(code) for _, code in cases], int(default)).astype(jnp.int32)
+
+
+def poisoned(*settings: Any) -> jax.Array:
+    """True when any resolved traced setting is NaN: out of its range, so ``hyperparameter``
+    replaced it by NaN (the step then reports ``INVALID_HYPERPARAMETER`` and takes no trial)."""
+    return jnp.any(jnp.stack([jnp.isnan(jnp.asarray(v)) for v in settings]))
 
 
 def packed_while_loop(
@@ -446,10 +453,10 @@ def start_wolfe_search(
     t_max = None
     if settings.max_learning_rate is not None:
         t_max = base.resolve(settings.max_learning_rate, count, dtype)
-        hyperparameters_ok = hyperparameters_ok & ~jnp.isnan(t_max)
-    hyperparameters_ok = hyperparameters_ok & ~jnp.isnan(tau_max)
+    bounds = (tau_max,) if t_max is None else (tau_max, t_max)
     # A poisoned (invalid traced) setting: no trial at all, the status says why.
-    code = jnp.where(hyperparameters_ok, code, int(Status.INVALID_HYPERPARAMETER))
+    ok = hyperparameters_ok & ~poisoned(*bounds)
+    code = jnp.where(ok, code, int(Status.INVALID_HYPERPARAMETER))
     code = jnp.where(jnp.isfinite(f0), code, int(Status.NON_FINITE))
     searching = code == int(Status.OK)
     d_norm = jnp.where(searching, d_norm, 1.0)

@@ -91,7 +91,7 @@ def scale_by_exact_linesearch(
         unit, d_norm, _, code = common.unit_direction(updates, grad, dtype)
         if t_init is not None:  # a poisoned (invalid traced) first step: no trial at all
             t0 = base.resolve(t_init, state.count, dtype)
-            code = jnp.where(jnp.isnan(t0), int(Status.INVALID_HYPERPARAMETER), code)
+            code = jnp.where(common.poisoned(t0), int(Status.INVALID_HYPERPARAMETER), code)
         code = jnp.where(jnp.isfinite(f0), code, int(Status.NON_FINITE))
         searching = code == int(Status.OK)
         safe_norm = jnp.where(searching, d_norm, 1.0)

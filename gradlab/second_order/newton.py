@@ -258,7 +258,7 @@ def scale_by_newton(
                 lambda: _eigen_direction(h, g_safe, floor),
             )
         # A poisoned (invalid traced) setting stops the run even where the fallback is unused.
-        valid = ~jnp.isnan(jnp.stack(settings)).any()
+        valid = ~common.poisoned(*settings)
         ok = finite & jnp.all(jnp.isfinite(modified))
         direction = jnp.where(ok & valid, modified, 0.0)
         status = common.first_status(

@@ -271,7 +271,7 @@ def scale_by_newton_cg(
             eta = jnp.minimum(0.5, jnp.sqrt(gnorm))
         else:
             eta = base.resolve(forcing, state.count, gnorm.dtype)
-            valid = ~jnp.isnan(eta)  # poisoned (invalid traced): stop, say why
+            valid = ~common.poisoned(eta)  # an invalid traced forcing: stop, say why
         _, hvp_lin = jax.linearize(jax.grad(value_fn), params)
 
         def matvec(v):
