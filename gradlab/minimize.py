@@ -441,4 +441,8 @@ def _device_scalar(value: Any) -> Any:
 @functools.lru_cache(maxsize=256)
 def _cached_scalar(value: float, kind: type, x64: bool) -> jax.Array:
     del kind, x64  # part of the key: 1 and 1.0, and the x64 mode, give different arrays
-    return jnp.asarray(value)
+    # A first call may come while the caller's ``jax.jit`` traces ``minimize``: the array must
+    # still be a concrete one made outside that trace (jax 0.10 otherwise hoists it as an
+    # argument of that one program, and a later program that captures it fails to run).
+    with jax.ensure_compile_time_eval():
+        return jnp.asarray(value)

@@ -285,3 +285,15 @@ def test_python_number_settings_are_cached_device_scalars_with_python_semantics(
     direct = minimize(rosenbrock, jnp.zeros(2), "bfgs", tol=1e-6, max_steps=50)
     arrays = minimize(rosenbrock, jnp.zeros(2), "bfgs", tol=jnp.asarray(1e-6), max_steps=50)
     assert int(direct.num_fun_evals) == int(arrays.num_fun_evals)
+
+
+def test_settings_first_seen_inside_a_users_jit_work_in_later_programs():
+    # Regression: a cached setting first made while the caller's jax.jit traced minimize was
+    # hoisted as an argument of that program only; the next program capturing it failed with
+    # "Execution supplied 1 arguments but compiled program expected 4".
+    tol = 0.123456  # a value no other test uses, so the cache entry is made inside the trace
+    for method in ("bfgs", "lbfgs"):
+        solve = lambda x, m=method: minimize(rosenbrock, x, m, tol=tol, max_steps=77).num_steps
+        first = jax.jit(solve)(jnp.zeros(2))
+        again = jax.jit(solve)(jnp.zeros(2))  # a second jit object: a fresh dispatch path
+        assert int(first) == int(again) > 0
