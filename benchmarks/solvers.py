@@ -17,7 +17,12 @@ you to pass to a ``jax.jit`` of your own around it); the other libraries with XL
 as their users get them, or with the same options under ``--same-xla-options``. It finishes
 with a vmapped batch of 64 Rosenbrock starts beside a Python loop.
 
-Run: ``python benchmarks/solvers.py [--quick] [--repeats N] [--same-xla-options]``.
+``--single-kernel-loops`` raises XLA:CPU's small-while-loop threshold for the whole process
+(every library alike), so each solver loop runs as one compiled kernel instead of one runtime
+task per operation.
+
+Run: ``python benchmarks/solvers.py [--quick] [--repeats N] [--same-xla-options]
+[--single-kernel-loops]``.
 """
 
 from __future__ import annotations
@@ -302,7 +307,17 @@ def main(argv=None) -> int:
         action="store_true",
         help="compile the other libraries with gradlab's CPU compiler options too",
     )
+    parser.add_argument(
+        "--single-kernel-loops",
+        action="store_true",
+        help="raise XLA:CPU's small-while-loop threshold (process-wide, every library): each "
+        "solver loop becomes one compiled kernel instead of one task per operation",
+    )
     args = parser.parse_args(argv)
+    if args.single_kernel_loops:
+        # Read when the CPU backend starts, so only effective before the first computation.
+        flags = [os.environ.get("XLA_FLAGS", ""), compilation.SINGLE_KERNEL_LOOPS_XLA_FLAG]
+        os.environ["XLA_FLAGS"] = " ".join(flags).strip()
     global OTHERS_OPTIONS
     OTHERS_OPTIONS = compilation.compiler_options() if args.same_xla_options else None
     repeats = 1 if args.quick else args.repeats
@@ -319,7 +334,7 @@ def main(argv=None) -> int:
         f"jax {jax.__version__}, optax {optax.__version__}, {platform.machine()}, "
         f"{os.cpu_count()} CPU cores, float64, stop at |g| <= {GTOL}, "
         f"load average at start {os.getloadavg()[0]:.1f}, other libraries compiled with "
-        f"{OTHERS_OPTIONS or 'XLA defaults'}"
+        f"{OTHERS_OPTIONS or 'XLA defaults'}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
     )
     header = (
         f"{'problem':<16} {'method':<9} {'library':<10} {'iters':>6} {'f-evals':>8} "
