@@ -195,6 +195,14 @@ def _fields(state, key):
     return [v for _, v in optax.tree.get_all_with_path(state, key)]
 
 
+def _last_link(state):
+    """The state of a chain's last transformation (``optax.chain`` keeps a plain tuple of its
+    links' states, nested for nested chains); any other state is its own last link."""
+    while isinstance(state, (tuple, list)) and not hasattr(state, "_fields") and len(state):
+        state = state[-1]
+    return state
+
+
 def _counter(state, key):
     total = jnp.zeros([], jnp.int32)
     for v in _fields(state, key):
@@ -277,8 +285,11 @@ def _solve(fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_ex
         ).astype(jnp.int32),
     )
     # Reuse only a pair that looks like a loss and a gradient of x0 (optax's backtracking
-    # search keeps grad=None unless store_grad=True).
-    values, grads = _fields(state0, "value"), _fields(state0, "grad")
+    # search keeps grad=None unless store_grad=True), and only from the chain's last link: a
+    # link after the search (a scale, a clip) moves the parameters away from the point the
+    # search evaluated.
+    last = _last_link(state0)
+    values, grads = _fields(last, "value"), _fields(last, "grad")
     reuse = (
         bool(values)
         and bool(grads)
@@ -306,8 +317,8 @@ def _solve(fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_ex
             trials = _counter(state, "num_linesearch_steps")
             own_f, own_g = own_f + trials, (own_g + trials) if reuse else own_g
         if reuse:
-            value = jnp.asarray(_fields(state, "value")[-1], dtype)
-            grad = base.cast_like(_fields(state, "grad")[-1], c.grad)
+            value = jnp.asarray(_fields(_last_link(state), "value")[-1], dtype)
+            grad = base.cast_like(_fields(_last_link(state), "grad")[-1], c.grad)
         else:
             value, grad = value_and_grad(params)
             value = jnp.asarray(value, dtype)

@@ -297,3 +297,34 @@ def test_settings_first_seen_inside_a_users_jit_work_in_later_programs():
         first = jax.jit(solve)(jnp.zeros(2))
         again = jax.jit(solve)(jnp.zeros(2))  # a second jit object: a fresh dispatch path
         assert int(first) == int(again) > 0
+
+
+@pytest.mark.parametrize(
+    "tx",
+    [
+        optax.chain(optax.lbfgs(), optax.scale(0.5)),
+        optax.chain(optax.lbfgs(), optax.clip_by_global_norm(0.1)),
+        optax.chain(optax.sgd(1.0), _optax_backtracking(store_grad=True), optax.scale(0.5)),
+    ],
+    ids=["lbfgs-then-scale", "lbfgs-then-clip", "backtracking-then-scale"],
+)
+def test_a_link_after_the_search_is_evaluated_not_reused(tx):
+    # The search's value and gradient belong to the point it tried, not to where a later link
+    # moved the parameters: the reported value must be f(params) at every stage.
+    f = lambda x: jnp.sum((x - 1.0) ** 2)  # noqa: E731
+    for max_steps in (1, 3):
+        res = minimize(f, jnp.zeros(3), tx, max_steps=max_steps)
+        np.testing.assert_allclose(float(res.value), float(f(res.params)), rtol=1e-6)
+        assert res.status == Status.MAX_STEPS
+    res = minimize(f, jnp.zeros(3), tx, max_steps=500)
+    assert res.status == Status.CONVERGED
+    np.testing.assert_allclose(res.params, 1.0, atol=1e-4)
+
+
+def test_a_link_after_gradlabs_search_is_evaluated_not_reused():
+    from gradlab import bfgs
+
+    f = lambda x: jnp.sum((x - 1.0) ** 2)  # noqa: E731
+    res = minimize(f, jnp.zeros(3), optax.chain(bfgs(), optax.scale(0.5)), max_steps=1)
+    np.testing.assert_allclose(float(res.value), float(f(res.params)), rtol=1e-6)
+    assert float(res.value) > 0.1  # half a step: not at the minimum the search found
