@@ -340,3 +340,18 @@ def test_quasi_newton_state_for_other_parameters_is_refused_by_size(make):
 def test_state_dtype_must_be_floating_and_is_named(make, bad):
     with pytest.raises(TypeError, match=r"scale_by_\w+: state_dtype must be a floating dtype"):
         make(state_dtype=bad)
+
+
+@pytest.mark.parametrize("name", ["strong_wolfe", "more_thuente", "backtracking", "exact"])
+def test_steepest_descent_takes_every_line_search_name(name):
+    from gradlab.second_order.steepest_descent import steepest_descent
+
+    quadratic = lambda x: jnp.sum(jnp.arange(1.0, 4.0) * (x - 1.0) ** 2)  # noqa: E731
+    tx = steepest_descent(linesearch=name)
+    res = minimize(quadratic, jnp.zeros(3), tx, max_steps=3000)  # backtracking zig-zags
+    assert res.status == Status.CONVERGED, res.summary()
+    np.testing.assert_allclose(res.params, 1.0, atol=1e-4)
+    # None: no search, the unit step along -g
+    plain = steepest_descent(linesearch=None)
+    updates, _ = plain.update(jnp.ones(3), plain.init(jnp.zeros(3)), jnp.zeros(3))
+    np.testing.assert_array_equal(updates, -jnp.ones(3))

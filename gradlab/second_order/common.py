@@ -33,13 +33,15 @@ def with_search(
     learning_rate: base.ScalarOrSchedule | None,
     linesearch: base.GradientTransformation | str | None,
     initial_guess_strategy: str = "one",
+    **search_options,
 ) -> base.GradientTransformationExtraArgs:
     """``chain(descent, [scale_by_learning_rate(lr, flip_sign=False)], [line search])``.
 
     ``linesearch`` is a transformation, a name understood by
     :func:`gradlab.linesearch.get_linesearch` (``"strong_wolfe"``, ``"backtracking"``,
     ``"exact"``; the strong-Wolfe search's first trial follows ``initial_guess_strategy``: 1,
-    Newton's natural step, by default) or ``None``. With neither a learning rate nor a search
+    Newton's natural step, by default; ``search_options`` go to the Wolfe searches too) or
+    ``None``. With neither a learning rate nor a search
     the descent's direction is applied as is (unit step).
     """
     from gradlab.linesearch import get_linesearch
@@ -48,7 +50,9 @@ def with_search(
     links = [descent]
     if learning_rate is not None:
         links.append(scale_by_learning_rate(learning_rate, flip_sign=False))
-    search = get_linesearch(linesearch, initial_guess_strategy=initial_guess_strategy)
+    search = get_linesearch(
+        linesearch, initial_guess_strategy=initial_guess_strategy, **search_options
+    )
     if search is not None:
         links.append(search)
     return base.chain(*links)

@@ -17,27 +17,27 @@ from __future__ import annotations
 import optax
 
 from gradlab import base
-from gradlab.linesearch import scale_by_zoom_linesearch
+from gradlab.second_order.common import with_search
 
 __all__ = ["steepest_descent"]
 
 
 def steepest_descent(
-    linesearch: base.GradientTransformation | None = None,
+    linesearch: base.GradientTransformation | str | None = "strong_wolfe",
 ) -> base.GradientTransformationExtraArgs:
     r"""Steepest descent: the direction :math:`d = -g`, then ``linesearch`` picks :math:`t`.
 
     Args:
-      linesearch: the step-size rule, the chain's last link. Default: a strong-Wolfe search
-        (:func:`~gradlab.linesearch.scale_by_zoom_linesearch`) with :math:`c_2 = 0.1` (a
-        fairly exact search, in Cauchy's spirit) and the "quadratic" first trial step
-        :math:`t_0 = 2(f_k - f_{k-1})/\nabla f_k^\top d_k`. Pass
-        :func:`~gradlab.linesearch.scale_by_exact_linesearch` for the textbook method.
+      linesearch: the step-size rule, the chain's last link: a transformation or a name,
+        ``"strong_wolfe"`` (default: :func:`~gradlab.linesearch.scale_by_zoom_linesearch`),
+        ``"more_thuente"``, ``"backtracking"`` or ``"exact"``. The Wolfe searches use
+        :math:`c_2 = 0.1` (a fairly exact search, in Cauchy's spirit) and the "quadratic"
+        first trial step :math:`t_0 = 2(f_k - f_{k-1})/\nabla f_k^\top d_k`; ``"exact"``
+        (:func:`~gradlab.linesearch.scale_by_exact_linesearch`) is the textbook method.
+        ``None`` means no search: a unit step along :math:`-g`.
 
     Returns:
       ``chain(scale(-1), linesearch)``; ``update`` needs ``params`` and the extra arguments
       ``value``, ``grad``, ``value_fn``.
     """
-    if linesearch is None:
-        linesearch = scale_by_zoom_linesearch(curv_rtol=0.1, initial_guess_strategy="quadratic")
-    return base.chain(optax.scale(-1.0), linesearch)
+    return with_search(optax.scale(-1.0), None, linesearch, "quadratic", curv_rtol=0.1)
