@@ -222,3 +222,70 @@ def test_cli_errors(tmp_path, capsys):
     # A sampled range without a count and without --samples has no grid: a usage error.
     assert main(["sweep", "--space", "lr=loguniform:1e-3:1e-1", "--out", str(tmp_path)]) == 2
     assert "no grid points" in capsys.readouterr().err
+
+
+# Fast options for command runs that train (a few steps of a tiny MLP, one seed).
+_QUICK = ["--steps", "10", "--eval-every", "10", "--seeds", "1", "--widths", "8"]
+_QUICK += ["--no-plot", "--no-progress"]
+
+
+def test_cli_refuses_a_missing_required_argument_before_training(tmp_path, capsys):
+    from gradlab.cli import main
+
+    out = tmp_path / "out"
+    # adam requires learning_rate: a usage error naming it, before anything is trained.
+    code = main(["sweep", "--optimizer", "adam", "--space", "b1=0.8,0.9", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 2 and "learning_rate" in captured.err
+    assert "settings x" not in captured.out and not out.exists()
+
+
+def test_cli_engine_sees_the_factorys_signature(tmp_path, capsys, monkeypatch):
+    """Without the command's own check, the engine's signature check still refuses the space:
+    the command's wrapper keeps the factory's signature (it used to hide it behind ``**hp``)."""
+    from gradlab.cli import main
+    from gradlab.sweep import command
+
+    monkeypatch.setattr(command, "check_arguments", lambda *args: None)
+    code = main(["sweep", "--optimizer", "adam", "--space", "b1=0.9", "--out", str(tmp_path)])
+    assert code == 2 and "learning_rate" in capsys.readouterr().err
+
+
+def test_cli_default_space_follows_the_optimizer(tmp_path, capsys):
+    from gradlab.cli import main
+    from gradlab.sweep.command import DEFAULT_SPACE, default_space, resolve_optimizer
+
+    assert default_space(resolve_optimizer("sgd")) == DEFAULT_SPACE
+    assert default_space(resolve_optimizer("rmsprop")) == DEFAULT_SPACE  # takes momentum
+    assert default_space(resolve_optimizer("adam")) == ["lr=loguniform:1e-3:3:8"]
+    assert default_space(lambda **kw: None) == DEFAULT_SPACE
+    assert default_space(lambda: None) == []
+    # `gradlab sweep --optimizer adam` alone sweeps the learning rate only (it used to fail:
+    # the default space was SGD's, with a momentum axis that adam does not take).
+    code = main(["sweep", "--optimizer", "adam", *_QUICK, "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    res = SweepResult.load(tmp_path / "out" / "sweep.npz")
+    assert res.names == ["learning_rate"] and len(res.settings) == 8
+
+
+def test_cli_refuses_an_axis_given_twice(tmp_path, capsys):
+    from gradlab.cli import main
+
+    with pytest.raises(ValueError, match="twice"):
+        parse_space(["lr=0.1", "learning_rate=0.2"])  # an alias and its name are one axis
+    for second in ("lr=0.2", "learning_rate=0.2"):
+        code = main(["sweep", "--space", "lr=0.1", "--space", second, "--out", str(tmp_path)])
+        assert code == 2 and "learning_rate is given twice" in capsys.readouterr().err
+
+
+def test_cli_says_why_runs_are_invalid(tmp_path, capsys):
+    from gradlab.cli import main
+
+    code = main(
+        ["sweep", "--space", "lr=-0.1,0.1", "--space", "mu=0.9", *_QUICK,
+         "--out", str(tmp_path / "out")]
+    )  # fmt: skip
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "1 run(s) invalid" in text and "learning_rate must be in [0, inf)" in text

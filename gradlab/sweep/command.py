@@ -2,7 +2,10 @@
 
 With no arguments it sweeps SGD's learning rate (8 log-spaced values) x momentum {0, 0.9} with
 2 seeds on scikit-learn's embedded digits with a Flax MLP, prints the table and writes
-``sweep_out/{table.txt, sweep.npz, sweep.png}``. Examples::
+``sweep_out/{table.txt, sweep.npz, sweep.png}``. Without --space, the axes are the learning
+rate (lr=loguniform:1e-3:3:8) if the optimizer takes one, and momentum=0,0.9 if it takes
+a momentum argument (SGD, RMSprop). Every argument the optimizer requires must be on an axis.
+Examples::
 
     gradlab sweep
     gradlab sweep --optimizer adam --space lr=loguniform:1e-4:1e-1:6 --space b1=0.8,0.9,0.99
@@ -13,14 +16,25 @@ With no arguments it sweeps SGD's learning rate (8 log-spaced values) x momentum
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["register", "run", "parse_space", "resolve_optimizer", "OPTIMIZERS", "ALIASES"]
+__all__ = [
+    "register",
+    "run",
+    "parse_space",
+    "resolve_optimizer",
+    "default_space",
+    "check_arguments",
+    "OPTIMIZERS",
+    "ALIASES",
+    "DEFAULT_SPACE",
+]
 
 #: Names accepted by ``--optimizer``: gradlab's named optimizers (optax's as a fallback).
 OPTIMIZERS = ("sgd", "adam", "adamw", "nadam", "adamax", "rmsprop", "adagrad", "adadelta", "rprop")
@@ -28,7 +42,60 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "nadam", "adamax", "rmsprop", "adagrad", "
 #: Short names accepted in ``--space`` for the factories' argument names.
 ALIASES = {"lr": "learning_rate", "wd": "weight_decay", "mu": "momentum"}
 
+#: The axes used without ``--space``, each only when the optimizer takes that argument (see
+#: :func:`default_space`): SGD gets both, Adam only the learning rate.
 DEFAULT_SPACE = ["lr=loguniform:1e-3:3:8", "momentum=0,0.9"]
+
+
+def default_space(factory: Callable) -> list[str]:
+    """The ``--space`` items used when none is given: those of :data:`DEFAULT_SPACE` whose
+    argument ``factory`` takes (by name or through ``**kwargs``)."""
+    params = _parameters(factory)
+    if params is None:
+        return list(DEFAULT_SPACE)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    out = []
+    for item in DEFAULT_SPACE:
+        name = item.split("=", 1)[0]
+        if takes_any or ALIASES.get(name, name) in params:
+            out.append(item)
+    return out
+
+
+def _parameters(factory: Callable) -> Mapping[str, inspect.Parameter] | None:
+    """The factory's parameters (``None`` when it has no inspectable signature)."""
+    try:
+        return inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return None
+
+
+def check_arguments(name: str, factory: Callable, space: Mapping[str, Any]) -> None:
+    """``ValueError`` unless the space's axes are arguments of ``factory`` and cover every
+    argument it requires (naming the unknown or missing ones)."""
+    params = _parameters(factory)
+    if params is None:
+        return
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [n for n in space if n not in named]
+    if unknown and not takes_any:
+        raise ValueError(
+            f"{name} has no argument {', '.join(unknown)}; its arguments: {', '.join(named)}"
+        )
+    positional_only = [n for n, p in params.items() if p.kind is p.POSITIONAL_ONLY]
+    required = [
+        n
+        for n, p in params.items()
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    missing = [n for n in required if n not in space or n in positional_only]
+    if missing:
+        hint = " ".join(f"--space {n}=..." for n in missing)
+        raise ValueError(
+            f"{name} requires {', '.join(missing)}: give {'it' if len(missing) == 1 else 'them'}"
+            f" a value or an axis ({hint})"
+        )
 
 
 def resolve_optimizer(name: str) -> Callable:
@@ -75,7 +142,8 @@ def parse_space(items: list[str]) -> dict[str, Any]:
 
     ``SPEC`` is ``loguniform:LOW:HIGH[:N]``, ``uniform:LOW:HIGH[:N]`` or comma-separated values
     (numbers, ``true``/``false``, ``none``, strings). A list mixing ints and floats is all
-    floats (traced); a list of ints stays ints (static, e.g. a memory size).
+    floats (traced); a list of ints stays ints (static, e.g. a memory size). A name given twice
+    (also through an alias: ``lr`` and ``learning_rate``) is a ``ValueError``.
     """
     from gradlab.sweep.space import choice, loguniform, uniform
 
@@ -85,6 +153,8 @@ def parse_space(items: list[str]) -> dict[str, Any]:
             raise ValueError(f"--space expects NAME=SPEC, got {item!r}")
         name, spec = (s.strip() for s in item.split("=", 1))
         name = ALIASES.get(name, name)
+        if name in space:
+            raise ValueError(f"--space {name} is given twice; give each axis once")
         kind, _, rest = spec.partition(":")
         if kind in ("loguniform", "uniform") and rest:
             parts = rest.split(":")
@@ -112,7 +182,7 @@ _OPTIONS: dict[str, dict[str, Any]] = {
         "metavar": "NAME=SPEC",
         "help": "an axis: lr=loguniform:1e-3:1:8, momentum=0,0.9 (repeatable; default: "
         + " ".join(DEFAULT_SPACE)
-        + ")",
+        + ", each if the optimizer takes it)",
     },
     "--samples": {"type": int, "default": None, "help": "random search: number of settings"},
     "--seeds": {"type": int, "default": 2, "help": "seeds per setting (default: 2)"},
@@ -156,14 +226,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         factory = resolve_optimizer(args.optimizer)
-        space = parse_space(args.space or DEFAULT_SPACE)
-        params = inspect.signature(factory).parameters
-        unknown = [n for n in space if n not in params]
-        if unknown:
-            raise ValueError(
-                f"{args.optimizer} has no argument {', '.join(unknown)}; its arguments: "
-                f"{', '.join(params)}"
-            )
+        space = parse_space(args.space or default_space(factory))
+        check_arguments(args.optimizer, factory, space)
         widths = tuple(int(w) for w in str(args.widths).split(",") if w.strip())
         bs = None if str(args.batch_size).lower() in ("all", "none", "-1") else int(args.batch_size)
         task = tasks.mlp_classifier(dataset=args.dataset, widths=widths, batch_size=bs)
@@ -172,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"gradlab sweep: error: {err}", file=sys.stderr)
         return 2
 
+    @functools.wraps(factory)  # the engine's signature check sees the factory's arguments
     def optimizer(**hp):
         return factory(**hp)
 
@@ -214,6 +279,12 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"{len(diverged)} run(s) diverged (training loss {rule}), the first: "
             f"{result.messages[diverged[0]]}"
+        )
+    invalid = [r for r, label in enumerate(result.labels()) if label == "invalid_hyperparameter"]
+    if invalid:
+        print(
+            f"{len(invalid)} run(s) invalid ({args.optimizer} refused their hyperparameters), "
+            f"the first: {result.messages[invalid[0]]}"
         )
     if best is not None:
         hp = ", ".join(
