@@ -289,3 +289,20 @@ def test_cli_says_why_runs_are_invalid(tmp_path, capsys):
     text = capsys.readouterr().out
     assert code == 0
     assert "1 run(s) invalid" in text and "learning_rate must be in [0, inf)" in text
+
+
+def test_cli_checks_out_before_training(tmp_path, capsys):
+    from gradlab.cli import main
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me")
+    for out in (a_file, a_file / "below"):  # a file in the way, or in the path
+        code = main(["sweep", *_QUICK, "--out", str(out)])
+        captured = capsys.readouterr()
+        assert code == 2 and "--out" in captured.err, captured.err
+        assert "settings x" not in captured.out  # refused before the sweep ran
+    assert a_file.read_text() == "keep me"
+    blocked = tmp_path / "blocked"
+    (blocked / "sweep.npz").mkdir(parents=True)
+    assert main(["sweep", *_QUICK, "--out", str(blocked)]) == 2
+    assert "sweep.npz is a directory" in capsys.readouterr().err

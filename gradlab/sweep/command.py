@@ -174,6 +174,23 @@ def parse_space(items: list[str]) -> dict[str, Any]:
     return space
 
 
+def _prepare_out(out: str) -> None:
+    """Create the output directory ``out`` before training, or raise ``ValueError`` saying why
+    it cannot hold the results (a file in the way, no permission), so that a sweep is never
+    run only to fail when its results are written."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out!r} exists and is not a directory")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out {out!r} cannot be created: {err.strerror or err}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out!r} is not writable")
+    for name in ("table.txt", "sweep.npz", "sweep.png"):
+        if os.path.isdir(os.path.join(out, name)):
+            raise ValueError(f"--out {out!r}: {name} is a directory; the results cannot be written")
+
+
 #: ``gradlab sweep``'s options: flag -> ``add_argument`` keywords.
 _OPTIONS: dict[str, dict[str, Any]] = {
     "--optimizer": {"default": "sgd", "help": "optimizer name (default: sgd)"},
@@ -198,7 +215,10 @@ _OPTIONS: dict[str, dict[str, Any]] = {
     "--widths": {"default": "64", "help": "hidden widths, comma-separated (default: 64)"},
     "--batch-size": {"default": "128", "help": "mini-batch size or 'all' (default: 128)"},
     "--strategy": {"default": "auto", "choices": ["auto", "vmap", "chunked", "loop"]},
-    "--out": {"default": "sweep_out", "help": "output directory (default: sweep_out)"},
+    "--out": {
+        "default": "sweep_out",
+        "help": "output directory, created before training (default: sweep_out)",
+    },
     "--no-plot": {"action": "store_true", "help": "do not write sweep.png"},
     "--no-progress": {"action": "store_true", "help": "hide the progress bar"},
 }
@@ -232,6 +252,7 @@ def run(args: argparse.Namespace) -> int:
         bs = None if str(args.batch_size).lower() in ("all", "none", "-1") else int(args.batch_size)
         task = tasks.mlp_classifier(dataset=args.dataset, widths=widths, batch_size=bs)
         n_settings = args.samples or len(grid(space))
+        _prepare_out(args.out)
     except (ValueError, TypeError) as err:
         print(f"gradlab sweep: error: {err}", file=sys.stderr)
         return 2
@@ -292,7 +313,6 @@ def run(args: argparse.Namespace) -> int:
             for k, v in ((n, best[n]) for n in result.names)
         )
         print(f"best ({result.primary}): {hp} -> {best['final_' + result.primary]:.4g}")
-    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "table.txt"), "w") as f:
         f.write(str(table) + "\n")
     saved = result.save(os.path.join(args.out, "sweep.npz"))
