@@ -310,3 +310,39 @@ def test_least_squares_convenience_through_minimize():
     r = least_squares(exp_fit, jnp.array([1.0, 0.0]), tol=1e-12)
     assert int(r.status) == Status.CONVERGED and int(r.num_steps) < 30, r.summary()
     np.testing.assert_allclose(np.asarray(r.params), [2.0, -1.0], atol=1e-4)
+
+
+def test_least_squares_reuses_its_compiled_loop_for_the_same_residual():
+    from gradlab.second_order.least_squares import least_squares
+
+    traces = [0]
+
+    def residual(p):
+        traces[0] += 1  # counts traces: a recompile traces the residual again
+        return exp_fit(p)
+
+    for _ in range(3):
+        r = least_squares(residual, jnp.array([1.0, 0.0]))
+        assert int(r.status) == Status.CONVERGED
+        if _ == 0:
+            first = traces[0]
+    assert traces[0] == first
+
+
+@pytest.mark.parametrize("method", ["levenberg_marquardt", "gauss_newton", "bfgs"])
+def test_least_squares_args_reach_the_residual_and_vmap_over_data_sets(method):
+    from gradlab.second_order.least_squares import least_squares
+
+    def residual(p, x, y):
+        return p[0] * jnp.exp(p[1] * x) - y
+
+    x = jnp.asarray(XS, jnp.float32)
+    amplitudes = jnp.asarray([2.0, 3.0, 0.5])
+    ys = amplitudes[:, None] * jnp.exp(-x)[None, :]  # three data sets, rates all -1
+    fit = jax.vmap(
+        lambda y: least_squares(residual, jnp.array([1.0, 0.0]), method, args=(x, y), tol=1e-6)
+    )
+    r = fit(ys)
+    assert (np.asarray(r.status) == Status.CONVERGED).all(), r.status
+    np.testing.assert_allclose(r.params[:, 0], amplitudes, rtol=2e-3)
+    np.testing.assert_allclose(r.params[:, 1], -1.0, atol=2e-3)

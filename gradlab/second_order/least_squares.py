@@ -102,6 +102,13 @@ def _check_static_args(owner, jacobian, jacobian_memory_budget, max_cg_steps):
         base.check_positive_int(max_cg_steps, "max_cg_steps", owner=owner)
 
 
+def _bind(residual_fn, residual_args):
+    """``params -> residual_fn(params, *residual_args)``."""
+    if not residual_args:
+        return residual_fn
+    return lambda params: residual_fn(params, *residual_args)
+
+
 def _linearize(owner, residual_fn, params, jacobian, budget, state_dtype) -> _Linearized:
     flat, unravel = ravel_pytree(params)
     out = jax.eval_shape(lambda z: ravel_pytree(residual_fn(unravel(z)))[0], flat)
@@ -200,7 +207,9 @@ def scale_by_gauss_newton(
       state_dtype: compute dtype (default float32, or wider parameters' dtype).
 
     Returns:
-      A ``GradientTransformationExtraArgs`` needing ``params`` and the extra ``residual_fn``.
+      A ``GradientTransformationExtraArgs`` needing ``params`` and the extra ``residual_fn``
+      (``residual_fn(params, *residual_args)`` when the extra ``residual_args``, a tuple of
+      arrays, is given too).
 
     References:
       Nocedal & Wright, *Numerical Optimization* (2006), §10.3.
@@ -217,12 +226,19 @@ def scale_by_gauss_newton(
         z = jnp.zeros([], jnp.int32)
         return GaussNewtonState(z, z, z, z, jnp.asarray(int(Status.OK), jnp.int32))
 
-    def update_fn(updates, state, params=None, *, residual_fn=None, **extra_args):
+    def update_fn(updates, state, params=None, *, residual_fn=None, residual_args=(), **extra_args):
         del extra_args
         check_update_inputs(
             owner, state, GaussNewtonState, params, updates, residual_fn=residual_fn
         )
-        lin = _linearize(owner, residual_fn, params, jacobian, jacobian_memory_budget, state_dtype)
+        lin = _linearize(
+            owner,
+            _bind(residual_fn, residual_args),
+            params,
+            jacobian,
+            jacobian_memory_budget,
+            state_dtype,
+        )
         r = lin.residual
         num_products = jnp.zeros((), jnp.int32)
         if lin.jac is not None:
@@ -350,7 +366,9 @@ def levenberg_marquardt(
         :func:`scale_by_gauss_newton` (``max_cg_steps`` bounds each trial's CG solve).
 
     Returns:
-      A ``GradientTransformationExtraArgs`` needing ``params`` and the extra ``residual_fn``.
+      A ``GradientTransformationExtraArgs`` needing ``params`` and the extra ``residual_fn``
+      (``residual_fn(params, *residual_args)`` when the extra ``residual_args``, a tuple of
+      arrays, is given too).
 
     References:
       Madsen, Nielsen & Tingleff (2004), Algorithm 3.16; Marquardt (1963); Moré (1978).
@@ -391,12 +409,19 @@ def levenberg_marquardt(
             status=jnp.asarray(int(Status.OK), jnp.int32),
         )
 
-    def update_fn(updates, state, params=None, *, residual_fn=None, **extra_args):
+    def update_fn(updates, state, params=None, *, residual_fn=None, residual_args=(), **extra_args):
         del extra_args
         check_update_inputs(
             owner, state, LevenbergMarquardtState, params, updates, residual_fn=residual_fn
         )
-        lin = _linearize(owner, residual_fn, params, jacobian, jacobian_memory_budget, state_dtype)
+        lin = _linearize(
+            owner,
+            _bind(residual_fn, residual_args),
+            params,
+            jacobian,
+            jacobian_memory_budget,
+            state_dtype,
+        )
         if lin.jac is None and marquardt:
             raise ValueError(
                 f"{owner}: scaling='marquardt' needs a dense Jacobian but jacobian='auto' chose "
@@ -541,23 +566,47 @@ def levenberg_marquardt(
 # --------------------------------------------------------------------------------------------
 
 
+class _HalfSquaredNorm:
+    r""":math:`\tfrac12\lVert r(x, *args)\rVert^2`, equal (and hashing equal) for the same
+    residual function, so repeated :func:`least_squares` calls reuse one compiled loop."""
+
+    def __init__(self, residual_fn: Callable[..., Any]):
+        self.residual_fn = residual_fn
+
+    def __call__(self, params: Any, *args: Any) -> jax.Array:
+        r = ravel_pytree(self.residual_fn(params, *args))[0]
+        return 0.5 * jnp.vdot(r, r)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _HalfSquaredNorm) and other.residual_fn == self.residual_fn
+
+    def __hash__(self) -> int:
+        return hash((_HalfSquaredNorm, self.residual_fn))
+
+
 def least_squares(
-    residual_fn: Callable[[Any], Any],
+    residual_fn: Callable[..., Any],
     x0: Any,
     method: str = "levenberg_marquardt",
+    *,
+    args: tuple = (),
     **minimize_kwargs: Any,
 ) -> MinimizeResult:
     r"""Minimise :math:`\tfrac12 \lVert r(x)\rVert^2` from ``x0`` with :func:`gradlab.minimize`.
 
-    Equivalent to ``gradlab.minimize(lambda x: 0.5 * sum(r(x)**2), x0, method,
-    extra_args={"residual_fn": residual_fn}, **minimize_kwargs)``; ``method`` is any name
-    :func:`gradlab.minimize` knows (``"levenberg_marquardt"``, ``"gauss_newton"``, or a
-    general method such as ``"bfgs"``, which ignores the residual structure).
+    Equivalent to ``gradlab.minimize(lambda x, *args: 0.5 * sum(r(x, *args)**2), x0, method,
+    args=args, extra_args={"residual_fn": residual_fn, "residual_args": args},
+    **minimize_kwargs)``; ``method`` is any name :func:`gradlab.minimize` knows
+    (``"levenberg_marquardt"``, ``"gauss_newton"``, or a general method such as ``"bfgs"``,
+    which ignores the residual structure). Calls with the same ``residual_fn`` reuse one
+    compiled loop.
 
     Args:
-      residual_fn: params -> residuals (an array or a pytree of arrays).
+      residual_fn: ``(params, *args) -> residuals`` (an array or a pytree of arrays).
       x0: the starting parameters (any pytree).
       method: the solver's name.
+      args: extra positional arguments of ``residual_fn`` (arrays, e.g. the data of a curve
+        fit; traced, so ``jax.vmap`` over them fits many data sets in one program).
       **minimize_kwargs: passed to :func:`gradlab.minimize` (tolerances, step budget, ...).
 
     Returns:
@@ -566,10 +615,11 @@ def least_squares(
     """
     from gradlab.minimize import minimize
 
-    def value_fn(params):
-        r = ravel_pytree(residual_fn(params))[0]
-        return 0.5 * jnp.vdot(r, r)
-
+    args = tuple(args)
     extra = dict(minimize_kwargs.pop("extra_args", None) or {})
     extra["residual_fn"] = residual_fn
-    return minimize(value_fn, x0, method, extra_args=extra, **minimize_kwargs)
+    if args:
+        extra["residual_args"] = args
+    return minimize(
+        _HalfSquaredNorm(residual_fn), x0, method, args=args, extra_args=extra, **minimize_kwargs
+    )
