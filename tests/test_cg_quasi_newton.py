@@ -355,3 +355,14 @@ def test_steepest_descent_takes_every_line_search_name(name):
     plain = steepest_descent(linesearch=None)
     updates, _ = plain.update(jnp.ones(3), plain.init(jnp.zeros(3)), jnp.zeros(3))
     np.testing.assert_array_equal(updates, -jnp.ones(3))
+
+
+@pytest.mark.parametrize("beta", BETA_RULES)
+def test_cg_float16_direction_that_underflows_restarts_instead_of_stopping(beta):
+    # Jitted, the Hestenes-Stiefel direction after the first float16 step is ~4e-9 in float32:
+    # descent there, zero once cast to float16, and the search stopped with NOT_DESCENT.
+    f = lambda x: jnp.sum((x - 3.0) ** 2)  # noqa: E731
+    res = minimize(f, jnp.zeros(3, jnp.float16), nonlinear_cg(beta))
+    assert res.status == Status.CONVERGED, res.summary()
+    assert res.params.dtype == jnp.float16
+    np.testing.assert_allclose(np.asarray(res.params, np.float32), 3.0, atol=4e-3)

@@ -142,6 +142,9 @@ def scale_by_nonlinear_cg(
             b = _ratio(common.tree_vdot(gh, gh, dtype), common.tree_vdot(dph, yh, dtype))
 
         conj = jax.tree.map(lambda gi, di: -gi + b * di, g, state.prev_direction)
+        # Tested as the search will see it, in the updates' dtype: a float16 direction that
+        # underflows to zero (or overflows) restarts instead of stopping the search.
+        conj = jax.tree.map(lambda c, u: c.astype(u.dtype).astype(dtype), conj, updates)
         slope = common.tree_vdot(gh, jax.tree.map(lambda x: x / sigma, conj), dtype)
         restart = (
             (state.count == 0)
