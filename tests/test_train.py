@@ -117,7 +117,9 @@ def test_resume_is_bit_identical_across_processes(half_run, straight, tmp_path):
     np.testing.assert_array_equal([row["val_loss"] for row in hist], straight.history.val_loss)
     manifest = json.load(open(os.path.join(ck, "manifest.json")))
     assert manifest["format"] == "gradlab-checkpoint"
-    assert sorted(os.listdir(ck)) == ["manifest.json", "state.msgpack"]
+    assert manifest["state_file"] == f"state-{manifest['sha256']}.msgpack"
+    # one state file: each save deleted the one its manifest replaced
+    assert sorted(os.listdir(ck)) == ["manifest.json", manifest["state_file"]]
 
 
 def test_resume_refuses_a_different_model_or_batch_size(half_run):
@@ -149,12 +151,102 @@ def test_checkpoint_dtype_shape_structure_and_corruption(tmp_path):
     # A pickle payload in place of the data is refused (checksum), never unpickled.
     import pickle
 
-    with open(os.path.join(d, "state.msgpack"), "wb") as f:
+    manifest_path = os.path.join(d, "manifest.json")
+    manifest = json.load(open(manifest_path))
+    with open(os.path.join(d, manifest["state_file"]), "wb") as f:
         f.write(pickle.dumps({"w": 1}))
     with pytest.raises(ckpt.CheckpointError):
         ckpt.restore_checkpoint(d, tree)
     with pytest.raises(ckpt.CheckpointError):
         ckpt.restore_checkpoint(str(tmp_path / "missing"), tree)
+    # A manifest naming a file elsewhere is refused before anything is opened.
+    for name in ("../state.msgpack", "/etc/passwd", "state-x.msgpack", None):
+        with open(manifest_path, "w") as f:
+            json.dump(dict(manifest, state_file=name), f)
+        with pytest.raises(ckpt.CheckpointError, match="no valid state file"):
+            ckpt.restore_checkpoint(d, tree)
+
+
+class _Interrupt(BaseException):
+    """A simulated interruption (a ``KeyboardInterrupt`` or a kill) in the middle of a save."""
+
+
+def _adam_tree(shift):
+    tree = {"w": jnp.arange(6.0).reshape(3, 2), "s": optax.adam(1e-3).init({"w": jnp.ones((3, 2))})}
+    return jax.tree.map(lambda x: x + jnp.asarray(shift, x.dtype), tree)
+
+
+def test_an_interrupted_save_leaves_the_old_or_the_new_checkpoint_whole(tmp_path, monkeypatch):
+    """Interrupt a save over an existing checkpoint before each of its file-system operations in
+    turn (``os.replace``, ``os.unlink``, ``os.fsync``: the directory changes only at the first
+    two). Every time, the directory loads bit for bit as the old checkpoint (until the manifest
+    is replaced) or the new one (from then on), never as a mixture; saving again afterwards
+    leaves a clean directory."""
+    old, new = _adam_tree(0), _adam_tree(10)
+    d = str(tmp_path / "c")
+    armed = {"on": False, "left": 0}
+
+    def interrupting(name):
+        real = getattr(os, name)
+
+        def op(*args, **kwargs):
+            if armed["on"]:
+                if armed["left"] == 0:
+                    armed["on"] = False
+                    raise _Interrupt(name)
+                armed["left"] -= 1
+            return real(*args, **kwargs)
+
+        return op
+
+    for name in ("replace", "unlink", "fsync"):
+        monkeypatch.setattr(os, name, interrupting(name))
+    seen = []
+    for k in range(50):
+        ckpt.save_checkpoint(d, old, metadata={"which": "old"})
+        armed.update(on=True, left=k)
+        try:
+            ckpt.save_checkpoint(d, new, metadata={"which": "new"})
+            interrupted = False
+        except _Interrupt:
+            interrupted = True
+        armed["on"] = False
+        assert ckpt.checkpoint_exists(d)
+        back, meta = ckpt.restore_checkpoint(d, old)
+        _bitwise_equal(back, old if meta["which"] == "old" else new)
+        seen.append(meta["which"])
+        if not interrupted:
+            break
+    assert seen[0] == "old" and seen[-1] == "new"  # the save completed at the last k
+    assert seen == sorted(seen, key=["old", "new"].index)  # old ... old, new ... new
+    ckpt.save_checkpoint(d, old, metadata={"which": "old"})
+    manifest = ckpt.read_manifest(d)
+    assert sorted(n for n in os.listdir(d) if not n.startswith(".tmp-")) == [
+        "manifest.json",
+        manifest["state_file"],
+    ]
+
+
+def test_format_1_checkpoints_load_and_a_save_upgrades_them(tmp_path):
+    """Format 1 kept the data in ``state.msgpack``; such checkpoints still restore, and saving
+    over one writes format 2 and removes the old file."""
+    tree = _adam_tree(1)
+    d = str(tmp_path / "v1")
+    ckpt.save_checkpoint(d, tree, metadata={"n": 1})
+    manifest_path = os.path.join(d, "manifest.json")
+    manifest = json.load(open(manifest_path))
+    os.rename(os.path.join(d, manifest.pop("state_file")), os.path.join(d, "state.msgpack"))
+    with open(manifest_path, "w") as f:
+        json.dump(dict(manifest, format_version=1), f)
+    assert ckpt.checkpoint_exists(d)
+    back, meta = ckpt.restore_checkpoint(d, tree)
+    _bitwise_equal(back, tree)
+    assert meta == {"n": 1}
+    ckpt.save_checkpoint(d, _adam_tree(2), metadata={"n": 2})
+    manifest = ckpt.read_manifest(d)
+    assert manifest["format_version"] == ckpt.FORMAT_VERSION == 2
+    assert sorted(os.listdir(d)) == ["manifest.json", manifest["state_file"]]
+    _bitwise_equal(ckpt.restore_checkpoint(d, tree)[0], _adam_tree(2))
 
 
 def test_early_stopping_and_restore_best():

@@ -2,10 +2,12 @@
 
 A checkpoint is a directory with two files:
 
-* ``state.msgpack`` -- the pytree's arrays, written by :func:`flax.serialization.msgpack_serialize`
-  (msgpack holds only data: loading it cannot run code);
-* ``manifest.json`` -- format version, gradlab version, a SHA-256 of ``state.msgpack``, every
-  leaf's key path, shape and dtype, and free-form JSON ``metadata`` (training history, config).
+* ``state-<sha256>.msgpack`` -- the pytree's arrays, written by
+  :func:`flax.serialization.msgpack_serialize` (msgpack holds only data: loading it cannot run
+  code), named after the SHA-256 of its bytes;
+* ``manifest.json`` -- format version, gradlab version, the name and SHA-256 of the state file,
+  every leaf's key path, shape and dtype, and free-form JSON ``metadata`` (training history,
+  config).
 
 Restoring needs a **template** -- a pytree of the expected structure (for example a freshly
 initialised ``TrainState``) -- which restores the exact container types (optax ``NamedTuple``
@@ -14,8 +16,13 @@ template's: a missing or extra entry, a different shape or a different dtype rai
 :class:`CheckpointMismatchError` naming the key path, instead of silently restoring the
 checkpoint's shapes or dtypes (what ``flax.serialization.from_bytes`` alone would do).
 
-Writes are atomic (temporary files then ``os.replace``), so a crash mid-save leaves the previous
-checkpoint intact. Values restore bit for bit.
+Saves are atomic as a pair: the new state file is written under its own name next to the old
+one (temporary file, ``fsync``, ``os.replace``), then ``manifest.json`` is replaced in one
+``os.replace``, which is the commit; only then is the old state file deleted. Interrupted at
+any point, the directory holds either the previous checkpoint or the new one, each complete,
+and values restore bit for bit. Format 1 checkpoints (a fixed ``state.msgpack`` name, replaced
+before the manifest, so an interrupted save could pair the new data with the old manifest)
+are still read, and saving over one upgrades it.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from typing import Any
 
@@ -40,9 +48,19 @@ __all__ = [
     "checkpoint_exists",
 ]
 
-FORMAT_VERSION = 1
+#: Version 2 names the state file after its SHA-256 (``manifest["state_file"]``); version 1
+#: used the fixed name :data:`STATE_FILE`. Both are read; saves write version 2.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+#: The state file of a format-1 checkpoint.
 STATE_FILE = "state.msgpack"
 MANIFEST_FILE = "manifest.json"
+_STATE_NAME = re.compile(r"state-[0-9a-f]{64}\.msgpack")
+
+
+def state_file_name(sha256: str) -> str:
+    """The state file's name in a format-2 checkpoint: ``state-<sha256>.msgpack``."""
+    return f"state-{sha256}.msgpack"
 
 
 class CheckpointError(ValueError):
@@ -149,6 +167,8 @@ def _fmt(d: dict) -> str:
 
 
 def _atomic_write(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that ``path`` holds either its old or its new bytes at any
+    instant (temporary file, ``fsync``, ``os.replace``, ``fsync`` of the directory)."""
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     try:
@@ -161,6 +181,32 @@ def _atomic_write(path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make a rename in ``directory`` durable (POSIX; a no-op where directories cannot be
+    opened, as on Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_states(directory: str, keep: str) -> None:
+    """Delete the state files that no manifest refers to any more (after the commit)."""
+    for name in os.listdir(directory):
+        if name != keep and (name == STATE_FILE or _STATE_NAME.fullmatch(name)):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except FileNotFoundError:
+                pass
 
 
 def _to_host(tree: Any) -> Any:
@@ -180,7 +226,9 @@ def save_checkpoint(directory: str | os.PathLike, tree: Any, *, metadata: Any = 
     """Write ``tree`` (any pytree of arrays, NamedTuples, dicts, lists) to ``directory``.
 
     Args:
-      directory: created if needed; an existing checkpoint there is replaced atomically.
+      directory: created if needed; an existing checkpoint there is replaced atomically: until
+        the new manifest is in place (one ``os.replace``), the old checkpoint is untouched and
+        loads as before; from then on the new one does. Other files there are left alone.
       tree: the pytree to save (parameters, optimizer state, RNG keys, counters...).
       metadata: JSON-serialisable extras stored in the manifest (history, configuration).
 
@@ -191,17 +239,24 @@ def save_checkpoint(directory: str | os.PathLike, tree: Any, *, metadata: Any = 
     os.makedirs(directory, exist_ok=True)
     host = _to_host(tree)
     data = serialization.to_bytes(host)
+    sha = hashlib.sha256(data).hexdigest()
+    state_file = state_file_name(sha)
     manifest = {
         "format": "gradlab-checkpoint",
         "format_version": FORMAT_VERSION,
         "gradlab_version": _gradlab_version(),
-        "sha256": hashlib.sha256(data).hexdigest(),
+        "state_file": state_file,
+        "sha256": sha,
         "leaves": _leaf_table(host),
         "metadata": metadata,
     }
     text = json.dumps(manifest, indent=1, sort_keys=True, default=_json_default)
-    _atomic_write(os.path.join(directory, STATE_FILE), data)
+    # 1. the new data under its own name: the old manifest still names the old data;
+    _atomic_write(os.path.join(directory, state_file), data)
+    # 2. the commit: one atomic replace switches the manifest, hence the pair;
     _atomic_write(os.path.join(directory, MANIFEST_FILE), text.encode())
+    # 3. the old data, no longer referred to (an interruption here only leaves it behind).
+    _remove_stale_states(directory, keep=state_file)
     return directory
 
 
@@ -221,11 +276,48 @@ def _gradlab_version() -> str:
 
 
 def checkpoint_exists(directory: str | os.PathLike) -> bool:
-    """Whether ``directory`` holds a (complete) gradlab checkpoint."""
+    """Whether ``directory`` holds a (complete) gradlab checkpoint: a manifest and the state
+    file it names. A manifest that cannot be read counts as a checkpoint when a format-1 state
+    file is beside it (:func:`restore_checkpoint` then raises :class:`CheckpointError` saying
+    what is wrong, rather than a resumed training silently starting over)."""
     d = os.fspath(directory)
-    return os.path.isfile(os.path.join(d, STATE_FILE)) and os.path.isfile(
-        os.path.join(d, MANIFEST_FILE)
-    )
+    if not os.path.isfile(os.path.join(d, MANIFEST_FILE)):
+        return False
+    try:
+        name = _state_file(d, _parse_manifest(d))
+    except CheckpointError:
+        name = STATE_FILE
+    return os.path.isfile(os.path.join(d, name))
+
+
+def _parse_manifest(d: str) -> dict[str, Any]:
+    """The checked ``manifest.json`` of directory ``d`` (``CheckpointError`` if it is not a
+    readable gradlab manifest of a supported version)."""
+    try:
+        with open(os.path.join(d, MANIFEST_FILE), encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{d!r}: unreadable manifest ({e})") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != "gradlab-checkpoint":
+        raise CheckpointError(f"{d!r}: not a gradlab checkpoint manifest")
+    if manifest.get("format_version") not in READABLE_VERSIONS:
+        raise CheckpointError(
+            f"{d!r}: checkpoint format version {manifest.get('format_version')!r} is not "
+            f"supported (this gradlab reads versions {', '.join(map(str, READABLE_VERSIONS))})"
+        )
+    _state_file(d, manifest)
+    return manifest
+
+
+def _state_file(d: str, manifest: dict[str, Any]) -> str:
+    """The name of the state file a checked manifest refers to (a plain name in ``d``: a
+    manifest naming anything else is refused)."""
+    if manifest.get("format_version") == 1:
+        return STATE_FILE
+    name = manifest.get("state_file")
+    if not isinstance(name, str) or not _STATE_NAME.fullmatch(name):
+        raise CheckpointError(f"{d!r}: the manifest names no valid state file ({name!r})")
+    return name
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
@@ -237,19 +329,7 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     d = os.fspath(directory)
     if not checkpoint_exists(d):
         raise CheckpointError(f"no gradlab checkpoint in {d!r}")
-    try:
-        with open(os.path.join(d, MANIFEST_FILE), encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{d!r}: unreadable manifest ({e})") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != "gradlab-checkpoint":
-        raise CheckpointError(f"{d!r}: not a gradlab checkpoint manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{d!r}: checkpoint format version {manifest.get('format_version')!r} is not "
-            f"supported (this gradlab reads version {FORMAT_VERSION})"
-        )
-    return manifest
+    return _parse_manifest(d)
 
 
 def restore_checkpoint(directory: str | os.PathLike, template: Any) -> tuple[Any, Any]:
@@ -269,18 +349,16 @@ def restore_checkpoint(directory: str | os.PathLike, template: Any) -> tuple[Any
         key path).
     """
     d = os.fspath(directory)
-    manifest = read_manifest(d)
-    with open(os.path.join(d, STATE_FILE), "rb") as f:
-        data = f.read()
+    manifest, name, data = _read_pair(d)
     if hashlib.sha256(data).hexdigest() != manifest.get("sha256"):
-        raise CheckpointError(f"{d!r}: {STATE_FILE} does not match the manifest checksum")
+        raise CheckpointError(f"{d!r}: {name} does not match the manifest checksum")
     host_template = _to_host(template)
     expected = _leaf_table(host_template)
     _compare(manifest.get("leaves", {}), expected, f"restore_checkpoint({d!r})")
     try:
         raw = serialization.msgpack_restore(data)
     except Exception as e:  # msgpack raises several types on garbage
-        raise CheckpointError(f"{d!r}: corrupt {STATE_FILE} ({type(e).__name__})") from e
+        raise CheckpointError(f"{d!r}: corrupt {name} ({type(e).__name__})") from e
     # Check the data itself as well as the manifest (the two files could be mismatched).
     _compare({k: _describe(v) for k, v in _flatten(raw).items()}, expected, f"{d!r} data")
     try:
@@ -289,6 +367,26 @@ def restore_checkpoint(directory: str | os.PathLike, template: Any) -> tuple[Any
         raise CheckpointMismatchError(f"{d!r}: {e}") from e
     tree = _rewrap_keys(template, tree)
     return tree, manifest.get("metadata")
+
+
+def _read_pair(d: str, attempts: int = 3) -> tuple[dict[str, Any], str, bytes]:
+    """The manifest, the state file's name and its bytes. A save committing between reading
+    the manifest and opening the state file it names (which that save then deletes) is
+    retried with the new manifest."""
+    for attempt in range(attempts):
+        if not os.path.isfile(os.path.join(d, MANIFEST_FILE)):
+            raise CheckpointError(f"no gradlab checkpoint in {d!r}")
+        manifest = _parse_manifest(d)
+        name = _state_file(d, manifest)
+        try:
+            with open(os.path.join(d, name), "rb") as f:
+                return manifest, name, f.read()
+        except FileNotFoundError:
+            if attempt == attempts - 1:
+                raise CheckpointError(
+                    f"no gradlab checkpoint in {d!r}: the manifest names {name}, which is missing"
+                ) from None
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _rewrap_keys(template: Any, tree: Any) -> Any:
