@@ -252,6 +252,29 @@ def test_mlp_classifier_task_with_batch_norm_and_dropout():
     assert res.target == ("val_accuracy", 0.8)
 
 
+def test_no_validation_split_ranks_by_training_loss():
+    """A dataset with ``val_fraction=0`` has no ``val_`` metrics (they used to be NaN columns,
+    with ``best`` None because the primary metric was a NaN ``val_loss``)."""
+    from gradlab.lab import data as lab_data
+
+    ds = lab_data.make_moons(64, seed=0, val_fraction=0.0)
+    task = tasks.mlp_classifier(ds, widths=(4,), batch_size=16, target_accuracy=0.8)
+    assert task.primary == "train_loss" and task.target == ("train_accuracy", 0.8)
+    res = sweep(
+        lambda lr: optax.sgd(lr), {"lr": [0.01, 0.1]}, task=task, steps=8, eval_every=4,
+        progress=False,
+    )  # fmt: skip
+    assert set(res.curves) == {"train_loss", "train_accuracy"} and res.primary == "train_loss"
+    assert np.isfinite(res.curves["train_loss"]).all()
+    columns = res.table().columns
+    assert "best_train_loss" in columns and not any("val" in c for c in columns)
+    assert res.best is not None and res.best["lr"] in (0.01, 0.1)
+    # custom(): validation data with no examples is no validation data
+    x = np.zeros((0, 3), np.float32)
+    empty = tasks.custom(_init, _loss, TASK.data["train"], val_data=(x, x[:, 0]), batch_size=8)
+    assert "val" not in empty.data and empty.primary == "train_loss"
+
+
 def test_auto_rule_and_bad_arguments():
     assert engine.choose_strategy("gpu", 64, 1e3) == "vmap"
     assert engine.choose_strategy("cpu", 1, 1e9) == "loop"

@@ -119,15 +119,24 @@ def supervised(
         ``train``'s structure with the example axis cut to ``batch_size``.
       metrics: ``(params, model_state, examples) -> {name: scalar}``, evaluated on each split
         and reported as ``train_<name>`` / ``val_<name>``.
-      train: a pytree of arrays sharing a leading example axis; ``val``: the same, or ``None``.
+      train: a pytree of arrays sharing a leading example axis; ``val``: the same, or ``None``
+        (also used for a ``val`` with no examples: then there are no ``val_`` metrics, rather
+        than NaN ones).
       batch_size: mini-batch size; ``None`` uses every training example every step.
       primary: metric ranked by ``best`` (default ``val_loss`` with validation data, else
-        ``train_loss``).
-      target: default ``(metric, threshold)`` for "steps to target".
+        ``train_loss``; a ``val_`` metric falls back to its ``train_`` one without them).
+      target: default ``(metric, threshold)`` for "steps to target" (a ``val_`` metric becomes
+        its ``train_`` one without validation data).
       config: JSON-serialisable description (``batch_size`` and ``n_train`` are added).
       flops_per_example: forward+backward FLOPs of one example (``Task.flops_per_step`` is this
         times the batch size), or ``None``.
     """
+    if val is not None and _no_examples(val):
+        val = None
+    if val is None and primary is not None and primary.startswith("val_"):
+        primary = "train_" + primary[len("val_") :]
+    if val is None and target is not None and str(target[0]).startswith("val_"):
+        target = ("train_" + target[0][len("val_") :], target[1])
     data = {"train": jax.tree.map(jnp.asarray, train)}
     if val is not None:
         data["val"] = jax.tree.map(jnp.asarray, val)
@@ -166,6 +175,12 @@ def supervised(
     )
 
 
+def _no_examples(examples: Any) -> bool:
+    """Whether a pytree of example arrays holds no example (a leading axis of length 0)."""
+    leaves = jax.tree.leaves(examples)
+    return not leaves or all(np.ndim(x) > 0 and np.shape(x)[0] == 0 for x in leaves)
+
+
 def custom(
     init_fn: Callable[[jax.Array], Any],
     loss_fn: Callable[[Any, Any], jax.Array],
@@ -184,7 +199,8 @@ def custom(
       loss_fn: ``(params, batch) -> scalar loss``; ``batch`` has ``data``'s structure with the
         leading (example) axis cut to ``batch_size``.
       data: training data, a pytree of arrays sharing a leading example axis.
-      val_data: optional validation data with the same structure.
+      val_data: optional validation data with the same structure (``None`` or no examples:
+        no ``val_`` metrics; the primary metric is then ``train_loss``).
       batch_size: mini-batch size; ``None`` trains on all of ``data`` every step.
       metrics_fn: optional ``(params, batch) -> {name: scalar}`` extra metrics (accuracy, ...),
         reported for train and validation data as ``train_<name>`` / ``val_<name>``.
@@ -246,17 +262,20 @@ def mlp_classifier(
     Args:
       dataset: a name in :data:`DATASETS` (``"digits"``: scikit-learn's embedded 8x8 digits,
         1438 train / 359 validation images, standardised) or a
-        :class:`gradlab.lab.data.Dataset`.
+        :class:`gradlab.lab.data.Dataset` (one with no validation examples, as from
+        ``val_fraction=0``, gives a task without ``val_`` metrics: see Returns).
       widths: hidden-layer widths.
       batch_size: mini-batch size; ``None`` for full-batch gradient descent.
       activation, batch_norm, dropout: passed to :class:`gradlab.lab.models.MLP`.
       data_seed: seed of the train/validation split (the same for every run).
       target_accuracy: default threshold of the "steps to target" column (validation
-        accuracy), or ``None``.
+        accuracy; training accuracy without validation data), or ``None``.
 
     Returns:
       A :class:`Task` with metrics ``train_loss``, ``train_accuracy``, ``val_loss``,
-      ``val_accuracy`` (full train and validation sets, evaluation mode).
+      ``val_accuracy`` (full train and validation sets, evaluation mode) and primary metric
+      ``val_loss``. Without validation examples the metrics are ``train_loss`` and
+      ``train_accuracy``, and ``train_loss`` is the primary metric.
     """
     from flax import nnx
 
@@ -314,7 +333,7 @@ def mlp_classifier(
         train=(x_train, np.asarray(ds.y_train, np.int32)),
         val=(np.asarray(ds.x_val, np.float32), np.asarray(ds.y_val, np.int32)),
         batch_size=batch_size,
-        primary="val_loss",
+        primary="val_loss",  # train_loss when there is no validation example (supervised)
         target=("val_accuracy", float(target_accuracy)) if target_accuracy else None,
         config={
             "task": "mlp_classifier",
