@@ -9,6 +9,7 @@ another lane of the same-sized program diverges or is invalid.
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import jax
@@ -295,6 +296,29 @@ def test_auto_rule_and_bad_arguments():
         sweep(sgd, SPACE, steps=STEPS)  # no task
     with pytest.raises(ValueError):  # a target on a metric the task does not report
         sweep(sgd, SPACE, target=("val_accuracy", 0.9), **kw)
+
+
+@pytest.mark.parametrize(
+    "bad, error, message",
+    [
+        (dict(seeds=[-1]), ValueError, "seeds must be ints >= 0, got -1"),
+        (dict(seeds=[0, -3]), ValueError, "seeds must be ints >= 0"),
+        (dict(seeds=[0.5]), TypeError, "seeds must be ints >= 0"),
+        (dict(devices=[]), ValueError, "devices must hold at least one device"),
+        (dict(devices=["cpu"]), TypeError, "devices must be jax devices"),
+        (dict(strategy="chunked", chunk_size=0), ValueError, "chunk_size must be an int >= 1"),
+        (dict(strategy="chunked", chunk_size=-3), ValueError, "chunk_size must be an int >= 1"),
+        (dict(chunk_size=2.5), TypeError, "chunk_size must be an int >= 1"),
+        (dict(memory_budget=0), ValueError, "memory_budget must be an int >= 1 (bytes)"),
+        (dict(memory_budget=-1), ValueError, "memory_budget must be an int >= 1 (bytes)"),
+    ],
+)
+def test_out_of_range_arguments_are_refused_naming_them(bad, error, message):
+    """These were accepted: negative seeds failed deep in numpy without naming the argument,
+    ``devices=[]`` with an IndexError, and a chunk size or memory budget <= 0 ran anyway."""
+    kw = dict(task=TASK, steps=STEPS, eval_every=EVERY, progress=False)
+    with pytest.raises(error, match=re.escape(message)):
+        sweep(sgd, {"lr": [0.1], "momentum": [0.0]}, **{**kw, **bad})
 
 
 def test_single_run_loop_is_the_run_alone_and_diverges_like_vmap():

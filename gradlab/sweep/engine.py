@@ -266,17 +266,49 @@ def _target(target: Any, task: tasks_mod.Task, metric_names: Sequence[str]):
 
 
 def _seeds(seeds: int | Sequence[int]) -> list[int]:
+    """The seed list: ``range(seeds)`` for a count, else distinct ints >= 0."""
     if isinstance(seeds, bool):
         raise TypeError("seeds must be an int (a count) or a sequence of ints")
     if isinstance(seeds, (int, np.integer)):
         if seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {seeds}")
         return list(range(int(seeds)))
-    out = [int(s) for s in seeds]
+    out = []
+    for s in seeds:
+        if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)):
+            raise TypeError(f"seeds must be ints >= 0, got {s!r} in {seeds!r}")
+        if s < 0:
+            raise ValueError(f"seeds must be ints >= 0, got {int(s)}")
+        out.append(int(s))
     if not out:
         raise ValueError("seeds is empty")
     if len(set(out)) != len(out):
         raise ValueError(f"seeds must be distinct, got {out}")
+    return out
+
+
+def _check_positive_int(name: str, value: Any, unit: str = "") -> int | None:
+    """``None`` or an int >= 1; else ``TypeError``/``ValueError`` naming ``name``."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int >= 1{unit} or None, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be an int >= 1{unit} or None, got {value!r}")
+    return int(value)
+
+
+def _devices(devices: Sequence[Any] | None) -> list[Any]:
+    """``jax.devices()`` for ``None``, else a non-empty list of distinct devices."""
+    if devices is None:
+        return list(jax.devices())
+    out = list(devices)
+    if not out:
+        raise ValueError("devices must hold at least one device (or be None: jax.devices())")
+    if not all(isinstance(d, jax.Device) for d in out):
+        raise TypeError(f"devices must be jax devices, got {out!r}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"devices must be distinct, got {out}")
     return out
 
 
@@ -331,8 +363,9 @@ def sweep(
       space: ``{name: axis}`` (lists, :func:`~gradlab.sweep.space.loguniform`,
         :func:`~gradlab.sweep.space.uniform`, :func:`~gradlab.sweep.space.choice`, scalars), or
         an explicit list of settings.
-      seeds: number of seeds (0, 1, ...) or the seeds themselves; a seed fixes the
-        initialisation, the mini-batch order and dropout masks, and is shared across settings.
+      seeds: number of seeds (>= 1: seeds 0, 1, ...) or the seeds themselves (distinct
+        ints >= 0); a seed fixes the initialisation, the mini-batch order and dropout masks,
+        and is shared across settings.
       task: what to train (:func:`~gradlab.sweep.tasks.mlp_classifier`,
         :func:`~gradlab.sweep.tasks.custom`). Or give ``init_fn``, ``loss_fn``, ``data`` (and
         ``batch_size``) directly, as for :func:`~gradlab.sweep.tasks.custom`.
@@ -348,12 +381,14 @@ def sweep(
         ``divergence_threshold`` :math:`\times L_0` (a number > 1; ``None`` keeps only the
         non-finite test, for losses that may be negative or start at zero).
       strategy: ``"auto"``, ``"vmap"``, ``"chunked"`` or ``"loop"`` (see ``docs/sweeps.md``).
-      chunk_size: runs per vmapped chunk (``"chunked"``); default from ``memory_budget``.
-      memory_budget: bytes per device a chunk may use with ``"chunked"`` and ``"auto"``
+      chunk_size: runs per vmapped chunk (``"chunked"``; an int >= 1); default from
+        ``memory_budget``.
+      memory_budget: bytes (an int >= 1) per device a chunk may use with ``"chunked"`` and
+        ``"auto"``
         (default: half the device memory on accelerators, 2 GiB on CPU); an explicit
         ``"vmap"`` runs a group's runs in one program whatever the budget.
-      devices: devices to shard the runs over (default ``jax.devices()``: every device of every
-        host after ``jax.distributed.initialize()``).
+      devices: devices to shard the runs over (at least one; default ``jax.devices()``: every
+        device of every host after ``jax.distributed.initialize()``).
       progress: show a progress bar (default: when stderr is a terminal).
 
     Returns:
@@ -366,6 +401,8 @@ def sweep(
         raise ValueError(f"strategy must be one of {strat.STRATEGIES}, got {strategy!r}")
     steps, eval_every = _check_schedule(steps, eval_every)
     tau = _check_threshold(divergence_threshold)
+    chunk_size = _check_positive_int("chunk_size", chunk_size)
+    memory_budget = _check_positive_int("memory_budget", memory_budget, " (bytes)")
     n_evals = steps // eval_every
     the_task = _make_task(task, init_fn, loss_fn, data, batch_size)
     space_key = _space_key(space, samples, sample_seed)
@@ -374,7 +411,7 @@ def sweep(
     static = [n for n in names if n not in traced]
     seed_list = _seeds(seeds)
     _check_factory(optimizer, names)
-    devices = list(jax.devices() if devices is None else devices)
+    devices = _devices(devices)
     seed_data, metrics0 = _seed_inputs(the_task, seed_list, steps)
     target = _target(target, the_task, list(metrics0))
 
