@@ -120,6 +120,25 @@ def test_table_values_and_rendering():
     assert res.best["lr"] in (0.01, 0.1) and res.best["status"] == "ok"
 
 
+def test_full_table_has_the_best_value_of_every_metric_accuracies_included():
+    """``table(full=True)`` promised the best accuracy too; it used to give losses only."""
+    res = _result()
+    acc = res.curves["val_accuracy"]
+    assert "best_val_accuracy" not in res.table().columns  # primary only by default
+    full = res.table(full=True)
+    assert full.columns[2:] == [
+        "final_val_loss", "best_val_loss", "final_val_accuracy", "best_val_accuracy",
+        "val_loss_std", "steps_to_target", "status",
+    ]  # fmt: skip
+    np.testing.assert_allclose(full.rows[0]["best_val_accuracy"], acc[:2].max(1).mean())
+    # a diverged setting's best is the highest value before the divergence
+    np.testing.assert_allclose(full.rows[2]["best_val_accuracy"], acc[4:, :3].max(1).mean())
+    assert all(r["best_val_accuracy"] >= r["final_val_accuracy"] for r in full.rows[:2])
+    ranked = res.table(full=True, per_seed=True, sort_by="best_val_accuracy")
+    best = [r["best_val_accuracy"] for r in ranked.rows]
+    assert best == sorted(best, reverse=True)  # accuracies rank descending
+
+
 def test_to_pandas_when_available():
     pd = pytest.importorskip("pandas")
     frame = _result().to_pandas()

@@ -210,8 +210,9 @@ class SweepResult:
         """One row per setting (seeds averaged), or per run with ``per_seed=True``.
 
         Columns: the hyperparameters; ``final_<loss>`` for every loss metric and
-        ``best_<primary>`` (the best value during the run, before any divergence);
-        ``final_<accuracy>`` (validation accuracies only, when there are some);
+        ``best_<primary>`` (the best value during the run, before any divergence: the lowest
+        loss, the highest accuracy); ``final_<accuracy>`` (validation accuracies only, when
+        there are some);
         ``<primary>_std`` (standard deviation over seeds of the final primary metric);
         ``steps_to_target`` (first evaluated step reaching the target, median over seeds;
         ``None`` when at least half of them never reached it); ``status`` (``ok``,
@@ -222,21 +223,23 @@ class SweepResult:
           per_seed: one row per run instead of per setting.
           sort_by: a column to sort by (ascending for losses, descending for accuracies;
             NaN last).
-          full: final *and* best value of every loss and every accuracy.
+          full: final *and* best value of every metric: ``final_<m>``, ``best_<m>`` for every
+            loss and every accuracy, training and validation.
         """
         metrics = list(self.curves)
         losses = [m for m in metrics if not maximise(m)]
         accs = [m for m in metrics if maximise(m)]
         if not full and any(m.startswith("val_") for m in accs):
             accs = [m for m in accs if m.startswith("val_")]
-        best_of = losses if full else [m for m in losses if m == self.primary]
+        best_of = metrics if full else [m for m in metrics if m == self.primary]
         finals = {m: self.final(m) for m in metrics}
         bests = {m: self.best_value(m) for m in best_of}
         stt = self.steps_to_target() if self.target is not None else None
         columns = list(self.names) + (["seed"] if per_seed else [])
         for m in losses:
             columns += [f"final_{m}"] + ([f"best_{m}"] if m in best_of else [])
-        columns += [f"final_{m}" for m in accs]
+        for m in accs:
+            columns += [f"final_{m}"] + ([f"best_{m}"] if m in best_of else [])
         if not per_seed and len(self.seeds) > 1 and self.primary in finals:
             columns.append(f"{self.primary}_std")
         if stt is not None:
@@ -255,6 +258,8 @@ class SweepResult:
                         row[f"best_{m}"] = float(np.nanmean(bests[m][sl]))
                 for m in accs:
                     row[f"final_{m}"] = float(np.nanmean(finals[m][sl]))
+                    if m in best_of:
+                        row[f"best_{m}"] = float(np.nanmean(bests[m][sl]))
                 if f"{self.primary}_std" in columns:
                     row[f"{self.primary}_std"] = float(np.nanstd(finals[self.primary][sl]))
             if stt is not None:
