@@ -117,6 +117,23 @@ def test_zoom_unbounded_stops_at_max_step_norm():
     assert int(st.status) == Status.UNBOUNDED
 
 
+@pytest.mark.parametrize("make", [scale_by_zoom_linesearch, scale_by_more_thuente_linesearch])
+def test_a_binding_max_learning_rate_takes_the_capped_step_not_unbounded(make):
+    # Along d = -g/10 on sum(x^2) from (1, 1), f decreases fast all the way to t = 0.1 (the
+    # minimum is at t = 5): the cap is the caller's choice, so the step is taken as OK.
+    x = jnp.ones(2)
+    upd, st = _search(make(max_learning_rate=0.1), square, x, -0.2 * x)
+    assert int(st.status) == Status.OK
+    assert not bool(st.curvature_satisfied)
+    np.testing.assert_allclose(np.asarray(upd), -0.02, rtol=1e-5)  # t d = 0.1 * (-0.2)
+    # Past max_step_norm it is still UNBOUNDED, with or without a looser rate cap.
+    upd, st = _search(
+        make(max_learning_rate=1e9, max_step_norm=1e3), linear, jnp.zeros(3), jnp.ones(3)
+    )
+    assert int(st.status) == Status.UNBOUNDED
+    np.testing.assert_allclose(float(jnp.linalg.norm(upd)), 1e3, rtol=1e-5)
+
+
 @pytest.mark.parametrize("ls", [ZOOM, BACKTRACK, EXACT], ids=["zoom", "backtracking", "exact"])
 def test_all_nan_trials_fail_without_moving(ls):
     x = jnp.zeros(2)

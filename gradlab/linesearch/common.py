@@ -379,6 +379,10 @@ class WolfeStart(NamedTuple):
     searching: jax.Array  #: code == OK.
     tau0: jax.Array  #: first trial displacement.
     tau_max: jax.Array  #: largest displacement.
+    #: the largest displacement is ``max_step_norm``'s (a step there that still decreases fast
+    #: means "unbounded below"), not ``max_learning_rate``'s (a cap the caller chose: a step
+    #: there is accepted).
+    norm_capped: jax.Array
 
 
 class WolfeSettings(NamedTuple):
@@ -462,7 +466,9 @@ def start_wolfe_search(
     d_norm = jnp.where(searching, d_norm, 1.0)
 
     strategy = settings.initial_guess_strategy
+    norm_capped = jnp.asarray(True)
     if t_max is not None:
+        norm_capped = tau_max <= t_max * d_norm
         tau_max = jnp.minimum(tau_max, t_max * d_norm)
 
     if strategy == "one":
@@ -480,7 +486,7 @@ def start_wolfe_search(
             tau0 = jnp.minimum(tau0, d_norm)
     tau0 = jnp.where(jnp.isfinite(tau0) & (tau0 > 0), tau0, 1.0)
     tau0 = jnp.minimum(tau0, tau_max)
-    return WolfeStart(unit, d_norm, s0, code, searching, tau0, tau_max)
+    return WolfeStart(unit, d_norm, s0, code, searching, tau0, tau_max, norm_capped)
 
 
 def evaluate_trial(

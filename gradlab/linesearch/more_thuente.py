@@ -43,7 +43,8 @@ handling is the same as the zoom search's:
   closes at that trial and the next trial bisects towards :math:`t_x`; when every trial is
   non-finite the search fails (``LINE_SEARCH_FAILED``, step 0);
 * a step at the largest allowed displacement that still decreases fast
-  (:math:`\psi \le 0,\ \varphi' \le c_1 \varphi'(0)`) stops with ``UNBOUNDED``;
+  (:math:`\psi \le 0,\ \varphi' \le c_1 \varphi'(0)`) stops the search: with ``UNBOUNDED``
+  at ``max_step_norm``, with the step taken (``OK``) at ``max_learning_rate``;
 * when the budget runs out or the interval collapses, the lowest trial that satisfied
   sufficient decrease is taken (``OK``, ``curvature_satisfied=False``); with none the step is
   rejected (``LINE_SEARCH_FAILED``). An uphill step is never returned.
@@ -229,7 +230,8 @@ def scale_by_more_thuente_linesearch(
         refining (0.1 in MINPACK and L-BFGS-B; scipy's BFGS/CG use ``1e-14``).
       initial_guess_strategy: ``"one"``, ``"keep"``, ``"quadratic"`` or
         ``"quadratic_capped"`` (static).
-      max_learning_rate: largest :math:`t` (``None``: no bound on :math:`t`).
+      max_learning_rate: largest :math:`t` (``None``: no bound on :math:`t`); a step at the cap
+        that still decreases fast is taken.
       max_step_norm: largest displacement :math:`\lVert t d\rVert`; a search whose value still
         decreases fast there stops with ``UNBOUNDED``.
 
@@ -266,7 +268,7 @@ def scale_by_more_thuente_linesearch(
         start = common.start_wolfe_search(
             updates, state, grad, f0, settings, dtype=dtype, hyperparameters_ok=ok_hyper
         )
-        unit, safe_norm, s0, code, searching, tau0, tau_max = start
+        unit, safe_norm, s0, code, searching, tau0, tau_max, norm_capped = start
 
         value_and_grad = jax.value_and_grad(value_fn)
         eps = jnp.finfo(dtype).eps
@@ -291,7 +293,10 @@ def scale_by_more_thuente_linesearch(
             armijo = finite & (fn <= ftest) & (f < f0)
             accept = armijo & (jnp.abs(sn) <= c2_t)
             at_max = tau >= tau_max * (1 - 4 * eps)
-            unbounded = at_max & armijo & (sn <= gtest) & ~accept  # MINPACK: convergence wins
+            # MINPACK stops at the largest step while it still decreases fast (convergence wins):
+            # "unbounded" at max_step_norm, an accepted step at max_learning_rate.
+            at_cap = at_max & armijo & (sn <= gtest) & ~accept
+            unbounded = at_cap & norm_capped
             stage2 = c.stage2 | (finite & (fn <= ftest) & (sn >= 0))
 
             # First stage with a lower but insufficient value: step on psi = phi - c1 tau phi'(0).
@@ -345,7 +350,7 @@ def scale_by_more_thuente_linesearch(
             g_b = common.tree_select(take, g, c.g_b)
 
             i = c.i + 1
-            done = accept | unbounded | (i >= max_steps) | collapsed | ~(nxt > 0)
+            done = accept | at_cap | (i >= max_steps) | collapsed | ~(nxt > 0)
             return _Carry(
                 i=i,
                 done=done,

@@ -21,8 +21,9 @@ Failure handling, where the anchors go wrong (reliability notes H1–H4):
 * a NaN/Inf value or gradient at a trial counts as :math:`f = +\infty`: the interval shrinks
   towards the last good point; when *every* trial is non-finite the search fails
   (``LINE_SEARCH_FAILED``, step 0) rather than reporting success;
-* when :math:`f` keeps decreasing up to the largest allowed step (``max_learning_rate``, or a
-  displacement of ``max_step_norm``), the search stops there with ``UNBOUNDED``;
+* when :math:`f` keeps decreasing up to a displacement of ``max_step_norm``, the search stops
+  there with ``UNBOUNDED``; up to ``max_learning_rate`` (a cap the caller chose), the step at
+  the cap is taken (``OK``, ``curvature_satisfied=False``);
 * when the budget runs out, the lowest trial that satisfied sufficient decrease is taken
   (``OK``, with ``curvature_satisfied=False``); with none, the step is rejected
   (``LINE_SEARCH_FAILED``, step 0). An uphill step is never returned.
@@ -109,7 +110,8 @@ def scale_by_zoom_linesearch(
 
     Args:
       max_linesearch_steps: most evaluations per search (static, >= 1).
-      max_learning_rate: largest :math:`t` (``None``: no bound on :math:`t`).
+      max_learning_rate: largest :math:`t` (``None``: no bound on :math:`t`); a step at the cap
+        that still decreases is taken.
       slope_rtol: :math:`c_1 \in (0, 1)`.
       curv_rtol: :math:`c_2 \in (c_1, 1)`; 0.9 for quasi-Newton, about 0.1–0.4 for CG.
       initial_guess_strategy: ``"one"``, ``"keep"``, ``"quadratic"`` or
@@ -146,7 +148,7 @@ def scale_by_zoom_linesearch(
         start = common.start_wolfe_search(
             updates, state, grad, f0, settings, dtype=dtype, hyperparameters_ok=jnp.isfinite(c2_t)
         )
-        unit, safe_norm, s0, code, searching, tau0, tau_max = start
+        unit, safe_norm, s0, code, searching, tau0, tau_max, norm_capped = start
 
         value_and_grad = jax.value_and_grad(value_fn)
         eps = jnp.finfo(dtype).eps
@@ -184,7 +186,8 @@ def scale_by_zoom_linesearch(
             br_c = ~br_a & ~curv & (s >= 0)
             br_extrap = ~br_a & ~curv & (s < 0)
             at_max = tau >= tau_max * (1 - 4 * eps)
-            br_unbounded = br_extrap & at_max
+            br_unbounded = br_extrap & at_max & norm_capped
+            capped = br_extrap & at_max & ~norm_capped  # at max_learning_rate: taken as OK
             # Zoom phase (Algorithm 3.6).
             zm_a = ~armijo | (f >= c.lo[1])
             zm_accept = ~zm_a & curv
@@ -230,7 +233,7 @@ def scale_by_zoom_linesearch(
             tiny_interval = zooming & (
                 jnp.abs(hi[0] - lo[0]) <= 8 * eps * jnp.maximum(lo[0], hi[0])
             )
-            done = accept | unbounded | (i >= max_steps) | tiny_interval
+            done = accept | unbounded | (~z & capped) | (i >= max_steps) | tiny_interval
             return _Carry(
                 i=i,
                 done=done,
