@@ -238,10 +238,45 @@ class _Carry(NamedTuple):
     status: jax.Array
 
 
+def _check_traced_inputs(x0, tol, atol, max_steps) -> None:
+    leaves = jax.tree.leaves_with_path(x0)
+    if not leaves:
+        raise ValueError("minimize: x0 has no arrays (an empty pytree): nothing to minimise")
+    for path, leaf in leaves:
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            raise TypeError(
+                f"minimize: x0{jax.tree_util.keystr(path)} has dtype {jnp.result_type(leaf)}; "
+                "parameters must be floating point (e.g. x0.astype(jnp.float32))"
+            )
+    for name, value in (("tol", tol), ("atol", atol), ("max_steps", max_steps)):
+        if jnp.shape(value) != ():
+            raise ValueError(
+                f"minimize: {name} must be a scalar (shape ()), got shape {jnp.shape(value)}; "
+                "vmap over minimize for one tolerance per problem"
+            )
+    if not jnp.issubdtype(jnp.result_type(max_steps), jnp.integer):
+        raise TypeError(
+            f"minimize: max_steps must be an integer, got dtype {jnp.result_type(max_steps)}"
+        )
+
+
 def _solve(fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_extra, has_aux):
+    # Checked while tracing (once per compiled program, not per call).
+    _check_traced_inputs(x0, tol, atol, max_steps)
     extra = dict(static_extra)
     extra.update(dynamic_extra)
-    value_fn = (lambda p: fun(p, *args)[0]) if has_aux else (lambda p: fun(p, *args))
+
+    def value_fn(p):
+        out = fun(p, *args)
+        if not has_aux:
+            return out
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise TypeError(
+                "minimize: has_aux=True needs fun to return a pair (value, aux); got "
+                f"{type(out).__name__} {jax.tree.map(jnp.shape, out)}"
+            )
+        return out[0]
+
     value_and_grad = jax.value_and_grad(value_fn)
     dtype = common.compute_dtype(x0)
 
@@ -402,7 +437,8 @@ def minimize(
         \lVert g_0\rVert`.
       atol: absolute gradient tolerance (0 by default): stop when :math:`\lVert g\rVert \le
         \mathrm{atol}` as well.
-      max_steps: step budget (may be traced).
+      max_steps: step budget (an integer; may be traced; Python numbers above
+        :math:`2^{31}-1` mean no limit).
       extra_args: keyword arguments forwarded to every ``update`` (for example
         ``{"residual_fn": r}`` for least-squares methods). Callables are static (part of the
         compiled program's identity); arrays are traced.
@@ -431,14 +467,21 @@ def minimize(
         raise TypeError(f"minimize: has_aux must be a bool, got {has_aux!r}")
     for name, value in (("tol", tol), ("atol", atol)):
         base.hyperparameter(value, name, base.NONNEGATIVE, owner="minimize", allow_schedule=False)
+    if max_steps is None or isinstance(max_steps, bool):
+        raise TypeError(f"minimize: max_steps must be a whole number >= 0, got {max_steps!r}")
     if base.is_concrete(max_steps) and (
         np.ndim(max_steps) == 0 and (max_steps != int(max_steps) or max_steps < 0)
     ):
         raise ValueError(f"minimize: max_steps must be a whole number >= 0, got {max_steps!r}")
+    if type(max_steps) in (int, float):  # the loop counts in int32: larger means "no limit"
+        max_steps = min(int(max_steps), _MAX_INT32)
     tol, atol, max_steps = (_device_scalar(v) for v in (tol, atol, max_steps))
     return _run(
         fun, solver, static_extra, x0, tuple(args), tol, atol, max_steps, dynamic_extra, has_aux
     )
+
+
+_MAX_INT32 = 2**31 - 1
 
 
 def _device_scalar(value: Any) -> Any:

@@ -227,6 +227,32 @@ def test_bad_tolerances_raise_and_traced_ones_end_as_invalid(kwargs, message):
         minimize(rosenbrock, jnp.zeros(2), "bfgs", **kwargs)
 
 
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: minimize(rosenbrock, {}, "bfgs"), ValueError, "empty pytree"),
+        (lambda: minimize(rosenbrock, {"w": jnp.zeros(2, jnp.int32)}, "bfgs"), TypeError,
+         r"x0\['w'\] has dtype int32"),
+        (lambda: minimize(rosenbrock, jnp.zeros(2), tol=jnp.ones(2)), ValueError,
+         r"tol must be a scalar \(shape \(\)\), got shape \(2,\)"),
+        (lambda: minimize(rosenbrock, jnp.zeros(2), max_steps=None), TypeError, "max_steps"),
+        (lambda: jax.jit(lambda k: minimize(rosenbrock, jnp.zeros(2), max_steps=k))(2.7),
+         TypeError, "max_steps must be an integer, got dtype float32"),
+        (lambda: minimize(rosenbrock, jnp.zeros(2), has_aux=True), TypeError,
+         r"has_aux=True needs fun to return a pair \(value, aux\)"),
+    ],
+    ids=["empty", "integer", "tol-shape", "max-steps-none", "traced-float-max-steps", "aux"],
+)  # fmt: skip
+def test_bad_inputs_raise_naming_the_argument(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_python_max_steps_beyond_int32_means_no_limit():
+    res = minimize(rosenbrock, jnp.asarray([-1.2, 1.0]), "bfgs", max_steps=10**10)
+    assert res.status == Status.CONVERGED
+
+
 def test_traced_invalid_tolerance_ends_only_its_member_as_invalid_hyperparameter():
     solve = jax.vmap(lambda t: minimize(rosenbrock, jnp.zeros(2), "bfgs", tol=t))
     res = solve(jnp.asarray([1e-5, -1.0, jnp.nan]))
