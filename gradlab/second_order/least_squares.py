@@ -231,14 +231,8 @@ def scale_by_gauss_newton(
         check_update_inputs(
             owner, state, GaussNewtonState, params, updates, residual_fn=residual_fn
         )
-        lin = _linearize(
-            owner,
-            _bind(residual_fn, residual_args),
-            params,
-            jacobian,
-            jacobian_memory_budget,
-            state_dtype,
-        )
+        residual = _bind(residual_fn, residual_args)
+        lin = _linearize(owner, residual, params, jacobian, jacobian_memory_budget, state_dtype)
         r = lin.residual
         num_products = jnp.zeros((), jnp.int32)
         if lin.jac is not None:
@@ -414,14 +408,8 @@ def levenberg_marquardt(
         check_update_inputs(
             owner, state, LevenbergMarquardtState, params, updates, residual_fn=residual_fn
         )
-        lin = _linearize(
-            owner,
-            _bind(residual_fn, residual_args),
-            params,
-            jacobian,
-            jacobian_memory_budget,
-            state_dtype,
-        )
+        residual = _bind(residual_fn, residual_args)
+        lin = _linearize(owner, residual, params, jacobian, jacobian_memory_budget, state_dtype)
         if lin.jac is None and marquardt:
             raise ValueError(
                 f"{owner}: scaling='marquardt' needs a dense Jacobian but jacobian='auto' chose "
