@@ -361,8 +361,9 @@ def abs_sq(x: jax.Array) -> jax.Array:
 
 
 def safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:
-    """``num / den`` where ``den > 0``, else ``num`` (so ``0 / 0`` is 0 when ``eps = 0``)."""
-    return num / jnp.where(den > 0, den, jnp.ones_like(den))
+    """``num / den``, except ``num`` where ``den == 0`` (so ``0 / 0`` is 0 when ``eps = 0``). A
+    NaN denominator (a NaN gradient's second moment, a poisoned traced setting) stays NaN."""
+    return num / jnp.where(den == 0, jnp.ones_like(den), den)
 
 
 def debias_factor(complement: jax.Array, count: jax.Array) -> jax.Array:

@@ -265,6 +265,44 @@ def test_traced_invalid_hyperparameter_poisons_only_its_lane():
         assert all(bool(jnp.all(jnp.isnan(x[lane]))) for x in jax.tree.leaves(out))
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda v: gl.adam(0.1, b2=v),
+        lambda v: gl.adam(0.1, eps=v),
+        lambda v: gl.adam(0.1, eps_root=v),
+        lambda v: gl.adamax(0.1, b2=v),
+        lambda v: gl.adamax(0.1, eps=v),
+        lambda v: gl.rmsprop(0.1, eps=v, eps_in_sqrt=False),
+        lambda v: gl.adadelta(0.1, eps=v),
+    ],
+    ids=["adam-b2", "adam-eps", "adam-eps_root", "adamax-b2", "adamax-eps", "rmsprop-eps",
+         "adadelta-eps"],
+)  # fmt: skip
+def test_an_invalid_denominator_setting_poisons_its_lane(make):
+    # A poisoned (NaN) setting inside a denominator must not be floored to 1: that lane became
+    # an un-normalised finite SGD step, which a sweep could even rank best.
+    params = make_params()
+    noise = make_noise(params, steps=3)
+    out = jax.jit(jax.vmap(lambda v: run(make(v), params, noise)[0]))(jnp.array([0.5, -0.1]))
+    assert all(bool(jnp.all(jnp.isfinite(x[0]))) for x in jax.tree.leaves(out))
+    assert all(bool(jnp.all(jnp.isnan(x[1]))) for x in jax.tree.leaves(out))
+
+
+def test_a_nan_gradient_poisons_the_second_moment_and_the_update_as_in_optax():
+    p = jnp.zeros(2)
+    for tx, reference in [
+        (gl.rmsprop(0.1, eps_in_sqrt=False), optax.rmsprop(0.1, eps_in_sqrt=False)),
+        (gl.adam(0.1), optax.adam(0.1)),
+    ]:
+        state, ref_state = tx.init(p), reference.init(p)
+        for g in (jnp.array([jnp.nan, 1.0]), jnp.array([5.0, 1.0])):
+            u, state = tx.update(g, state, p)
+            ref, ref_state = reference.update(g, ref_state, p)
+        np.testing.assert_array_equal(np.isnan(u), [True, False])
+        np.testing.assert_allclose(u, ref, rtol=2e-5)  # adam: gradlab nearer float64
+
+
 def test_schedules_for_decay_rates():
     params = make_params()
     noise = make_noise(params, steps=10)
