@@ -249,6 +249,44 @@ def test_format_1_checkpoints_load_and_a_save_upgrades_them(tmp_path):
     _bitwise_equal(ckpt.restore_checkpoint(d, tree)[0], _adam_tree(2))
 
 
+@pytest.mark.parametrize("damage", ["future_version", "truncated_manifest", "missing_state"])
+def test_resume_from_a_broken_checkpoint_raises_and_keeps_it(tmp_path, damage):
+    """A manifest that cannot be parsed (a newer format version, truncated JSON) or whose state
+    file is missing is still a checkpoint: ``resume=True`` raises ``CheckpointError`` saying
+    what is wrong instead of training from epoch 0 and deleting the old state file."""
+    d = str(tmp_path / "c")
+    data = lab_data.make_blobs(60, num_classes=3, num_features=4, seed=0)
+    mk = lambda: MLP(4, [4], 3, rngs=nnx.Rngs(0))
+    train(mk(), optax.sgd(0.1), data, epochs=1, progress=False, checkpoint_dir=d)
+    manifest_path = os.path.join(d, "manifest.json")
+    text = open(manifest_path).read()
+    state_file = json.loads(text)["state_file"]
+    if damage == "future_version":
+        with open(manifest_path, "w") as f:
+            json.dump(dict(json.loads(text), format_version=99), f)
+        match = "format version 99 is not supported"
+    elif damage == "truncated_manifest":
+        with open(manifest_path, "w") as f:
+            f.write(text[: len(text) // 2])
+        match = "unreadable manifest"
+    else:
+        os.remove(os.path.join(d, state_file))
+        match = "which is missing"
+    before = sorted(os.listdir(d))
+    assert ckpt.checkpoint_exists(d)
+    if damage != "missing_state":
+        with pytest.raises(ckpt.CheckpointError, match=match):
+            ckpt.read_manifest(d)
+    with pytest.raises(ckpt.CheckpointError, match=match):
+        train(mk(), optax.sgd(0.1), data, epochs=2, progress=False, checkpoint_dir=d, resume=True)
+    assert sorted(os.listdir(d)) == before  # nothing overwritten or deleted
+    # A state file without a manifest (a first save interrupted before its commit) is not one.
+    os.remove(manifest_path)
+    assert not ckpt.checkpoint_exists(d)
+    with pytest.raises(ckpt.CheckpointError, match="no gradlab checkpoint"):
+        ckpt.read_manifest(d)
+
+
 def test_early_stopping_and_restore_best():
     d = lab_data.make_blobs(120, seed=1, spread=3.0)
     m = MLP(2, [8], 3, rngs=nnx.Rngs(0))

@@ -276,18 +276,16 @@ def _gradlab_version() -> str:
 
 
 def checkpoint_exists(directory: str | os.PathLike) -> bool:
-    """Whether ``directory`` holds a (complete) gradlab checkpoint: a manifest and the state
-    file it names. A manifest that cannot be read counts as a checkpoint when a format-1 state
-    file is beside it (:func:`restore_checkpoint` then raises :class:`CheckpointError` saying
-    what is wrong, rather than a resumed training silently starting over)."""
-    d = os.fspath(directory)
-    if not os.path.isfile(os.path.join(d, MANIFEST_FILE)):
-        return False
-    try:
-        name = _state_file(d, _parse_manifest(d))
-    except CheckpointError:
-        name = STATE_FILE
-    return os.path.isfile(os.path.join(d, name))
+    """Whether ``directory`` holds a gradlab checkpoint, that is a ``manifest.json``.
+
+    The manifest is the commit of a save, so its presence is what counts: a manifest that cannot
+    be parsed (truncated, a newer format version) or whose state file is missing still counts,
+    and :func:`restore_checkpoint` (or :func:`read_manifest`) then raises
+    :class:`CheckpointError` saying what is wrong -- rather than a resumed training silently
+    starting over and its first save deleting the old state file. A state file without a
+    manifest (the first save, interrupted before its commit) is not a checkpoint.
+    """
+    return os.path.isfile(os.path.join(os.fspath(directory), MANIFEST_FILE))
 
 
 def _parse_manifest(d: str) -> dict[str, Any]:
@@ -324,11 +322,13 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     """The parsed ``manifest.json`` of a checkpoint.
 
     Raises:
-      CheckpointError: the directory holds no checkpoint or the manifest is not gradlab's.
+      CheckpointError: the directory holds no manifest, or the manifest is unreadable
+        (truncated JSON), not gradlab's, of an unsupported format version, or names no valid
+        state file (the message says which).
     """
     d = os.fspath(directory)
     if not checkpoint_exists(d):
-        raise CheckpointError(f"no gradlab checkpoint in {d!r}")
+        raise CheckpointError(f"no gradlab checkpoint in {d!r} (no {MANIFEST_FILE})")
     return _parse_manifest(d)
 
 
@@ -384,7 +384,7 @@ def _read_pair(d: str, attempts: int = 3) -> tuple[dict[str, Any], str, bytes]:
         except FileNotFoundError:
             if attempt == attempts - 1:
                 raise CheckpointError(
-                    f"no gradlab checkpoint in {d!r}: the manifest names {name}, which is missing"
+                    f"broken checkpoint in {d!r}: the manifest names {name}, which is missing"
                 ) from None
     raise AssertionError("unreachable")  # pragma: no cover
 

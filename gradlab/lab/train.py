@@ -416,8 +416,9 @@ def train(
       checkpoint_dir: save the :class:`TrainState` and history here every ``checkpoint_every``
         epochs and at the end.
       checkpoint_every: epochs between checkpoints.
-      resume: continue from ``checkpoint_dir`` if it holds a checkpoint (bit-identical to an
-        uninterrupted run with the same arguments).
+      resume: continue from ``checkpoint_dir`` if it holds a checkpoint (a ``manifest.json``;
+        bit-identical to an uninterrupted run with the same arguments). A checkpoint that
+        cannot be restored raises instead of starting over.
       donate: donate the state buffers to the compiled epoch (halves peak memory).
 
     Returns:
@@ -427,6 +428,8 @@ def train(
       ValueError: bad arguments (batch size, epochs, patience without validation data...).
       gradlab.lab.checkpoint.CheckpointMismatchError: resuming from a checkpoint written for a
         different model or optimizer (names the key path).
+      gradlab.lab.checkpoint.CheckpointError: resuming from a broken checkpoint (unreadable
+        manifest, unsupported format version, missing or corrupt state file).
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
