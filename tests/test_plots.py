@@ -39,6 +39,25 @@ def test_loss_curves_handle_nan_inf_and_nonpositive(tmp_path):
     np.testing.assert_array_equal(_lines(fig)[0].get_xdata(), [10, 20])
 
 
+def test_loss_curves_leading_nans_are_gaps_not_divergence():
+    """``History.batch_loss`` is NaN in row 0 by design: the rest of the curve is drawn and it
+    is not labelled "(diverged)"; a NaN after the first finite value still is divergence."""
+    curves = {
+        "batch": [np.nan, 1.9, 1.5, 1.2],
+        "late": [np.nan, 1.9, np.nan, 1.2],
+        "inf_first": [np.inf, 1.0],
+        "empty": [np.nan, np.nan],
+    }
+    fig = plots.plot_loss_curves(curves)
+    by_label = {ln.get_label(): np.asarray(ln.get_ydata(), float) for ln in _lines(fig)}
+    np.testing.assert_array_equal(by_label["batch"][1:], [1.9, 1.5, 1.2])
+    assert np.isnan(by_label["batch"][0])
+    np.testing.assert_array_equal(by_label["late (diverged)"][:2], [np.nan, 1.9])
+    assert np.all(np.isnan(by_label["late (diverged)"][2:]))
+    assert np.all(np.isnan(by_label["inf_first (diverged)"]))
+    assert np.all(np.isnan(by_label["empty"]))
+
+
 def test_loss_curves_into_existing_axes():
     from matplotlib.figure import Figure
 

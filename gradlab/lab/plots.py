@@ -3,7 +3,8 @@
 Every function builds a :class:`matplotlib.figure.Figure` directly (no ``pyplot`` global state,
 no display needed), so it works on servers and inside tests; pass ``path=`` to save it. Values
 that are NaN or infinite (a diverged run) are masked rather than crashing the plot, and a
-diverged curve is cut where it first stops being finite.
+diverged curve is cut where it first stops being finite (leading NaNs, such as the missing
+epoch-0 value of ``History.batch_loss``, are gaps, not divergence).
 
 Contour plots take a *problem* from :mod:`gradlab.problems` (anything with ``value(x)``,
 ``xlim``, ``ylim`` and optionally ``minimizers``/``log_levels``) and a mapping ``name -> (T, 2)``
@@ -70,14 +71,21 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 100) -> str:
     return path
 
 
-def _finite_prefix(y: np.ndarray) -> np.ndarray:
-    """``y`` as float with everything from the first non-finite entry on set to NaN."""
+def _finite_prefix(y: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``(y, diverged)``: ``y`` as float with everything from its divergence on set to NaN.
+
+    Leading NaNs are gaps, not divergence (``History.batch_loss`` is NaN in row 0 by design);
+    the curve diverged when a value is non-finite after its first finite one, or when it opens
+    with an infinity.
+    """
     y = np.asarray(y, dtype=np.float64).reshape(-1)
-    bad = ~np.isfinite(y)
-    if bad.any():
-        y = y.copy()
-        y[int(np.argmax(bad)) :] = np.nan
-    return y
+    started = np.logical_or.accumulate(~np.isnan(y))  # False on the leading NaNs
+    bad = started & ~np.isfinite(y)
+    if not bad.any():
+        return y, False
+    y = y.copy()
+    y[int(np.argmax(bad)) :] = np.nan
+    return y, True
 
 
 def plot_loss_curves(
@@ -103,23 +111,22 @@ def plot_loss_curves(
       x: x values, shared (one sequence) or per curve (a mapping); default ``0, 1, ...``.
 
     Returns:
-      The figure (one ``Line2D`` per curve). A curve is drawn up to its first NaN/inf; a curve
-      that diverged is marked with an ``x`` at its last finite point and "(diverged)" in its
-      legend label.
+      The figure (one ``Line2D`` per curve). Leading NaNs are gaps (``History.batch_loss`` has
+      no value for epoch 0); after the first finite value, a curve is drawn up to its first
+      NaN/inf, and such a curve (or one that opens with an infinity) diverged: it is marked with
+      an ``x`` at its last finite point and "(diverged)" in its legend label.
     """
     fig, ax = _new_axes(ax)
     colors = optimizer_colors(list(curves))
     any_nonpositive = False
     for name, values in curves.items():
-        raw = np.asarray(values, dtype=np.float64).reshape(-1)
-        y = _finite_prefix(raw)
+        y, diverged = _finite_prefix(values)
         if isinstance(x, Mapping):
             xs = np.asarray(x[name], dtype=np.float64).reshape(-1)
         elif x is not None:
             xs = np.asarray(x, dtype=np.float64).reshape(-1)
         else:
             xs = np.arange(y.size, dtype=np.float64)
-        diverged = bool(raw.size) and not np.all(np.isfinite(raw))
         label = f"{name} (diverged)" if diverged else str(name)
         (line,) = ax.plot(xs, y, label=label, color=colors[name], lw=1.5)
         finite = np.isfinite(y)
