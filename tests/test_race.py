@@ -39,6 +39,23 @@ def test_trajectory_batched_starts_and_errors():
         trajectories.trajectory(p, optax.sgd(0.1), steps=5, start=jnp.zeros(3))
 
 
+def test_summarize_and_format_table_give_one_row_per_start():
+    """A multi-start path ``(B, steps + 1, dim)`` gives one row per start (it crashed)."""
+    starts = np.array([[1.0, 1.4], [0.0, 0.0]])
+    paths = {"adam": trajectories.trajectory("beale", optax.adam(0.05), 5, start=starts)}
+    rows = trajectories.summarize("beale", paths)
+    assert [(r["name"], r["start"]) for r in rows] == [("adam", 0), ("adam", 1)]
+    for r, path in zip(rows, paths["adam"], strict=True):
+        np.testing.assert_array_equal(r["final"], path[-1])
+        assert r["value"] == pytest.approx(float(problems.get("beale").value(path[-1])))
+    single = trajectories.summarize("beale", {"adam": paths["adam"][1]})
+    assert single[0]["start"] is None and single[0]["value"] == rows[1]["value"]
+    table = race_mod.format_table("beale", paths)
+    assert "adam[0]" in table and "adam[1]" in table
+    with pytest.raises(ValueError, match="must have shape"):
+        trajectories.summarize("beale", {"bad": np.zeros((2, 2, 3, 2))})
+
+
 def test_extra_args_transformations_receive_value_fn():
     p = problems.get("rosenbrock")
     ls = optax.chain(

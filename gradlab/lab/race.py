@@ -180,7 +180,10 @@ def render(
 
 
 def format_table(problem: Any, paths: Mapping[str, np.ndarray]) -> str:
-    """A plain-text table: optimizer, final point, final value, distance to nearest minimiser."""
+    """A plain-text table: optimizer, final point, final value, distance to nearest minimiser.
+
+    A multi-start path ``(B, steps + 1, dim)`` gives one line per start, named ``name[i]``.
+    """
     rows = _traj.summarize(problem, paths)
     head = f"{'optimizer':<10} {'final x':>22} {'f(x)':>12} {'distance':>10}"
     lines = [head, "-" * len(head)]
@@ -189,7 +192,8 @@ def format_table(problem: Any, paths: Mapping[str, np.ndarray]) -> str:
         dist = r["distance"]
         d = "-" if math.isinf(dist) else f"{dist:.3g}"
         v = "diverged" if r["diverged"] else f"{r['value']:.4g}"
-        lines.append(f"{r['name']:<10} {'(' + x + ')':>22} {v:>12} {d:>10}")
+        name = r["name"] if r.get("start") is None else f"{r['name']}[{r['start']}]"
+        lines.append(f"{name:<10} {'(' + x + ')':>22} {v:>12} {d:>10}")
     return "\n".join(lines)
 
 

@@ -118,25 +118,46 @@ def path_values(problem: Any, paths: Mapping[str, Any]) -> dict[str, np.ndarray]
 def summarize(problem: Any, paths: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row per path: the final point, its value and distance to the nearest minimiser.
 
+    A multi-start path of shape ``(B, steps + 1, dim)`` (from a ``(B, dim)`` ``start``) gives one
+    row per start, in order.
+
     Returns:
-      A list of dicts with keys ``name``, ``final`` (the last iterate), ``value`` (``f`` there),
-      ``distance`` (to the nearest known minimiser; ``inf`` when the problem has none, NaN when
-      the run diverged) and ``diverged`` (the path left the finite numbers).
+      A list of dicts with keys ``name``, ``start`` (the start's index in a multi-start path,
+      ``None`` for a single ``(steps + 1, dim)`` path), ``final`` (the last iterate), ``value``
+      (``f`` there), ``distance`` (to the nearest known minimiser; ``inf`` when the problem has
+      none, NaN when the run diverged) and ``diverged`` (the path left the finite numbers).
+
+    Raises:
+      ValueError: a path is not shaped ``(T, dim)`` or ``(B, T, dim)``.
     """
     problem = _problems.get(problem)
-    values = path_values(problem, paths)
-    rows = []
+    arrays = {}
     for name, p in paths.items():
         p = np.asarray(p)
-        final = p[-1]
-        v = float(values[name][-1])
-        rows.append(
-            {
-                "name": name,
-                "final": final,
-                "value": v,
-                "distance": problem.distance_to_minimizer(final),
-                "diverged": not (np.all(np.isfinite(p)) and np.isfinite(v)),
-            }
-        )
+        if p.ndim not in (2, 3) or p.shape[-1] != problem.dim or p.shape[-2] == 0:
+            raise ValueError(
+                f"summarize: path {name!r} must have shape (T, {problem.dim}) or "
+                f"(B, T, {problem.dim}) with T >= 1, got {p.shape}"
+            )
+        arrays[name] = p
+    values = path_values(problem, arrays)
+    rows = []
+    for name, p in arrays.items():
+        if p.ndim == 2:
+            starts = [(None, p, values[name])]
+        else:
+            starts = zip(range(len(p)), p, values[name], strict=True)
+        for index, path, vals in starts:
+            final = path[-1]
+            v = float(vals[-1])
+            rows.append(
+                {
+                    "name": name,
+                    "start": index,
+                    "final": final,
+                    "value": v,
+                    "distance": problem.distance_to_minimizer(final),
+                    "diverged": not (np.all(np.isfinite(path)) and np.isfinite(v)),
+                }
+            )
     return rows
