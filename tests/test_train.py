@@ -356,6 +356,34 @@ def test_non_finite_stops_the_run():
     assert r.status == "non_finite" and len(r.history) < 6
 
 
+def test_non_finite_status_without_stopping():
+    """With ``stop_on_nonfinite=False`` the run goes on, and a final NaN/inf training loss still
+    gives ``status="non_finite"`` (it said "completed")."""
+    d = lab_data.make_moons(100, seed=0)
+    m = MLP(2, [8], 2, rngs=nnx.Rngs(0))
+    r = train(
+        m, optax.sgd(1e30), d, epochs=4, batch_size="all", stop_on_nonfinite=False, progress=False
+    )
+    assert len(r.history) == 5 and not np.isfinite(r.history.train_loss[-1])
+    assert r.status == "non_finite" and not r.stopped_early
+
+
+def test_resuming_a_non_finite_run_trains_no_further(tmp_path):
+    """A run stopped as ``non_finite`` and resumed with the same arguments returns at once, the
+    same as the uninterrupted run bit for bit (it trained another epoch)."""
+    d = lab_data.make_moons(100, seed=0)
+    mk = lambda: MLP(2, [8], 2, rngs=nnx.Rngs(0))
+    opt = optax.sgd(1e30)
+    run = dict(epochs=5, batch_size="all", progress=False, checkpoint_dir=str(tmp_path / "c"))
+    a = train(mk(), opt, d, **run)
+    assert a.status == "non_finite" and len(a.history) < 6
+    b = train(mk(), opt, d, resume=True, **run)
+    assert b.status == "non_finite" and not b.stopped_early
+    _bitwise_equal(a.state, b.state)
+    for name in ("epoch", "step", "train_loss", "val_loss", "batch_loss"):
+        np.testing.assert_array_equal(a.history[name], b.history[name])
+
+
 def test_bad_arguments():
     d = lab_data.make_moons(40, seed=0)
     m = MLP(2, [8], 2, rngs=nnx.Rngs(0))

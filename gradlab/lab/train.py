@@ -180,8 +180,10 @@ class TrainResult:
       state: the final :class:`TrainState` (parameters, optimizer state, counters).
       history: the per-epoch :class:`History`.
       stopped_early: whether early stopping ended the run.
-      status: ``"completed"``, ``"early_stopped"`` or ``"non_finite"`` (training loss became
-        NaN/inf and the run was stopped).
+      status: ``"completed"``, ``"early_stopped"`` or ``"non_finite"``: the final training
+        loss is NaN/inf -- the run was stopped there (``stop_on_nonfinite=True``) or ran to the
+        end without recovering (``stop_on_nonfinite=False``). ``"non_finite"`` takes precedence
+        over ``"early_stopped"`` (``stopped_early`` still says whether early stopping ended it).
     """
 
     model: Any
@@ -411,7 +413,9 @@ def train(
         the parameters, same batch and dropout mask) -- what line searches and L-BFGS
         (gradlab's or ``optax.lbfgs``) consume. Needs ``value_from="batch"``.
       stop_on_nonfinite: stop when the training loss becomes NaN or infinite
-        (``status="non_finite"``).
+        (``status="non_finite"``). With ``False`` the run goes on to ``epochs``, and its status
+        is still ``"non_finite"`` when the final training loss is not finite. Resuming a run
+        that stopped as ``"non_finite"`` returns it as it was, without training.
       progress: show a ``tqdm`` progress bar.
       checkpoint_dir: save the :class:`TrainState` and history here every ``checkpoint_every``
         epochs and at the end.
@@ -508,14 +512,17 @@ def train(
     ts = jax.tree.map(lambda a: jnp.array(a, dtype=a.dtype, copy=True), ts)
     run_epoch = _RUN_EPOCH[bool(donate)]
     start = int(ts.epoch)
+    # A resumed run that had already stopped stays stopped, as the uninterrupted run did.
     stopped_early = patience is not None and int(ts.bad_epochs) >= patience
     status = "early_stopped" if stopped_early else "completed"
+    if start > 0 and stop_on_nonfinite and not math.isfinite(rows[-1]["train_loss"]):
+        status = "non_finite"
     bar = None
-    if progress and not stopped_early and start < epochs:
+    if progress and status == "completed" and start < epochs:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=epochs, initial=start, desc="train", unit="epoch", leave=False)
-    for _ in range(start, start if stopped_early else epochs):
+    for _ in range(start, epochs if status == "completed" else start):
         t0 = time.perf_counter()
         ts, metrics = run_epoch(ts, x, y, spec)
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -539,6 +546,8 @@ def train(
             break
     if bar is not None:
         bar.close()
+    if not math.isfinite(rows[-1]["train_loss"]):  # also with stop_on_nonfinite=False
+        status = "non_finite"
 
     final = ts
     if restore_best and int(ts.best_epoch) >= 0:
