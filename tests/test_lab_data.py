@@ -59,6 +59,26 @@ def test_generated_datasets(maker, classes):
     np.testing.assert_array_equal(d.x_train, again.x_train)
 
 
+def test_make_dataset_rejects_labels_outside_the_classes():
+    """Labels outside ``[0, num_classes)`` (1-based ones, say) are refused at once (training on
+    them reported ``non_finite``); boolean labels are 0/1."""
+    x = np.random.default_rng(0).normal(size=(30, 2))
+    y = np.arange(30) % 3
+    with pytest.raises(ValueError, match=r"\[0, 3\).*1-based labels"):
+        data.make_dataset(x, y + 1, num_classes=3)
+    with pytest.raises(ValueError, match="num_classes"):
+        data.make_dataset(x, y - 1, num_classes=3)
+    with pytest.raises(ValueError, match="integers"):
+        data.make_dataset(x, y + 0.5, num_classes=4)
+    with pytest.raises(ValueError, match="shape"):
+        data.make_dataset(x, np.stack([y, y], 1), num_classes=3)
+    with pytest.raises(ValueError, match="num_classes"):
+        data.make_dataset(x, y, num_classes=-1)
+    ok = data.make_dataset(x, y.astype(np.float64), num_classes=3)
+    assert ok.y_train.dtype == np.int32 and set(np.unique(ok.y_train)) == {0, 1, 2}
+    assert set(np.unique(data.make_dataset(x, y > 0, num_classes=2).y_train)) == {0, 1}
+
+
 def test_polynomial_regression_is_fitted_by_its_features():
     d = data.make_regression(400, degree=3, noise=0.0, standardize=False, seed=2)
     x = d.x_train[:, 0].astype(np.float64)

@@ -105,3 +105,12 @@ def test_bad_arguments(kwargs):
     args = {"widths": [4], **kwargs}
     with pytest.raises(ValueError):
         MLP(6, args.pop("widths"), 2, rngs=nnx.Rngs(0), **args)
+
+
+@pytest.mark.parametrize(
+    "args", [(64, 128, 10), (6, "8", 2), (6.0, [8], 2), (6, [8], None)], ids=str
+)
+def test_widths_must_be_a_sequence_and_sizes_ints(args):
+    """``MLP(64, 128, 10)`` (widths as an int) said "'int' object is not iterable"."""
+    with pytest.raises(TypeError, match="widths|in_features|out_features"):
+        MLP(*args, rngs=nnx.Rngs(0))

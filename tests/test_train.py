@@ -399,6 +399,27 @@ def test_bad_arguments():
         train(m, "adam", d)
 
 
+def test_a_model_that_does_not_fit_the_data_is_refused():
+    """Input features, output width and labels are checked against the model's shapes (a
+    2-output model on 3 classes, or out-of-range labels, reported ``non_finite``; a wrong
+    ``in_features`` gave a raw ``dot_general`` error)."""
+    blobs = lab_data.make_blobs(40, num_classes=3, num_features=4, seed=0)
+    opt = optax.sgd(0.1)
+    with pytest.raises(ValueError, match="num_classes=3"):
+        train(MLP(4, [4], 2, rngs=nnx.Rngs(0)), opt, blobs, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="4 features.*in_features"):
+        train(MLP(5, [4], 3, rngs=nnx.Rngs(0)), opt, blobs, epochs=1, progress=False)
+    pair = (blobs.x_train, blobs.y_train + 1)  # labels 1..3 for 3 outputs
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        train(MLP(4, [4], 3, rngs=nnx.Rngs(0)), opt, pair, epochs=1, progress=False)
+    reg = lab_data.make_regression(40, num_features=2, seed=0)
+    with pytest.raises(ValueError, match="3 outputs per example"):
+        train(MLP(2, [4], 3, rngs=nnx.Rngs(0)), opt, reg, epochs=1, progress=False)
+    # More outputs than classes is allowed (the extra logits are never a label).
+    r = train(MLP(4, [4], 5, rngs=nnx.Rngs(0)), opt, blobs, epochs=1, progress=False)
+    assert r.status == "completed"
+
+
 def _interop_tx():
     return gl_adam(1e-2) if gl_adam is not None else optax.adam(1e-2)
 

@@ -127,20 +127,65 @@ def make_dataset(
     seed: int = 0,
     standardize: bool = True,
 ) -> Dataset:
-    """Split ``(x, y)`` into a :class:`Dataset`, standardising with train-split statistics."""
+    """Split ``(x, y)`` into a :class:`Dataset`, standardising with train-split statistics.
+
+    Args:
+      x: ``(n, d)`` inputs (``(n,)`` is one feature).
+      y: ``(n,)`` class labels, integers in ``[0, num_classes)`` (booleans count as 0/1), or
+        regression targets (``num_classes=0``).
+      num_classes: the number of classes, or ``0`` for regression.
+      val_fraction: fraction of the examples held out for validation.
+      seed: seed of the split.
+      standardize: standardise the inputs with training-split statistics.
+
+    Raises:
+      ValueError: ``num_classes`` is negative, ``x`` and ``y`` have different numbers of
+        examples, or a class label is not an integer in ``[0, num_classes)`` (1-based labels,
+        say: subtract 1).
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
+        raise TypeError(f"num_classes must be an int (0 for regression), got {num_classes!r}")
+    if num_classes < 0:
+        raise ValueError(f"num_classes must be >= 0 (0 for regression), got {num_classes}")
     x = np.asarray(x, np.float32)
     if x.ndim == 1:
         x = x[:, None]
     y = np.asarray(y)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
-    y = y.astype(np.int32) if num_classes > 0 else y.astype(np.float32)
+    if num_classes > 0:
+        y = _class_labels(y, num_classes)
+    else:
+        y = y.astype(np.float32)
     tr, va = train_val_split(x.shape[0], val_fraction, seed)
     x_tr, x_va = x[tr], x[va]
     if standardize:
         s = fit_standardizer(x_tr)
         x_tr, x_va = s(x_tr), s(x_va)
     return Dataset(x_tr, y[tr], x_va, y[va], int(num_classes))
+
+
+def _class_labels(y: np.ndarray, num_classes: int) -> np.ndarray:
+    """``y`` as int32 labels, checked: one integer in ``[0, num_classes)`` per example."""
+    if y.ndim != 1:
+        raise ValueError(
+            f"y: class labels must have shape (n,) (one integer per example), got {y.shape}"
+        )
+    if y.dtype == np.bool_:
+        y = y.astype(np.int32)
+    if not np.issubdtype(y.dtype, np.number) or np.iscomplexobj(y):
+        raise ValueError(f"y: class labels must be integers, got dtype {y.dtype}")
+    if y.size:
+        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+            raise ValueError("y: class labels must be integers in [0, num_classes)")
+        lo, hi = y.min(), y.max()
+        if lo < 0 or hi >= num_classes:
+            hint = " (1-based labels? subtract 1)" if lo >= 1 and hi == num_classes else ""
+            raise ValueError(
+                f"y: class labels must lie in [0, num_classes) = [0, {num_classes}), got labels "
+                f"from {lo:g} to {hi:g}{hint}"
+            )
+    return y.astype(np.int32)
 
 
 # --------------------------------------------------------------------------------------------

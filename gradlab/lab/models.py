@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from gradlab.lab import init as _init
@@ -60,7 +61,7 @@ class MLP(nnx.Module):
 
     Args:
       in_features: input dimension.
-      widths: hidden-layer widths (may be empty: a linear model).
+      widths: a sequence of hidden-layer widths (may be empty: a linear model).
       out_features: output dimension (logits for classification).
       activation: a name from :data:`ACTIVATIONS`.
       batch_norm: insert ``nnx.BatchNorm`` after each hidden linear layer (whose bias is then
@@ -95,6 +96,14 @@ class MLP(nnx.Module):
             raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if isinstance(widths, (str, bytes)) or not isinstance(widths, (Sequence, range)):
+            raise TypeError(
+                "MLP(in_features, widths, out_features): widths must be a sequence of hidden-"
+                f"layer widths, e.g. [128] or [] for a linear model, got {widths!r}"
+            )
+        for name, size in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+                raise TypeError(f"MLP: {name} must be an int, got {size!r}")
         widths = tuple(int(w) for w in widths)
         if any(w < 1 for w in widths) or in_features < 1 or out_features < 1:
             raise ValueError(

@@ -363,6 +363,62 @@ def _resolve_data(data, val):
     return x, y, n, bool(classification)
 
 
+def _check_model_fits_data(
+    graphdef: Any,
+    params: Any,
+    mstate: Any,
+    x: jax.Array,
+    y: jax.Array,
+    classification: bool,
+    num_classes: int,
+    default_loss: bool,
+) -> None:
+    """Raise a ``ValueError`` naming the argument when the model cannot take the data's inputs,
+    has fewer outputs than the data's classes, or (with the default loss) gives outputs of
+    another size than the regression targets. Shapes only (``jax.eval_shape``): nothing runs."""
+    features = tuple(x.shape[1:])
+    try:
+        out = jax.eval_shape(
+            lambda p, s, xx: apply_model(graphdef, p, s, xx, train=False)[0],
+            params,
+            mstate,
+            jax.ShapeDtypeStruct((2, *features), x.dtype),
+        )
+    except (TypeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        per = features[0] if len(features) == 1 else features
+        raise ValueError(
+            f"data: the model cannot take the inputs, {per} features per example (check the "
+            f"model's input size, e.g. MLP's in_features): {first}"
+        ) from e
+    out_shape = tuple(getattr(out, "shape", ()))
+    if classification:
+        if len(out_shape) != 2:
+            raise ValueError(
+                f"model: a classifier must output (batch, num_classes) logits, got outputs of "
+                f"shape {out_shape} for a batch of 2"
+            )
+        width = out_shape[1]
+        if num_classes > width:
+            raise ValueError(
+                f"model: it has {width} outputs but the data has num_classes={num_classes} "
+                "(e.g. MLP's out_features must be >= the number of classes)"
+            )
+        labels = np.asarray(y)
+        if labels.size and (labels.min() < 0 or labels.max() >= width):
+            raise ValueError(
+                f"data: class labels must lie in [0, {width}) for a model with {width} outputs, "
+                f"got labels from {labels.min()} to {labels.max()}"
+            )
+    elif default_loss:
+        outputs, targets = math.prod(out_shape[1:]), math.prod(y.shape[1:])
+        if outputs != targets:
+            raise ValueError(
+                f"model: it gives {outputs} outputs per example but the regression targets "
+                f"have {targets} per example (e.g. MLP's out_features)"
+            )
+
+
 def train(
     model: nnx.Module | ModelParts,
     optimizer: optax.GradientTransformation,
@@ -429,7 +485,11 @@ def train(
       A :class:`TrainResult` with the model, the final state and the :class:`History`.
 
     Raises:
-      ValueError: bad arguments (batch size, epochs, patience without validation data...).
+      ValueError: bad arguments (batch size, epochs, patience without validation data...), or
+        a model that does not fit the data: it cannot take the inputs (e.g. MLP's
+        ``in_features`` differs from the number of features), has fewer outputs than the
+        dataset's classes, a class label outside ``[0, outputs)``, or (default loss) another
+        output size than the regression targets.
       gradlab.lab.checkpoint.CheckpointMismatchError: resuming from a checkpoint written for a
         different model or optimizer (names the key path).
       gradlab.lab.checkpoint.CheckpointError: resuming from a broken checkpoint (unreadable
@@ -452,9 +512,11 @@ def train(
             f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}"
         )
     x, y, n, classification = _resolve_data(data, val)
+    num_classes = int(data.num_classes) if isinstance(data, Dataset) else 0
     has_val = x.shape[0] > n
     if (patience is not None or restore_best or value_from == "val") and not has_val:
         raise ValueError("patience, restore_best and value_from='val' need validation data")
+    default_loss = loss_fn is None
     if loss_fn is None:
         loss_fn = cross_entropy if classification else squared_error
     b = resolve_batch_size(batch_size, n)
@@ -465,6 +527,9 @@ def train(
         (graphdef, params, mstate), module = split_model(model), model
     else:
         raise TypeError("model must be an nnx.Module or ModelParts")
+    _check_model_fits_data(
+        graphdef, params, mstate, x, y, classification, num_classes, default_loss
+    )
     spec = _Spec(
         graphdef,
         optimizer,
