@@ -90,6 +90,24 @@ def test_contour_on_saddle_uses_linear_levels():
     assert labels == ["sgd", "_start"]
 
 
+def test_contour_levels_many_numpy_int_and_too_few():
+    """300 log levels (more bands than the colormap's 256 colours), a numpy int, and a flat
+    window all draw; fewer than 2 levels is a clear ValueError (all crashed in matplotlib)."""
+    import dataclasses
+
+    beale = problems.get("beale")
+    for levels in (300, np.int64(20), 2, [1.0, 10.0, 100.0]):
+        fig = plots.plot_contour(beale, levels=levels, resolution=20)
+        assert fig.axes[0].collections  # the filled and line contours
+    flat = dataclasses.replace(problems.get("quadratic"), fn=lambda v: 0.0 * v[0] + 1.0)
+    assert plots.plot_contour(flat, resolution=10).axes[0].collections
+    for bad in (1, 0, [1.0], [3.0, 1.0], [1.0, np.nan]):
+        with pytest.raises(ValueError, match="levels must"):
+            plots.plot_contour(beale, levels=bad, resolution=10)
+    with pytest.raises(TypeError, match="levels must"):
+        plots.plot_contour(beale, levels=True, resolution=10)
+
+
 def test_contour_paths_rejects_bad_shapes():
     with pytest.raises(ValueError):
         plots.plot_contour_paths(problems.get("beale"), {"a": np.zeros((5, 3))}, resolution=20)

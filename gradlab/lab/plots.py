@@ -13,6 +13,7 @@ array of iterates, as returned by :func:`gradlab.lab.trajectories.trajectories`.
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -174,12 +175,33 @@ def _levels(Z: np.ndarray, log: bool, n: int, minimum: float | None) -> tuple[np
         base = float(minimum) if minimum is not None and np.isfinite(minimum) else lo
         shifted_lo = max(lo - base, 0.0)
         shifted_hi = hi - base
-        if shifted_hi > 0:
-            floor = max(shifted_lo, shifted_hi * 1e-6, 1e-12)
+        floor = max(shifted_lo, shifted_hi * 1e-6, 1e-12)
+        if shifted_hi > floor:  # else (a flat window) linear levels around the value
             return base + np.logspace(np.log10(floor), np.log10(shifted_hi), n), True
     if hi <= lo:
         hi = lo + 1.0
     return np.linspace(lo, hi, n), False
+
+
+def _check_levels(levels: Any) -> None:
+    """``levels`` is a number of levels ``>= 2`` or at least 2 increasing finite values."""
+    if isinstance(levels, bool):
+        raise TypeError(f"levels must be an int >= 2 or a sequence of levels, got {levels!r}")
+    if isinstance(levels, numbers.Integral):
+        if levels < 2:
+            raise ValueError(f"levels must be >= 2 (contour levels bound bands), got {levels}")
+        return
+    try:
+        lv = np.asarray(levels, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"levels must be an int >= 2 or a sequence of levels, got {levels!r}"
+        ) from None
+    if lv.ndim != 1 or lv.size < 2 or not np.all(np.isfinite(lv)) or np.any(np.diff(lv) <= 0):
+        raise ValueError(
+            "levels must be an int >= 2 or at least 2 finite, strictly increasing values, got "
+            f"{levels!r}"
+        )
 
 
 def plot_contour(
@@ -201,7 +223,8 @@ def plot_contour(
     Args:
       problem: an object with ``value(x)`` for a length-2 ``x`` and ``xlim``/``ylim``
         (a :class:`gradlab.problems.Problem`).
-      levels: the number of contour levels, or the levels themselves.
+      levels: the number of contour levels (an int ``>= 2``, numpy ints included), or the
+        levels themselves (at least 2 finite, strictly increasing values).
       log_levels: geometrically spaced levels above the minimum (default: the problem's
         ``log_levels`` attribute, else True when the function is bounded below on the window).
       resolution: grid points per axis.
@@ -212,7 +235,11 @@ def plot_contour(
       The figure. Contour artists are collections, not lines, so ``ax.get_lines()`` holds only
       the minimiser markers (and the optimizer paths when called from
       :func:`plot_contour_paths`).
+
+    Raises:
+      ValueError: fewer than 2 levels, or levels that are not finite and strictly increasing.
     """
+    _check_levels(levels)
     fig, ax = _new_axes(ax, figsize=(6.0, 5.0))
     xlim = tuple(xlim if xlim is not None else problem.xlim)
     ylim = tuple(ylim if ylim is not None else problem.ylim)
@@ -220,17 +247,20 @@ def plot_contour(
     if log_levels is None:
         log_levels = bool(getattr(problem, "log_levels", True))
     minimum = getattr(problem, "minimum", None)
-    if isinstance(levels, int):
-        lv, used_log = _levels(Z, log_levels, levels, minimum)
+    if isinstance(levels, numbers.Integral) and not isinstance(levels, bool):
+        lv, used_log = _levels(Z, log_levels, int(levels), minimum)
     else:
         lv, used_log = np.asarray(levels, dtype=np.float64), log_levels
     Zm = np.ma.masked_invalid(Z)
     if filled:
         if used_log:
+            from matplotlib import colormaps
             from matplotlib.colors import BoundaryNorm
 
-            norm = BoundaryNorm(lv, ncolors=256, extend="both")
-            ax.contourf(X, Y, Zm, levels=lv, cmap="viridis", norm=norm, alpha=0.55, extend="both")
+            # One colour per band, the two extensions included (more than 255 levels too).
+            cmap = colormaps["viridis"].resampled(max(256, len(lv) + 1))
+            norm = BoundaryNorm(lv, ncolors=cmap.N, extend="both")
+            ax.contourf(X, Y, Zm, levels=lv, cmap=cmap, norm=norm, alpha=0.55, extend="both")
         else:
             ax.contourf(X, Y, Zm, levels=lv, cmap="viridis", alpha=0.55, extend="both")
     ax.contour(X, Y, Zm, levels=lv, colors="k", linewidths=0.4, alpha=0.5)
