@@ -95,6 +95,28 @@ def test_minibatch_count_rate_and_batch_gradient_descent():
     np.testing.assert_allclose(np.asarray(gd.centers), c, atol=1e-4)
 
 
+def test_seeds_accept_legacy_uint32_keys():
+    """``(S, 2)`` uint32 keys from ``jax.random.split(PRNGKey(0), S)`` are keys, one per row
+    (they were taken for int seeds and raised a TypeError); int seeds must be 1-D."""
+    kw = dict(method="batch", steps=2)
+    legacy = jax.random.split(jax.random.PRNGKey(0), 3)
+    res = km.kmeans_seeds(X, 3, legacy, **kw)
+    for i in range(3):
+        one = km.kmeans(X, 3, key=legacy[i], **kw)
+        np.testing.assert_allclose(np.asarray(res.centers[i]), np.asarray(one.centers), rtol=1e-5)
+    typed = km.kmeans_seeds(X, 3, jax.random.split(jax.random.key(0), 3), **kw)
+    assert typed.centers.shape == res.centers.shape
+    ints = km.kmeans_seeds(X, 3, np.array([5, 7]), **kw)
+    np.testing.assert_allclose(
+        np.asarray(ints.centers[1]),
+        np.asarray(km.kmeans(X, 3, key=jax.random.key(7), **kw).centers),
+        rtol=1e-5,
+    )
+    for bad in (np.array(3), np.ones((2, 2), np.int32), np.ones(3)):
+        with pytest.raises(ValueError, match="seeds must be"):
+            km.kmeans_seeds(X, 3, bad, **kw)
+
+
 def test_seeds_vmap_jit_and_traced_learning_rate():
     res = km.kmeans_seeds(X, 3, 4, method="minibatch", steps=40, batch_size=16, record_every=10)
     assert res.centers.shape == (4, 3, 2) and res.inertia.shape == (4, 5)

@@ -274,14 +274,30 @@ def kmeans_seeds(x: Any, k: int, seeds: int | Any, **kwargs: Any) -> KMeansResul
     Args:
       x: ``(n, d)`` data.
       k: number of centres.
-      seeds: a number of seeds (keys ``0 .. seeds-1``), or an array of PRNG keys / int seeds.
+      seeds: a number of seeds (keys ``0 .. seeds-1``); a 1-D array of int seeds; or PRNG
+        keys: typed keys of shape ``(S,)`` (``jax.random.split(jax.random.key(0), S)``) or
+        legacy raw ``uint32`` keys of shape ``(S, 2)`` (``jax.random.split(PRNGKey(0), S)``).
       **kwargs: passed to :func:`kmeans` (``method``, ``steps``, ``learning_rate`` ...).
 
     Returns:
       A :class:`KMeansResult` whose fields have a leading seed axis.
+
+    Raises:
+      ValueError: ``seeds`` is none of the above (e.g. a 0-D array or a float array).
     """
     if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
         seeds = np.arange(_check_int(seeds, "seeds", 1))
     seeds = jnp.asarray(seeds)
-    keys = jax.vmap(jax.random.key)(seeds) if jnp.issubdtype(seeds.dtype, jnp.integer) else seeds
+    if jnp.issubdtype(seeds.dtype, jax.dtypes.prng_key) and seeds.ndim == 1:
+        keys = seeds  # typed keys
+    elif jnp.issubdtype(seeds.dtype, jnp.integer) and seeds.ndim == 1:
+        keys = jax.vmap(jax.random.key)(seeds)  # int seeds
+    elif seeds.dtype == jnp.uint32 and seeds.ndim == 2:
+        keys = seeds  # legacy raw keys, one per row
+    else:
+        raise ValueError(
+            "seeds must be a number of seeds, a 1-D array of int seeds, (S,) typed PRNG keys or "
+            f"(S, 2) legacy uint32 keys, got an array of shape {seeds.shape} and dtype "
+            f"{seeds.dtype}"
+        )
     return jax.vmap(lambda kk: kmeans(x, k, key=kk, **kwargs))(keys)
