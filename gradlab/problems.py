@@ -322,10 +322,20 @@ def quadratic(kappa: float = 10.0, angle: float = 0.0) -> Problem:
         start=_arr([-2.5, 1.0]),
         xlim=(-3.0, 3.0),
         ylim=(-1.5, 1.5),
-        formula=r"\frac{1}{2}(x^2 + \kappa y^2)",
+        formula=_quadratic_formula(th),
         learning_rates=_rates(
             sgd=1.8 * eta, momentum=0.5 * eta, rmsprop=0.02, adam=0.1, rprop=0.02
         ),
+    )
+
+
+def _quadratic_formula(angle: float) -> str:
+    """The quadratic's formula in LaTeX (matplotlib mathtext too), with its rotation if any."""
+    if angle == 0.0:
+        return r"\frac{1}{2}(x^2 + \kappa y^2)"
+    return (
+        r"\frac{1}{2}(u^2 + \kappa v^2),\ u = x\cos\theta + y\sin\theta,\ "
+        rf"v = y\cos\theta - x\sin\theta,\ \theta = {angle:g}"
     )
 
 
@@ -344,8 +354,24 @@ _HIMMELBLAU_MINIMIZERS = _arr(
 )
 
 
+# The other stationary points: the local maximum, then the four saddle points (Newton's method
+# on the gradient, to double precision).
+_HIMMELBLAU_STATIONARY = _arr(
+    [
+        [-0.2708445906673476, -0.9230385564799815],
+        [-3.0730257507643897, -0.08135304428796751],
+        [-0.12796134673068005, -1.9537149802445766],
+        [0.08667750455539634, 2.884254701174776],
+        [3.385154183607021, 0.07385187983774928],
+    ]
+)
+
+
 def himmelblau() -> Problem:
     r"""Himmelblau's function: four global minima (value 0) around a local maximum.
+
+    Its other stationary points -- the local maximum near ``(-0.2708, -0.9230)`` and four
+    saddle points between the minima -- are in ``stationary_points``.
 
     .. math::
        f(x, y) = (x^2 + y - 11)^2 + (x + y^2 - 7)^2
@@ -367,7 +393,7 @@ def himmelblau() -> Problem:
         start=_arr([0.0, 0.0]),
         xlim=(-5.0, 5.0),
         ylim=(-5.0, 5.0),
-        stationary_points=_arr([[-0.2708445906673476, -0.9230385564799815]]),
+        stationary_points=_HIMMELBLAU_STATIONARY.copy(),
         formula=r"(x^2+y-11)^2 + (x+y^2-7)^2",
         learning_rates=_rates(sgd=5e-3, momentum=2e-3, rmsprop=0.05, adam=0.1, rprop=0.05),
     )

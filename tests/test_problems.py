@@ -126,6 +126,42 @@ def test_himmelblau_minimizers_against_scipy_root():
     assert np.isnan(p.distance_to_minimizer([np.nan, 0.0]))
 
 
+def _himmelblau_hessian(v):
+    x, y = v
+    return np.array(
+        [[12 * x**2 + 4 * y - 42, 4 * x + 4 * y], [4 * x + 4 * y, 4 * x + 12 * y**2 - 26]]
+    )
+
+
+def test_himmelblau_stationary_points_are_the_maximum_and_four_saddles():
+    """All five non-minimising stationary points are listed (only the maximum was): a zero
+    float64 gradient, one point with two negative Hessian eigenvalues, four with one."""
+    p = problems.himmelblau()
+    assert p.stationary_points.shape == (5, 2)
+    negative = []
+    for s in p.stationary_points:
+        assert np.abs(_himmelblau_grad(s)).max() < 1e-9
+        negative.append(int(np.sum(np.linalg.eigvalsh(_himmelblau_hessian(s)) < 0)))
+        sol = scipy.optimize.root(_himmelblau_grad, s + 0.02, tol=1e-12)
+        np.testing.assert_allclose(sol.x, s, atol=1e-9)
+    assert sorted(negative) == [1, 1, 1, 1, 2]
+
+
+def test_rotated_quadratic_formula_describes_the_rotation():
+    """A rotated quadratic's formula (a plot title) names the rotation; it said x^2 + kappa y^2."""
+    import io
+
+    from matplotlib import mathtext
+
+    plain, rotated = problems.quadratic(kappa=4.0), problems.quadratic(kappa=4.0, angle=0.7)
+    assert plain.formula == r"\frac{1}{2}(x^2 + \kappa y^2)"
+    assert r"\theta = 0.7" in rotated.formula and r"x\cos\theta + y\sin\theta" in rotated.formula
+    mathtext.math_to_image(f"${rotated.formula}$", io.BytesIO(), format="png")  # renders
+    x, y, th = 1.0, 0.0, 0.7
+    u, v = x * np.cos(th) + y * np.sin(th), y * np.cos(th) - x * np.sin(th)
+    assert float(rotated.value(jnp.asarray([x, y]))) == pytest.approx(0.5 * (u**2 + 4 * v**2))
+
+
 def test_registry_jit_vmap_and_errors():
     expected = "rosenbrock beale long_valley saddle quadratic himmelblau".split()
     assert set(expected) <= set(problems.names())
