@@ -179,6 +179,7 @@ def hyperparameter(
     *,
     owner: str | None = None,
     allow_schedule: bool = True,
+    scalar: bool = True,
 ) -> ScalarOrSchedule:
     """Validate one numeric hyperparameter at construction time.
 
@@ -189,6 +190,8 @@ def hyperparameter(
       valid: the valid range.
       owner: the function the argument belongs to, for the message (``"adam"``).
       allow_schedule: whether a callable is accepted.
+      scalar: whether an array must have shape ``()`` (a schedule's value is checked when it is
+        called); one value per run is a ``jax.vmap`` over the optimizer, never a vector here.
 
     Returns:
       ``value`` unchanged when concrete and valid (Python ints become floats); a traced value
@@ -202,7 +205,7 @@ def hyperparameter(
     if callable(value) and not isinstance(value, (jax.Array, np.ndarray)):
         if not allow_schedule:
             raise TypeError(f"{where}{name} must be a number or an array, not a schedule")
-        return _poisoned_schedule(value, valid)
+        return _poisoned_schedule(value, valid, name, where)
     if isinstance(value, bool) or value is None or isinstance(value, (str, bytes)):
         raise TypeError(
             f"{where}{name} must be a number, a JAX array"
@@ -218,6 +221,8 @@ def hyperparameter(
             f"{where}{name} must be a number, a JAX array"
             f"{' or a schedule' if allow_schedule else ''}; got {type(value).__name__}"
         )
+    if scalar:
+        _check_scalar(value, name, where)
     if is_concrete(value):
         arr = np.asarray(value)
         if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_):
@@ -229,15 +234,25 @@ def hyperparameter(
     return poison(value, valid)
 
 
+def _check_scalar(value: Any, name: str, where: str) -> None:
+    if jnp.ndim(value) != 0:
+        raise ValueError(
+            f"{where}{name} must be a scalar (shape ()), got shape {jnp.shape(value)}; for one "
+            "value per run, jax.vmap over the optimizer's construction and use"
+        )
+
+
 def poison(value: jax.Array, valid: Interval) -> jax.Array:
     """Replace out-of-range entries of a traced value by NaN (no Python control flow)."""
     value = jnp.asarray(value, dtype=jnp.result_type(value, jnp.float32))
     return jnp.where(valid.contains(value), value, jnp.nan)
 
 
-def _poisoned_schedule(fn: Schedule, valid: Interval) -> Schedule:
+def _poisoned_schedule(fn: Schedule, valid: Interval, name: str, where: str) -> Schedule:
     def schedule(count):
         out = fn(count)
+        if jnp.ndim(out) != jnp.ndim(count):  # a vector of counts gives a vector of values
+            _check_scalar(out, f"{name} (the schedule's value)", where)
         if is_concrete(out) and not isinstance(out, jax.Array):
             if np.all(valid.contains(np.asarray(out, np.float64))):
                 return out  # a Python/numpy number in range stays one (exact complements)
@@ -343,6 +358,18 @@ def compute_dtype(*dtypes: Any) -> Any:
     for dt in dtypes:
         out = jnp.promote_types(out, dt)
     return out
+
+
+def leaf_compute_dtype(*trees: Any) -> Any:
+    """The real arithmetic dtype for hyperparameters applied to ``trees``: their floating
+    leaves' dtypes (complex ones by their real part) promoted to at least float32, so a
+    learning rate meets float64 parameters in float64."""
+    dtypes = []
+    for x in (x for t in trees for x in jax.tree.leaves(t)):
+        dt = jnp.result_type(x)
+        if jnp.issubdtype(dt, jnp.inexact):
+            dtypes.append(jnp.finfo(dt).dtype)
+    return compute_dtype(*dtypes)
 
 
 def to_dtype(x: jax.Array, dtype: Any) -> jax.Array:
@@ -584,6 +611,8 @@ def counted_transformation(
 
     def update_fn(updates, state, params=None):
         check_update(owner, state, state_cls, updates)
+        if params is not None:  # no per-leaf state to compare with: compare with the params
+            check_tree_match(params, updates, "params", "updates", owner=owner)
         return apply(updates, state.count, params), state_cls(count=safe_increment(state.count))
 
     return GradientTransformation(init_fn, update_fn)
@@ -595,7 +624,9 @@ def named_chain(name: str, *transforms: GradientTransformation) -> GradientTrans
     optax's chain only compares lengths (and raises a bare ``ValueError``, or iterates a
     params dict as if it were a state); a named optimizer raises :class:`StateMismatchError`
     naming itself when the state is not the tuple its ``init`` produced (forgotten or swapped
-    arguments, another optimizer's state). The state itself is optax's plain tuple.
+    arguments, another optimizer's state), and :class:`TreeMismatchError` naming the path when
+    ``updates`` does not match ``params`` (plain SGD keeps no per-leaf state that would catch
+    it). The state itself is optax's plain tuple.
     """
     inner = chain(*transforms)
     n = len(transforms)
@@ -610,6 +641,8 @@ def named_chain(name: str, *transforms: GradientTransformation) -> GradientTrans
                 f"states), got {got}. Did you pass the arguments in the order "
                 "(updates, state, params)?"
             )
+        if params is not None:  # before any link: a link without per-leaf state cannot tell
+            check_tree_match(params, updates, "params", "updates", owner=name)
         return inner.update(updates, state, params, **extra)
 
     return GradientTransformationExtraArgs(inner.init, update_fn)

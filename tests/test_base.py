@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import gradlab
@@ -31,9 +32,31 @@ def test_wrong_type_raises_type_error(value):
 
 def test_concrete_array_checked_elementwise():
     with pytest.raises(ValueError, match="b1"):
-        base.hyperparameter(np.array([0.5, 1.0]), "b1", base.UNIT_INTERVAL_OPEN_RIGHT)
+        base.hyperparameter(np.array([0.5, 1.0]), "b1", base.UNIT_INTERVAL_OPEN_RIGHT, scalar=False)
     ok = jnp.array([0.0, 0.5])
-    assert base.hyperparameter(ok, "b1", base.UNIT_INTERVAL_OPEN_RIGHT) is ok
+    assert base.hyperparameter(ok, "b1", base.UNIT_INTERVAL_OPEN_RIGHT, scalar=False) is ok
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: gradlab.sgd(jnp.array([0.1])),
+        lambda: gradlab.adam(0.1, b1=jnp.array([0.9, 0.5, 0.1])),
+        lambda: gradlab.adam(np.array([[0.1]])),
+    ],
+)
+def test_a_vector_hyperparameter_is_refused_not_broadcast_into_the_params(make):
+    # It used to broadcast: sgd(array([0.1])) turned a () parameter into shape (1,).
+    with pytest.raises(ValueError, match=r"must be a scalar \(shape \(\)\), got shape"):
+        make()
+
+
+def test_a_schedule_returning_a_vector_is_refused():
+    tx = gradlab.sgd(lambda count: jnp.array([0.1, 0.2]))
+    with pytest.raises(
+        ValueError, match=r"learning_rate \(the schedule's value\) must be a scalar"
+    ):
+        tx.update(jnp.ones(2), tx.init(jnp.ones(2)))
 
 
 def test_traced_invalid_value_poisons_only_its_lane():
@@ -52,7 +75,7 @@ def test_schedule_outputs_are_poisoned_when_out_of_range():
 
 
 def test_schedules_returning_python_or_numpy_numbers_are_checked_too():
-    for out in (-0.5, np.float32(-0.5), np.array([0.1, -0.5])):
+    for out in (-0.5, np.float32(-0.5), np.array(-0.5)):
         lr = base.hyperparameter(lambda c, out=out: out, "learning_rate", base.NONNEGATIVE)
         assert np.isnan(np.asarray(lr(jnp.asarray(0)))).any()
     lr = base.hyperparameter(lambda c: 0.25, "learning_rate", base.NONNEGATIVE)
@@ -201,3 +224,44 @@ def test_named_chain_checks_its_state_and_forwards_extra_args():
     for bad in (params, None, (), state + state, state[0]):
         with pytest.raises(gradlab.StateMismatchError, match="mine"):
             tx.update(params, bad, params, value=1.0)
+
+
+def test_plain_sgd_and_stateless_atoms_refuse_gradients_that_do_not_match_the_params():
+    # Plain SGD keeps no per-leaf state; a (3, 1) gradient for a (3,) parameter was broadcast.
+    params = {"w": jnp.ones(3), "b": jnp.zeros(())}
+    for tx in (gradlab.sgd(0.1), gradlab.clip(1.0), gradlab.clip_by_global_norm(1.0)):
+        state = tx.init(params)
+        with pytest.raises(base.TreeMismatchError, match=r"updates\['w'\] has shape \(3, 1\)"):
+            jax.jit(tx.update)({"w": jnp.ones((3, 1)), "b": jnp.ones(())}, state, params)
+        with pytest.raises(base.TreeMismatchError, match="missing from updates: \\['b'\\]"):
+            tx.update({"w": jnp.ones(3)}, state, params)
+    tx = gradlab.sgd(0.1)
+    with pytest.raises(base.TreeMismatchError):
+        tx.update(None, tx.init(params), params)
+
+
+def test_float64_state_updates_in_double_precision():
+    # Hyperparameters were resolved in float32 whatever the state dtype: sgd(0.1) moved float64
+    # parameters by -0.10000000149.
+    with jax.enable_x64(True):
+        p = jnp.zeros(2, jnp.float64)
+        g = jnp.ones(2, jnp.float64)
+        cases = [
+            (gradlab.sgd(0.1), optax.sgd(0.1)),
+            (gradlab.sgd(1.0, 0.9, state_dtype=jnp.float64), optax.sgd(1.0, 0.9)),
+            (gradlab.adam(0.1, state_dtype=jnp.float64), optax.adam(0.1)),
+            (gradlab.clip_by_global_norm(0.1), optax.clip_by_global_norm(0.1)),
+        ]
+        for tx, reference in cases:
+            s, rs = tx.init(p), reference.init(p)
+            for _ in range(3):
+                u, s = tx.update(g, s, p)
+                ru, rs = reference.update(g, rs, p)
+                assert u.dtype == jnp.float64
+                np.testing.assert_allclose(u, ru, rtol=1e-12)
+        tx = gradlab.rprop(0.1, state_dtype=jnp.float64)
+        s, steps = tx.init(p), []
+        for _ in range(3):
+            u, s = tx.update(g, s, p)
+            steps.append(float(u[0]))
+        np.testing.assert_allclose(steps, [-0.1, -0.12, -0.144], rtol=1e-14)

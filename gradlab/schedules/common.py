@@ -22,8 +22,9 @@ UNIT = base.UNIT_INTERVAL
 
 
 def arg(value: Any, name: str, valid: base.Interval, owner: str) -> Any:
-    """Validate a numeric schedule argument (numbers and arrays only, never a schedule)."""
-    return base.hyperparameter(value, name, valid, owner=owner, allow_schedule=False)
+    """Validate a numeric schedule argument (numbers and arrays only, never a schedule; arrays
+    of any shape: boundaries are vectors, and a schedule's value is checked where it is used)."""
+    return base.hyperparameter(value, name, valid, owner=owner, allow_schedule=False, scalar=False)
 
 
 def f32(x: Any) -> jax.Array:

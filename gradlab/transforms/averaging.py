@@ -75,13 +75,13 @@ def params_ema(
         return ParamsEmaState(
             count=base.zero_count(),
             ema=jax.tree.map(lambda p: base.to_dtype(p, dtype), params),
-            weight=jnp.zeros([], jnp.float32),
+            weight=jnp.zeros([], base.compute_dtype(dtype)),
         )
 
     def update_fn(updates, state, params=None):
         base.check_update(owner, state, ParamsEmaState, updates, "ema")
         base.require_params(params, updates, owner)
-        beta = base.resolve(decay, state.count)
+        beta = base.resolve(decay, state.count, base.compute_dtype(dtype))
         weight = beta * state.weight + (1.0 - beta)
         rate = (1.0 - beta) / weight if debias else 1.0 - beta
 

@@ -42,7 +42,7 @@ def clip(max_delta: base.ScalarOrSchedule) -> base.GradientTransformation:
 
     def apply(updates, count, params):
         del params
-        delta = base.resolve(max_delta, count)
+        delta = base.resolve(max_delta, count, base.leaf_compute_dtype(updates))
 
         def leaf(g):
             g = jnp.asarray(g)
@@ -55,15 +55,17 @@ def clip(max_delta: base.ScalarOrSchedule) -> base.GradientTransformation:
 
 
 def robust_global_norm(tree) -> jax.Array:
-    r"""Global Euclidean norm in float32 that does not overflow for finite inputs.
+    r"""Global Euclidean norm in float32 (float64 when a leaf is) that does not overflow for
+    finite inputs.
 
     Computes :math:`\sqrt{\sum g_i^2}` directly; only when that overflows (or is not finite)
     it recomputes :math:`m \sqrt{\sum (g_i/m)^2}` with :math:`m = \max |g_i|`. The result is
     ``inf``/``nan`` exactly when some entry is. Zero trees give 0.
     """
-    leaves = [jnp.abs(x).astype(jnp.float32) for x in jax.tree.leaves(tree)]
+    dtype = base.leaf_compute_dtype(tree)
+    leaves = [jnp.abs(x).astype(dtype) for x in jax.tree.leaves(tree)]
     if not leaves:
-        return jnp.zeros([], jnp.float32)
+        return jnp.zeros([], dtype)
     sumsq = sum(jnp.sum(jnp.square(x)) for x in leaves)
 
     def direct(_):  # double-where: finite gradient at an all-zero tree
@@ -106,7 +108,7 @@ def clip_by_global_norm(max_norm: base.ScalarOrSchedule) -> base.GradientTransfo
 
     def apply(updates, count, params):
         del params
-        c = base.resolve(max_norm, count)
+        c = base.resolve(max_norm, count, base.leaf_compute_dtype(updates))
         norm = robust_global_norm(updates)
         trigger = jnp.isfinite(norm) & (norm > c)
         scale = jnp.where(trigger, c / jnp.where(trigger, norm, 1.0), 1.0)

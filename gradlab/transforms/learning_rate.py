@@ -25,7 +25,8 @@ def scale_by_learning_rate(
 
     ``learning_rate`` is a number, a (traceable) array or a schedule ``count -> value``; the
     schedule is evaluated at the number of updates already taken (0 on the first update). The
-    scale is computed in float32 and the update returned in each leaf's own dtype.
+    scale is computed in float32, or the leaf's dtype when wider (float64), and the update
+    returned in each leaf's own dtype.
 
     Args:
       learning_rate: :math:`\eta \ge 0`.
@@ -39,7 +40,10 @@ def scale_by_learning_rate(
 
     def apply(updates, count, params):
         del params
-        lr = sign * base.resolve(learning_rate, count)
-        return jax.tree.map(lambda g: (lr * g).astype(jnp.result_type(g)), updates)
+        lr = sign * base.resolve(learning_rate, count, base.leaf_compute_dtype(updates))
+        return jax.tree.map(
+            lambda g: (lr.astype(base.leaf_compute_dtype(g)) * g).astype(jnp.result_type(g)),
+            updates,
+        )
 
     return base.counted_transformation(ScaleByLearningRateState, "scale_by_learning_rate", apply)

@@ -151,6 +151,7 @@ def _lr_inside(
     momentum = _momentum(momentum, "momentum", owner)
     nesterov = base.check_bool(nesterov, "nesterov", owner)
     dtype = base.state_dtype_of(state_dtype, owner)
+    cdt = base.compute_dtype(dtype)
     field = state_cls._fields[1]
 
     def init_fn(params):
@@ -159,8 +160,8 @@ def _lr_inside(
     def update_fn(updates, state, params=None):
         del params
         base.check_update(owner, state, state_cls, updates, field)
-        lr = base.resolve(learning_rate, state.count)
-        mu = base.resolve(momentum, state.count)
+        lr = base.resolve(learning_rate, state.count, cdt)
+        mu = base.resolve(momentum, state.count, cdt)
         out, new = _accumulate(updates, state[1], mu, coef(lr, mu), nesterov, scale)
         return out, state_cls(base.safe_increment(state.count), new)
 
@@ -219,7 +220,7 @@ def trace(
     def update_fn(updates, state, params=None):
         del params
         base.check_update(owner, state, TraceState, updates, "trace")
-        mu = base.resolve(decay, state.count)
+        mu = base.resolve(decay, state.count, base.compute_dtype(dtype))
         updates, new = _accumulate(updates, state.trace, mu, 1.0, nesterov)
         return updates, TraceState(count=base.safe_increment(state.count), trace=new)
 
@@ -263,12 +264,13 @@ def ema(
 
     def init_fn(params):
         zeros = base.zeros_like(params, dtype)
-        return EmaState(count=base.zero_count(), ema=zeros, weight=jnp.zeros([], jnp.float32))
+        weight = jnp.zeros([], base.compute_dtype(dtype))
+        return EmaState(count=base.zero_count(), ema=zeros, weight=weight)
 
     def update_fn(updates, state, params=None):
         del params
         base.check_update(owner, state, EmaState, updates, "ema")
-        mu = base.resolve(decay, state.count)
+        mu = base.resolve(decay, state.count, base.compute_dtype(dtype))
         weight = mu * state.weight + (1.0 - mu)
         scale = 1.0 / weight if debias else None
         updates, new = _accumulate(updates, state.ema, mu, 1.0 - mu, nesterov, scale)
@@ -433,16 +435,17 @@ def scale_by_nesterov_lookahead(
         return NesterovLookaheadState(
             count=base.zero_count(),
             velocity=base.zeros_like(params, dtype),
-            momentum=jnp.zeros([], jnp.float32),
+            momentum=jnp.zeros([], base.compute_dtype(dtype)),
         )
 
     def update_fn(updates, state, params=None):
         del params
         base.check_update(owner, state, NesterovLookaheadState, updates, "velocity")
-        lr = base.resolve(learning_rate, state.count)
-        mu = base.resolve(momentum, state.count)
+        cdt = base.compute_dtype(dtype)
+        lr = base.resolve(learning_rate, state.count, cdt)
+        mu = base.resolve(momentum, state.count, cdt)
         count = base.safe_increment(state.count)
-        mu_next = base.resolve(momentum, count)
+        mu_next = base.resolve(momentum, count, cdt)
 
         def leaf(g, v):
             cdt = base.compute_dtype(v.dtype)

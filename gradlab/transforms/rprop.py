@@ -148,11 +148,11 @@ def scale_by_rprop(
                 "update(grads, state, params, value=loss)"
             )
         count = state.count
-        lr0 = base.resolve(learning_rate, count)
-        em = base.resolve(eta_minus, count)
-        ep = base.resolve(eta_plus, count)
-        lo = base.resolve(min_step_size, count)
-        hi = base.resolve(max_step_size, count)
+        cdt = base.compute_dtype(dtype)
+        lr0, em, ep, lo, hi = (
+            base.resolve(v, count, cdt)
+            for v in (learning_rate, eta_minus, eta_plus, min_step_size, max_step_size)
+        )
         # A poisoned (NaN) traced hyperparameter or a traced min > max poisons its own run from
         # the first step (eta+/eta- alone would only show up on the first sign test).
         lo = jnp.where((lo <= hi) & ~jnp.isnan(em + ep), lo, jnp.nan)

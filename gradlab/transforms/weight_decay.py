@@ -53,7 +53,7 @@ def add_decayed_weights(
 
     def apply(updates, count, params):
         base.require_params(params, updates, owner)
-        wd = base.resolve(weight_decay, count)
+        wd = base.resolve(weight_decay, count, base.leaf_compute_dtype(updates, params))
 
         def leaf(u, p):
             u, p = jnp.asarray(u), jnp.asarray(p)
