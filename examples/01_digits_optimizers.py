@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 from matplotlib.figure import Figure
 
-from gradlab.lab import example_parser, plots
+from gradlab.lab import example_parser, plots, positive_int
 from gradlab.lab.data import load_digits
 from gradlab.lab.models import MLP
 from gradlab.lab.train import train
@@ -87,8 +87,8 @@ def plot(results, path: str) -> None:
 
 def main(argv=None) -> dict:
     p = example_parser(__doc__, "Adam and Rprop, 2 epochs")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--optimizers", default=None, help="comma-separated subset of names")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action="store_true")
@@ -100,7 +100,7 @@ def main(argv=None) -> dict:
     unknown = [n for n in names if n not in OPTIMIZERS]
     if unknown:
         p.error(f"unknown optimizers {unknown}; choose from {sorted(OPTIMIZERS)}")
-    epochs = args.epochs or (2 if args.quick else 40)
+    epochs = args.epochs if args.epochs is not None else (2 if args.quick else 40)
     widths = [256, 256]
     results = run(
         names,

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from matplotlib.figure import Figure
 
-from gradlab.lab import example_parser, plots
+from gradlab.lab import example_parser, plots, positive_int
 from gradlab.lab.data import load_digits
 from gradlab.optimizers.sgd import sgd
 
@@ -115,12 +115,12 @@ def gradient_variance(x, y, params, sizes, draws: int, seed: int):
 
 def main(argv=None) -> dict:
     p = example_parser(__doc__, "one epoch, 200 draws")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--draws", type=int, default=None, help="random batches per batch size")
+    p.add_argument("--epochs", type=positive_int, default=None)
+    p.add_argument("--draws", type=positive_int, default=None, help="random batches per batch size")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    epochs = args.epochs or (1 if args.quick else 20)
-    draws = args.draws or (200 if args.quick else 10000)
+    epochs = args.epochs if args.epochs is not None else (1 if args.quick else 20)
+    draws = args.draws if args.draws is not None else (200 if args.quick else 10000)
     data = load_digits(seed=args.seed)
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     n = x.shape[0]

@@ -28,7 +28,7 @@ import time
 import jax
 import numpy as np
 
-from gradlab.lab import data, example_parser, kmeans, plots
+from gradlab.lab import data, example_parser, kmeans, plots, positive_int
 
 
 def make_data(n: int, k: int, seed: int = 0) -> np.ndarray:
@@ -69,10 +69,10 @@ def examples_to_reach(inertia: np.ndarray, examples: np.ndarray, rtol: float) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = example_parser(__doc__, "small data, few seeds")
-    parser.add_argument("--seeds", type=int, default=None, help="number of seeds")
+    parser.add_argument("--seeds", type=positive_int, default=None, help="number of seeds")
     args = parser.parse_args(argv)
     n, k, epochs = (400, 6, 4) if args.quick else (3000, 10, 10)
-    seeds = args.seeds or (4 if args.quick else 32)
+    seeds = args.seeds if args.seeds is not None else (4 if args.quick else 32)
     os.makedirs(args.out, exist_ok=True)
     x = make_data(n, k)
 

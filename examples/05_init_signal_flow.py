@@ -28,7 +28,7 @@ import optax
 from flax import nnx
 from matplotlib.figure import Figure
 
-from gradlab.lab import example_parser, init, plots
+from gradlab.lab import example_parser, init, plots, positive_int
 from gradlab.lab.data import load_digits
 from gradlab.lab.models import MLP, merge_model, split_model
 
@@ -81,12 +81,12 @@ def measure(activation: str, kernel_init, x, y, *, depth: int, width: int, seed:
 
 def main(argv=None) -> dict:
     p = example_parser(__doc__, "4 hidden layers")
-    p.add_argument("--depth", type=int, default=None)
-    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--depth", type=positive_int, default=None)
+    p.add_argument("--width", type=positive_int, default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    depth = args.depth or (4 if args.quick else 10)
-    width = args.width or 256
+    depth = args.depth if args.depth is not None else (4 if args.quick else 10)
+    width = args.width if args.width is not None else 256
     data = load_digits(seed=args.seed)
     x = jnp.asarray(data.x_train[:512])
     y = jnp.asarray(data.y_train[:512])

@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 from matplotlib.figure import Figure
 
-from gradlab.lab import example_parser, plots
+from gradlab.lab import example_parser, plots, positive_floats, positive_int
 from gradlab.lab.data import load_digits
 from gradlab.lab.models import MLP
 from gradlab.lab.train import train
@@ -43,13 +43,14 @@ QUICK_CONFIGS = ("BN + dropout",)
 
 def main(argv=None) -> dict:
     p = example_parser(__doc__, "BN + dropout, 1 learning rate, 1 epoch")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--lrs", default=None, help="comma-separated learning rates")
+    p.add_argument("--epochs", type=positive_int, default=None)
+    p.add_argument(
+        "--lrs", type=positive_floats, default=None, help="comma-separated learning rates"
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    epochs = args.epochs or (1 if args.quick else 40)
-    lrs = [float(v) for v in args.lrs.split(",")] if args.lrs else None
-    lrs = lrs or ([0.1] if args.quick else [0.01, 0.1, 0.5, 2.0])
+    epochs = args.epochs if args.epochs is not None else (1 if args.quick else 40)
+    lrs = args.lrs if args.lrs is not None else ([0.1] if args.quick else [0.01, 0.1, 0.5, 2.0])
     widths = [256, 256] if args.quick else [256, 256, 256]
     data = load_digits(val_fraction=0.5, seed=args.seed)
     configs = {k: CONFIGS[k] for k in QUICK_CONFIGS} if args.quick else CONFIGS

@@ -27,6 +27,31 @@ def test_01_digits_optimizers_quick(tmp_path, capsys):
     assert "rprop" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("name", "argv", "option"),
+    [
+        ("01_digits_optimizers", ["--epochs", "0"], "--epochs"),
+        ("01_digits_optimizers", ["--batch-size", "0"], "--batch-size"),
+        ("03_batch_vs_minibatch", ["--epochs", "0"], "--epochs"),
+        ("03_batch_vs_minibatch", ["--draws", "0"], "--draws"),
+        ("04_kmeans_sgd", ["--seeds", "0"], "--seeds"),
+        ("05_init_signal_flow", ["--depth", "0"], "--depth"),
+        ("05_init_signal_flow", ["--width", "-3"], "--width"),
+        ("06_batchnorm_dropout", ["--epochs", "0"], "--epochs"),
+        ("06_batchnorm_dropout", ["--lrs", ""], "--lrs"),
+        ("06_batchnorm_dropout", ["--lrs", "0.1,abc"], "--lrs"),
+    ],
+)
+def test_explicit_zero_or_bad_counts_are_usage_errors(name, argv, option, tmp_path, capsys):
+    """An explicit 0 is an argparse error naming the option (``args.epochs or default`` turned
+    it into the default silently); nothing is run."""
+    with pytest.raises(SystemExit) as e:
+        _load(name).main(["--quick", "--out", str(tmp_path), *argv])
+    assert e.value.code == 2
+    assert f"argument {option}:" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_01_every_optimizer_updates():
     import jax
     import jax.numpy as jnp

@@ -126,6 +126,11 @@ def test_cli_race_usage_errors(tmp_path, capsys):
     assert cli_main(["race", "beale", "--optimizers", "sgd,nope", "--out", str(tmp_path)]) == 2
     assert "nope" in capsys.readouterr().err
     assert cli_main(["race", "beale", "--start", "1,2,3", "--out", str(tmp_path)]) == 2
+    # A value that is not a number names its option (it said "could not convert string...").
+    assert cli_main(["race", "beale", "--start", "1;1.5", "--out", str(tmp_path)]) == 2
+    assert "--start expects comma-separated numbers" in capsys.readouterr().err
+    assert cli_main(["race", "beale", "--lr", "adam=abc", "--out", str(tmp_path)]) == 2
+    assert "--lr: the learning rate in 'adam=abc' is not a number" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(["race", "not_a_problem"])
     assert not list(tmp_path.iterdir())

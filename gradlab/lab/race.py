@@ -210,14 +210,24 @@ def _parse_lrs(text: str | None) -> dict[str, float]:
         name, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--lr expects name=value pairs, got {item!r}")
-        out[name.strip()] = float(value)
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(
+                f"--lr: the learning rate in {item!r} is not a number (e.g. adam=0.1)"
+            ) from None
     return out
 
 
 def _parse_start(text: str | None) -> np.ndarray | None:
     if not text:
         return None
-    return np.asarray([float(v) for v in text.split(",")], dtype=np.float32)
+    try:
+        return np.asarray([float(v) for v in text.split(",")], dtype=np.float32)
+    except ValueError:
+        raise ValueError(
+            f"--start expects comma-separated numbers (e.g. 1.0,1.5), got {text!r}"
+        ) from None
 
 
 _OPTIMIZERS_HELP = f"comma-separated names from: {', '.join(OPTIMIZERS)} (default: %(default)s)"
