@@ -79,6 +79,17 @@ def test_make_dataset_rejects_labels_outside_the_classes():
     assert set(np.unique(data.make_dataset(x, y > 0, num_classes=2).y_train)) == {0, 1}
 
 
+def test_spirals_have_exactly_n_points():
+    """``make_spirals(100, num_classes=3)`` returned 99 points; the remainder now goes to the
+    first arms, and divisible sizes give the same data as before."""
+    for n, counts in [(100, [34, 33, 33]), (7, [3, 2, 2]), (600, [200, 200, 200])]:
+        d = data.make_spirals(n, num_classes=3, seed=0)
+        y = np.concatenate([d.y_train, d.y_val])
+        assert len(y) == n and np.bincount(y).tolist() == counts
+    with pytest.raises(ValueError, match="n must be >= num_classes"):
+        data.make_spirals(2, num_classes=3)
+
+
 def test_polynomial_regression_is_fitted_by_its_features():
     d = data.make_regression(400, degree=3, noise=0.0, standardize=False, seed=2)
     x = d.x_train[:, 0].astype(np.float64)

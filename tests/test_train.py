@@ -397,6 +397,8 @@ def test_bad_arguments():
         train(m, optax.sgd(0.1), d, value_from="epoch")
     with pytest.raises(TypeError):
         train(m, "adam", d)
+    with pytest.raises(TypeError, match=r"gradlab\.lab\.data\.Dataset"):  # a name that exists
+        train(m, optax.sgd(0.1), d.x_train)
 
 
 def test_a_model_that_does_not_fit_the_data_is_refused():

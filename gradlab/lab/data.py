@@ -239,17 +239,26 @@ def make_spirals(
     seed: int = 0,
     **split: Any,
 ) -> Dataset:
-    """``num_classes`` interleaved spiral arms in the plane (the classic CS231n toy set)."""
+    """``num_classes`` interleaved spiral arms in the plane (the classic CS231n toy set).
+
+    Exactly ``n`` points: each arm has ``n // num_classes`` of them, the first
+    ``n % num_classes`` arms one more.
+
+    Raises:
+      ValueError: ``num_classes < 2`` or ``n < num_classes``.
+    """
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    if n < num_classes:
+        raise ValueError(f"n must be >= num_classes ({num_classes}), got {n}")
     rng = np.random.default_rng(seed)
-    per = n // num_classes
-    r = np.tile(np.linspace(0.0, 1.0, per), num_classes)
-    y = np.repeat(np.arange(num_classes), per)
+    counts = [n // num_classes + (k < n % num_classes) for k in range(num_classes)]
+    r = np.concatenate([np.linspace(0.0, 1.0, c) for c in counts])
+    y = np.repeat(np.arange(num_classes), counts)
     t = (
         y * 2 * np.pi / num_classes
-        + np.tile(np.linspace(0.0, 2 * np.pi * turns, per), num_classes)
-        + noise * rng.standard_normal(per * num_classes)
+        + np.concatenate([np.linspace(0.0, 2 * np.pi * turns, c) for c in counts])
+        + noise * rng.standard_normal(n)
     )
     return _split(np.stack([r * np.sin(t), r * np.cos(t)], axis=1), y, num_classes, seed, split)
 

@@ -341,7 +341,7 @@ def _resolve_data(data, val):
         classification = np.issubdtype(np.asarray(y).dtype, np.integer)
         default_val = None
     else:
-        raise TypeError("data must be a gradlab.lab.Dataset or an (x, y) pair")
+        raise TypeError("data must be a gradlab.lab.data.Dataset or an (x, y) pair")
     if isinstance(val, str) and val == "auto":
         val = default_val
     elif val is True:
@@ -444,8 +444,8 @@ def train(
     """Train ``model`` with ``optimizer`` on ``data``, one compiled program per epoch.
 
     Args:
-      model: an ``nnx.Module`` (e.g. :class:`gradlab.lab.MLP`; updated in place with the final
-        parameters) or :class:`~gradlab.lab.models.ModelParts` from ``split_model``.
+      model: an ``nnx.Module`` (e.g. :class:`gradlab.lab.models.MLP`; updated in place with the
+        final parameters) or :class:`~gradlab.lab.models.ModelParts` from ``split_model``.
       optimizer: any optax-compatible ``GradientTransformation`` (gradlab's or optax's).
       data: a :class:`~gradlab.lab.data.Dataset` or an ``(x, y)`` pair. Integer ``y`` means
         classification (softmax cross-entropy, accuracy), float ``y`` regression (mean squared
