@@ -25,6 +25,7 @@ Every gradlab atom uses these helpers and no others, so the policies hold librar
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -205,6 +206,15 @@ def hyperparameter(
     if callable(value) and not isinstance(value, (jax.Array, np.ndarray)):
         if not allow_schedule:
             raise TypeError(f"{where}{name} must be a number or an array, not a schedule")
+        try:
+            inspect.signature(value).bind(0)
+        except TypeError:
+            raise TypeError(
+                f"{where}{name} is callable, so it must be a schedule taking one argument, the "
+                f"step count (count -> value); {value!r} does not take one"
+            ) from None
+        except ValueError:  # no signature to read (a builtin): checked when called
+            pass
         return _poisoned_schedule(value, valid, name, where)
     if isinstance(value, bool) or value is None or isinstance(value, (str, bytes)):
         raise TypeError(
@@ -251,6 +261,11 @@ def poison(value: jax.Array, valid: Interval) -> jax.Array:
 def _poisoned_schedule(fn: Schedule, valid: Interval, name: str, where: str) -> Schedule:
     def schedule(count):
         out = fn(count)
+        if not isinstance(out, (int, float, np.generic, np.ndarray, jax.Array)):
+            raise TypeError(
+                f"{where}{name}: the schedule must return a number or an array, got "
+                f"{type(out).__name__}"
+            )
         if jnp.ndim(out) != jnp.ndim(count):  # a vector of counts gives a vector of values
             _check_scalar(out, f"{name} (the schedule's value)", where)
         if is_concrete(out) and not isinstance(out, jax.Array):
@@ -470,15 +485,22 @@ def check_tree_match(
 def check_state(state: Any, expected: type | tuple[type, ...], owner: str) -> None:
     """Raise :class:`StateMismatchError` when ``state`` is not of the ``init``-produced type."""
     if not isinstance(state, expected):
-        names = (
-            expected.__name__
-            if isinstance(expected, type)
-            else " or ".join(t.__name__ for t in expected)
+        types = (expected,) if isinstance(expected, type) else tuple(expected)
+        got = type(state)
+        same_name = any(t.__name__ == got.__name__ for t in types)
+
+        def spell(t: type) -> str:  # qualified when the short names would read "X, got X"
+            return f"{t.__module__}.{t.__qualname__}" if same_name else t.__name__
+
+        hint = (
+            " (another library's state class of the same name: build the state with this "
+            "transformation's init)"
+            if same_name
+            else ". Did you pass the arguments in the order (updates, state, params)?"
         )
         raise StateMismatchError(
-            f"{owner}.update expected the state produced by {owner}.init ({names}), got "
-            f"{type(state).__name__}. Did you pass the arguments in the order "
-            f"(updates, state, params)?"
+            f"{owner}.update expected the state produced by {owner}.init "
+            f"({' or '.join(spell(t) for t in types)}), got {spell(got)}{hint}"
         )
 
 

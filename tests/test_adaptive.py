@@ -355,6 +355,11 @@ BAD = [
     (gl.adam, dict(learning_rate=float("inf")), ValueError),
     (gl.adam, dict(learning_rate=0.1, eps=float("inf")), ValueError),
     (gl.rmsprop, dict(learning_rate=0.1, centered=True, init_with_first_gradient=True), ValueError),
+    (
+        gl.rmsprop,
+        dict(learning_rate=0.1, bias_correction=True, init_with_first_gradient=True),
+        ValueError,
+    ),
     (gl.adagrad, dict(learning_rate=-0.1), ValueError),
     (gl.adagrad, dict(learning_rate=0.1, initial_accumulator_value=-0.1), ValueError),
     (gl.adagrad, dict(learning_rate=0.1, eps=-1.0), ValueError),

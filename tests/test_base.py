@@ -265,3 +265,28 @@ def test_float64_state_updates_in_double_precision():
             u, s = tx.update(g, s, p)
             steps.append(float(u[0]))
         np.testing.assert_allclose(steps, [-0.1, -0.12, -0.144], rtol=1e-14)
+
+
+def test_another_librarys_state_of_the_same_name_is_named_by_module():
+    p = jnp.ones(3)
+    with pytest.raises(base.StateMismatchError) as err:
+        gradlab.scale_by_adam().update(p, optax.scale_by_adam().init(p), p)
+    message = str(err.value)
+    assert "gradlab.transforms.adam.ScaleByAdamState" in message
+    assert "optax" in message and "order (updates, state, params)" not in message
+
+
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        (lambda: gradlab.adam(lambda: 0.1), TypeError, "schedule taking one argument"),
+        (lambda: gradlab.adam(optax.adam), TypeError, "must return a number or an array, got"),
+        (lambda: gradlab.adam(lambda c: "x"), TypeError, "return a number or an array, got str"),
+        (lambda: gradlab.join_schedules(gradlab.constant_schedule(1.0), 5), TypeError,
+         "schedules must be a sequence of schedules"),
+    ],
+)  # fmt: skip
+def test_a_callable_that_is_not_a_schedule_is_named(make, error, message):
+    with pytest.raises(error, match=message):
+        tx = make()
+        tx.update(jnp.ones(2), tx.init(jnp.ones(2)), jnp.ones(2))

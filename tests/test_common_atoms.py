@@ -255,6 +255,17 @@ def test_apply_if_finite_validation():
     assert isinstance(apply_if_finite(sgd(0.1), 1).init({"a": jnp.ones(1)}), ApplyIfFiniteState)
 
 
+def test_apply_if_finite_traced_negative_max_errors_poisons_only_its_run():
+    # It behaved exactly like M = 0 (a concrete -1 raises).
+    def run(m):
+        tx = apply_if_finite(sgd(0.1), m)
+        u, _ = tx.update(jnp.ones(2), tx.init(jnp.ones(2)), jnp.ones(2))
+        return u
+
+    out = jax.jit(jax.vmap(run))(jnp.array([3, -1, 0]))
+    assert np.isfinite(out[0]).all() and np.isnan(out[1]).all() and np.isfinite(out[2]).all()
+
+
 # ------------------------------------------------------------------ vmap over hyperparameters
 
 GSEQ = jax.random.normal(KEY, (8, 4)) * 5.0

@@ -2,7 +2,7 @@ r"""Joins: run schedules one after another, or multiply a value by scales at bou
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -76,6 +76,11 @@ def join_schedules(
       A function ``count -> value`` (float32).
     """
     owner = "join_schedules"
+    if callable(schedules) or not isinstance(schedules, Iterable):
+        raise TypeError(
+            f"{owner}: schedules must be a sequence of schedules, got "
+            f"{type(schedules).__name__} (join_schedules([first, second], [boundary]))"
+        )
     schedules = list(schedules)
     if not schedules:
         raise ValueError(f"{owner}: schedules must not be empty")

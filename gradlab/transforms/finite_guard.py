@@ -69,7 +69,8 @@ def apply_if_finite(
     Args:
       inner: the transformation to guard (put it around the *whole* chain, so that clipping or
         schedules inside cannot hide a non-finite gradient).
-      max_consecutive_errors: :math:`M \ge 0`, a Python int or an int array (traceable).
+      max_consecutive_errors: :math:`M \ge 0`, a Python int or an int array (traceable; a
+        traced negative value makes every update of its run NaN).
 
     Returns:
       A ``GradientTransformationExtraArgs`` whose state is :class:`ApplyIfFiniteState`.
@@ -95,6 +96,8 @@ def apply_if_finite(
         give_up = jnp.logical_not(finite) & (streak > max_errors)
         accept = finite | give_up
         out = jax.tree.map(lambda u: jnp.where(accept, u, jnp.zeros_like(u)), new_updates)
+        if not isinstance(max_errors, int):  # a traced negative M poisons its own run
+            out = jax.tree.map(lambda u: jnp.where(max_errors >= 0, u, jnp.nan), out)
         inner_state = jax.tree.map(
             lambda new, old: jnp.where(accept, new, old), new_inner, state.inner_state
         )

@@ -59,7 +59,8 @@ def scale_by_rms(
     ``init_with_first_gradient=True`` starts the average at the first squared gradient,
     $\nu_1 = g_1^2$ (the "$G(0) = (\nabla E(w_0))^2$" variant of the textbook), instead of
     $\nu_1 = \rho\,\nu_0 + (1-\rho) g_1^2$; ``initial_scale`` is then unused. It is not
-    defined for ``centered=True`` (the first variance would be exactly 0).
+    defined for ``centered=True`` (the first variance would be exactly 0) nor combined with
+    ``bias_correction`` ($\nu_1 = g_1^2$ is already unbiased).
 
     Defaults match ``optax.scale_by_rms`` (``eps`` inside the square root, zero initial
     scale, no bias correction). Arithmetic is done in float32 (or ``state_dtype`` if wider), so a
@@ -95,6 +96,11 @@ def scale_by_rms(
     first_init = base.check_bool(init_with_first_gradient, "init_with_first_gradient", owner)
     if centered and first_init:
         raise ValueError(f"{owner}: init_with_first_gradient is not defined for centered=True")
+    if use_bc and first_init:
+        raise ValueError(
+            f"{owner}: init_with_first_gradient starts from g_1^2, already unbiased; dividing by "
+            "1 - decay^t as well (bias_correction=True) would shrink the early steps"
+        )
     sdt = base.state_dtype_of(state_dtype, owner)
     cdt = base.compute_dtype(sdt)
     State = ScaleByStddevState if centered else ScaleByRmsState
