@@ -7,6 +7,7 @@ import optax
 import pytest
 from registry import assert_vmap_matches_loop
 
+import gradlab
 from gradlab import base
 from gradlab.optimizers.sgd import sgd
 from gradlab.transforms.averaging import get_params_ema, params_ema
@@ -115,6 +116,19 @@ def test_clip_schedules_use_their_count():
 
 
 # ------------------------------------------------------------------ weight decay
+
+
+@pytest.mark.parametrize(
+    "mask", [{"w": True}, {"w": True, "b": False, "c": True}, lambda p: {"w": True}]
+)
+def test_a_mask_that_does_not_fit_the_params_is_named(mask):
+    # optax.masked raised a "prefix pytree" structure error that named neither mask nor a key.
+    params = {"w": jnp.ones(3), "b": jnp.zeros(())}
+    tx = gradlab.adamw(0.1, weight_decay=0.1, mask=mask)
+    with pytest.raises(
+        base.TreeMismatchError, match=r"mask must be a tree .* params leaves \['b'\]"
+    ):
+        tx.init(params)
 
 
 def test_add_decayed_weights_matches_optax_with_and_without_mask():

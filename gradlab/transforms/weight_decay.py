@@ -64,5 +64,30 @@ def add_decayed_weights(
 
     tx = base.counted_transformation(AddDecayedWeightsState, owner, apply)
     if mask is not None:
-        return optax.masked(tx, mask)
+        return _masked(tx, mask, owner)
     return tx
+
+
+def _masked(tx: base.GradientTransformation, mask: Any, owner: str) -> base.GradientTransformation:
+    """``optax.masked(tx, mask)`` whose ``init`` first checks that the mask (or what a callable
+    mask returns) is the params' tree or a prefix of it, naming ``mask`` and the first key path
+    where they differ (optax's own error names neither)."""
+    masked = optax.masked(tx, mask)
+
+    def init_fn(params):
+        tree = mask(params) if callable(mask) else mask
+        try:
+            jax.tree.map(lambda *_: None, tree, params)  # fails unless a prefix
+        except ValueError:
+            paths = [
+                [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(t)[0]]
+                for t in (tree, params)
+            ]
+            raise base.TreeMismatchError(
+                f"{owner}: mask must be a tree of booleans with the params' structure (or a "
+                f"prefix of it); mask leaves {', '.join(paths[0][:6])}; params leaves "
+                f"{', '.join(paths[1][:6])}"
+            ) from None
+        return masked.init(params)
+
+    return base.GradientTransformation(init_fn, masked.update)
