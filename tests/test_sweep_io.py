@@ -325,3 +325,18 @@ def test_cli_checks_out_before_training(tmp_path, capsys):
     (blocked / "sweep.npz").mkdir(parents=True)
     assert main(["sweep", *_QUICK, "--out", str(blocked)]) == 2
     assert "sweep.npz is a directory" in capsys.readouterr().err
+
+
+def test_python_dash_m_gradlab_is_the_command_line():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "gradlab", "sweep", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert "--optimizer" in out.stdout and "--space" in out.stdout
