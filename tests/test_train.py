@@ -219,12 +219,13 @@ def test_an_interrupted_save_leaves_the_old_or_the_new_checkpoint_whole(tmp_path
             break
     assert seen[0] == "old" and seen[-1] == "new"  # the save completed at the last k
     assert seen == sorted(seen, key=["old", "new"].index)  # old ... old, new ... new
+    # A save killed outright (no exception handler ran) leaves its temporary files behind.
+    open(os.path.join(d, ".tmp-k1llmanifest.json"), "w").close()
+    open(os.path.join(d, ".tmp-k1llstate-" + "0" * 64 + ".msgpack"), "w").close()
+    open(os.path.join(d, "notes.txt"), "w").close()  # not the checkpoint's: kept
     ckpt.save_checkpoint(d, old, metadata={"which": "old"})
     manifest = ckpt.read_manifest(d)
-    assert sorted(n for n in os.listdir(d) if not n.startswith(".tmp-")) == [
-        "manifest.json",
-        manifest["state_file"],
-    ]
+    assert sorted(os.listdir(d)) == sorted(["manifest.json", manifest["state_file"], "notes.txt"])
 
 
 def test_format_1_checkpoints_load_and_a_save_upgrades_them(tmp_path):

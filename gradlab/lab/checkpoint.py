@@ -200,9 +200,12 @@ def _fsync_directory(directory: str) -> None:
 
 
 def _remove_stale_states(directory: str, keep: str) -> None:
-    """Delete the state files that no manifest refers to any more (after the commit)."""
+    """Delete the state files that no manifest refers to any more (after the commit), and the
+    temporary files of earlier saves that were killed before they could clean up (concurrent
+    saves into one directory are not supported, so none can belong to a running save)."""
     for name in os.listdir(directory):
-        if name != keep and (name == STATE_FILE or _STATE_NAME.fullmatch(name)):
+        stale_tmp = name.startswith(".tmp-") and name.endswith((".msgpack", MANIFEST_FILE))
+        if stale_tmp or (name != keep and (name == STATE_FILE or _STATE_NAME.fullmatch(name))):
             try:
                 os.unlink(os.path.join(directory, name))
             except FileNotFoundError:
