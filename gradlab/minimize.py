@@ -195,6 +195,9 @@ def _fields(state, key):
     return [v for _, v in optax.tree.get_all_with_path(state, key)]
 
 
+_MAX_INT32 = 2**31 - 1  # minimize's loop counts steps in int32
+
+
 def _last_link(state):
     """The state of a chain's last transformation (``optax.chain`` keeps a plain tuple of its
     links' states, nested for nested chains); any other state is its own last link."""
@@ -352,8 +355,9 @@ def _solve(fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_ex
             trials = _counter(state, "num_linesearch_steps")
             own_f, own_g = own_f + trials, (own_g + trials) if reuse else own_g
         if reuse:
-            value = jnp.asarray(_fields(_last_link(state), "value")[-1], dtype)
-            grad = base.cast_like(_fields(_last_link(state), "grad")[-1], c.grad)
+            search = _last_link(state)
+            value = jnp.asarray(_fields(search, "value")[-1], dtype)
+            grad = base.cast_like(_fields(search, "grad")[-1], c.grad)
         else:
             value, grad = value_and_grad(params)
             value = jnp.asarray(value, dtype)
@@ -479,9 +483,6 @@ def minimize(
     return _run(
         fun, solver, static_extra, x0, tuple(args), tol, atol, max_steps, dynamic_extra, has_aux
     )
-
-
-_MAX_INT32 = 2**31 - 1
 
 
 def _device_scalar(value: Any) -> Any:
