@@ -340,3 +340,44 @@ def test_python_dash_m_gradlab_is_the_command_line():
     )
     assert out.returncode == 0, out.stderr
     assert "--optimizer" in out.stdout and "--space" in out.stdout
+
+
+def _loss_result(loss, status=None):
+    """Two settings of one axis, one seed, the given (2, T) train_loss curves."""
+    loss = np.asarray(loss, np.float32)
+    status = np.full(2, int(Status.OK), np.int32) if status is None else np.asarray(status)
+    return SweepResult(
+        names=["lr"],
+        settings=[{"lr": 0.1}, {"lr": 0.5}],
+        seeds=[0],
+        steps=np.arange(loss.shape[1]) * 5,
+        curves={"train_loss": loss},
+        status=status,
+        diverged_at=np.where(status == int(Status.DIVERGED), 5, -1),
+        messages=[""] * 2,
+        primary="train_loss",
+        target=None,
+        info={"task": "toy", "groups": [{"strategy": "vmap"}]},
+    )
+
+
+def test_plot_of_a_negative_loss_shows_every_run_from_its_start(tmp_path):
+    # The clip above the start (top * 1.5) was below a negative start: the first values were
+    # cut off, and with curves above 1.5 x start the axis came out inverted.
+    res = _loss_result([[-1.22, -1.32, -1.43, -1.60], [-1.22, -1.66, -1.83, -1.86]])
+    fig = res.plot(str(tmp_path / "neg.png"))
+    bottom, top = fig.axes[0].get_ylim()
+    assert bottom <= -1.86 and top >= -1.22 and bottom < top
+
+
+def test_plot_of_a_one_axis_sweep_that_all_diverged_marks_them_visibly(tmp_path):
+    # Every final value NaN: the markers went to y = 0 on a log axis and were dropped.
+    diverged = np.full(2, int(Status.DIVERGED), np.int32)
+    res = _loss_result([[2.5, 40.0, np.nan], [2.5, 90.0, np.nan]], diverged)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = res.plot(str(tmp_path / "div.png"))
+    markers = [ln for ln in fig.axes[1].get_lines() if ln.get_label() == "diverged / invalid"]
+    assert markers and np.all(np.asarray(markers[0].get_ydata()) > 0)

@@ -84,10 +84,14 @@ def plot_result(result, path: str | os.PathLike | None = None, *, metric: str | 
         )
     start = curves[:, 0][np.isfinite(curves[:, 0])]
     if not better_max and start.size and np.isfinite(curves).any():
-        # runs that blow up would flatten the others: clip at 10x the starting value
+        # Runs that blow up would flatten the others: clip above the start (10x on a log axis,
+        # half its size more on a linear one, so that negative losses work too), never below
+        # any run's first value.
         top = float(np.median(start))
-        low = float(np.nanmin(curves))
-        ax_c.set_ylim(low / 2 if log else low, top * (10 if log else 1.5))
+        low = float(np.nanmin(np.where(np.isfinite(curves), curves, np.nan)))
+        upper = max(top * 10 if log else top + 0.5 * abs(top), float(np.max(start)))
+        if upper > low:
+            ax_c.set_ylim(low / 2 if log else low, upper)
     if log:
         ax_c.set_yscale("log")
     ax_c.set_xlabel("step")
@@ -172,15 +176,22 @@ def plot_result(result, path: str | os.PathLike | None = None, *, metric: str | 
         xv = np.asarray(xs, float)[order] if numeric else np.arange(len(xs))
         ax_h.plot(xv, final[order], "o-")
         bad = ~np.isfinite(final[order])
+        any_final = np.isfinite(final).any()
         if bad.any():
-            ymin = np.nanmin(final) if np.isfinite(final).any() else 0.0
+            # at the lowest final value, or where the runs started when none has one
+            first = curves[:, 0][np.isfinite(curves[:, 0])]
+            ymin = (
+                np.nanmin(final[np.isfinite(final)])
+                if any_final
+                else (float(np.median(first)) if first.size else 1.0)
+            )
             ax_h.plot(xv[bad], np.full(bad.sum(), ymin), "rx", label="diverged / invalid")
             ax_h.legend(fontsize=8)
         if numeric and np.all(xv > 0) and xv.max() / xv.min() > 20:
             ax_h.set_xscale("log")
         if not numeric:
             ax_h.set_xticks(xv, [_fmt(xs[i]) for i in order])
-        if log:
+        if log and (any_final or ymin > 0):
             ax_h.set_yscale("log")
         ax_h.set_xlabel(xn)
         ax_h.set_ylabel(f"final {metric}")
