@@ -159,6 +159,16 @@ def test_save_load_round_trip(tmp_path):
     assert str(back.table()) == str(res.table())
 
 
+def test_save_load_keeps_tuple_values_tuples(tmp_path):
+    # JSON has no tuples: a static axis of (b1, b2) pairs came back as lists (table text too).
+    res = _result()
+    res.settings = [dict(s, betas=(0.9, 0.999), nested={"pair": (1, 2)}) for s in res.settings]
+    res.info = dict(res.info, widths=(64, 64))
+    back = SweepResult.load(res.save(tmp_path / "tuples"))
+    assert back.settings == res.settings and back.info == res.info
+    assert isinstance(back.settings[0]["betas"], tuple)
+
+
 def test_format_1_files_read_code_2_as_diverged(tmp_path):
     """Format 1 stored diverged runs as ``Status.NON_FINITE`` (2): they load as ``DIVERGED``."""
     assert int(Status.DIVERGED) == 9 and Status.DIVERGED.label == "diverged"

@@ -381,7 +381,7 @@ class SweepResult:
             status = np.where(status == int(Status.NON_FINITE), int(Status.DIVERGED), status)
         return cls(
             names=manifest["names"],
-            settings=manifest["settings"],
+            settings=_from_json(manifest["settings"]),
             seeds=manifest["seeds"],
             steps=files["steps"],
             curves={m: files[f"curve__{m}"] for m in manifest["metrics"]},
@@ -390,20 +390,36 @@ class SweepResult:
             messages=manifest["messages"],
             primary=manifest["primary"],
             target=(target[0], float(target[1])) if target else None,
-            info=manifest.get("info", {}),
+            info=_from_json(manifest.get("info", {})),
         )
+
+
+_TUPLE = "__tuple__"  # JSON has no tuples: a tuple is saved as {"__tuple__": [...]}
 
 
 def _jsonable(v: Any) -> Any:
     if isinstance(v, Mapping):
         return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
+    if isinstance(v, tuple):
+        return {_TUPLE: [_jsonable(x) for x in v]}
+    if isinstance(v, list):
         return [_jsonable(x) for x in v]
     if isinstance(v, np.generic):
         return v.item()
     if v is None or isinstance(v, (bool, int, float, str)):
         return v
     return repr(v)
+
+
+def _from_json(v: Any) -> Any:
+    """The inverse of :func:`_jsonable` for what JSON can carry (tuples come back as tuples)."""
+    if isinstance(v, dict):
+        if set(v) == {_TUPLE}:
+            return tuple(_from_json(x) for x in v[_TUPLE])
+        return {k: _from_json(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_from_json(x) for x in v]
+    return v
 
 
 class _quiet:
