@@ -311,6 +311,8 @@ def test_auto_rule_and_bad_arguments():
         (dict(chunk_size=2.5), TypeError, "chunk_size must be an int >= 1"),
         (dict(memory_budget=0), ValueError, "memory_budget must be an int >= 1 (bytes)"),
         (dict(memory_budget=-1), ValueError, "memory_budget must be an int >= 1 (bytes)"),
+        (dict(strategy="vmap", chunk_size=4), ValueError, "chunk_size applies to strategy"),
+        (dict(strategy="loop", chunk_size=4), ValueError, "chunk_size applies to strategy"),
     ],
 )
 def test_out_of_range_arguments_are_refused_naming_them(bad, error, message):
@@ -389,3 +391,35 @@ def test_pack_unpack_round_trip_is_exact():
         assert o["diverged_at"].dtype == np.int32 and float(o["loss0"]) == 2.5
     with pytest.raises(ValueError):
         unpack(flat, ["b_loss"], 3)
+
+
+def test_static_arrays_that_print_alike_are_separate_groups():
+    # Unhashable static values were grouped by repr, which rounds arrays to 8 digits: both
+    # settings ran the first one's program.
+    a, b = np.array([0.1]), np.array([0.1000000001])
+    assert repr(a) == repr(b)
+
+    def factory(lr, mult):
+        return optax.sgd(lr * (1.0 + 1e9 * (float(mult[0]) - 0.1)))  # x1 for a, x1.1 for b
+
+    both = sweep(factory, {"lr": [0.05], "mult": [a, b]}, task=TASK, steps=STEPS, eval_every=EVERY)
+    alone = sweep(factory, {"lr": [0.05], "mult": [b]}, task=_task(), steps=STEPS, eval_every=EVERY)
+    assert len(both.info["groups"]) == 2
+    np.testing.assert_allclose(both.final("train_loss")[1], alone.final("train_loss")[0], rtol=1e-6)
+    assert both.final("train_loss")[0] != both.final("train_loss")[1]
+
+
+def test_info_reports_the_chunk_size_used():
+    # chunk_size=10 over 18 runs runs two balanced chunks of 9; info said 10.
+    res = sweep(
+        sgd,
+        {"lr": [0.01, 0.02, 0.03], "momentum": [0.0, 0.5, 0.9]},
+        seeds=[0, 1],
+        task=TASK,
+        steps=STEPS,
+        eval_every=EVERY,
+        strategy="chunked",
+        chunk_size=10,
+        progress=False,
+    )
+    assert [g["chunk_size"] for g in res.info["groups"]] == [9]

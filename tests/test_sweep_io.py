@@ -45,6 +45,14 @@ def test_random_search_is_reproducible_and_in_range():
     assert {s["c"] for s in a} == {"x", "y"}
 
 
+def test_loguniform_draws_stay_inside_their_bounds():
+    # exp(log(0.1)) is 0.10000000000000002: a draw from loguniform(0.1, 0.1) exceeded high.
+    settings, _ = space.settings_from({"lr": loguniform(0.1, 0.1)}, samples=4)
+    assert [s["lr"] for s in settings] == [0.1] * 4
+    settings, _ = space.settings_from({"lr": loguniform(1e-3, 3.0)}, samples=200)
+    assert all(1e-3 <= s["lr"] <= 3.0 for s in settings)
+
+
 @pytest.mark.parametrize(
     "make, error",
     [

@@ -206,8 +206,18 @@ def _group_key(setting: Mapping[str, Any], static: Sequence[str]) -> tuple:
             hash(v)
             key.append((n, type(v).__name__, v))
         except TypeError:
-            key.append((n, type(v).__name__, repr(v)))
+            # By exact content (an array's repr rounds to 8 digits and elides large arrays, so
+            # two different arrays could share one program); by identity when there is none.
+            try:
+                key.append((n, type(v).__name__, _freeze(v)))
+            except _Unkeyable:
+                key.append((n, type(v).__name__, _BY_IDENTITY, id(v)))
     return tuple(key)
+
+
+#: Marks a group key entry made from an object's identity: fine within one sweep, where the
+#: object lives, but never a key for programs kept across sweeps (its id could be reused).
+_BY_IDENTITY = "<by identity>"
 
 
 def _make_task(task, init_fn, loss_fn, data, batch_size) -> tasks_mod.Task:
@@ -381,8 +391,9 @@ def sweep(
         ``divergence_threshold`` :math:`\times L_0` (a number > 1; ``None`` keeps only the
         non-finite test, for losses that may be negative or start at zero).
       strategy: ``"auto"``, ``"vmap"``, ``"chunked"`` or ``"loop"`` (see ``docs/sweeps.md``).
-      chunk_size: runs per vmapped chunk (``"chunked"``; an int >= 1); default from
-        ``memory_budget``.
+      chunk_size: runs per vmapped chunk with ``"chunked"`` or ``"auto"`` (an int >= 1; the
+        chunks are then balanced, so the size used, in ``info["groups"]``, may be smaller);
+        default from ``memory_budget``.
       memory_budget: bytes (an int >= 1) per device a chunk may use with ``"chunked"`` and
         ``"auto"``
         (default: half the device memory on accelerators, 2 GiB on CPU); an explicit
@@ -402,6 +413,11 @@ def sweep(
     steps, eval_every = _check_schedule(steps, eval_every)
     tau = _check_threshold(divergence_threshold)
     chunk_size = _check_positive_int("chunk_size", chunk_size)
+    if chunk_size is not None and strategy in ("vmap", "loop"):
+        raise ValueError(
+            f"chunk_size applies to strategy 'chunked' or 'auto', not {strategy!r} (an explicit "
+            "'vmap' runs each group in one program, 'loop' one run at a time)"
+        )
     memory_budget = _check_positive_int("memory_budget", memory_budget, " (bytes)")
     n_evals = steps // eval_every
     the_task = _make_task(task, init_fn, loss_fn, data, batch_size)
@@ -586,6 +602,8 @@ def _program(ctx: _Context, static_hp: dict, evals_per_call: int) -> Program:
     def build():
         return make_program(ctx.task, ctx.optimizer, static_hp, divergence_threshold=ctx.tau, **kw)
 
+    if any(len(entry) == 4 and entry[2] == _BY_IDENTITY for entry in key[0]):
+        return build()
     return memoise(_PROGRAMS, (ctx.task, ctx.optimizer), key, build, 32)
 
 
@@ -639,7 +657,7 @@ def _run_group(ctx: _Context, idx: list[int], traced: list[str]) -> tuple[strat.
         "static": {k: repr(v) for k, v in static_hp.items()},
         "runs": job.n_runs,
         "strategy": chosen,
-        "chunk_size": int(size),
+        "chunk_size": size if chosen == "loop" else strat.balanced_chunk_size(size, job),
         "flops_per_step": flops,
         "seconds": t0,  # the start; the engine stores the duration once the results are in
     }

@@ -100,7 +100,9 @@ class _Range(Axis):
 
     def sample(self, rng: np.random.Generator, n: int) -> list[float]:
         if self._log:
-            return [float(v) for v in np.exp(rng.uniform(np.log(self.low), np.log(self.high), n))]
+            draws = np.exp(rng.uniform(np.log(self.low), np.log(self.high), n))
+            # exp(log(x)) need not round-trip: keep the draws inside [low, high]
+            return [float(v) for v in np.clip(draws, self.low, self.high)]
         return [float(v) for v in rng.uniform(self.low, self.high, size=n)]
 
     def __repr__(self) -> str:

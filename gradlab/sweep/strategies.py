@@ -201,14 +201,22 @@ class Output:
             self._array(self.outcome, k, 0, np.asarray(v).dtype, False)[rows] = v[:n]
 
 
-def run_batched(job: Job, chunk_size: int) -> Output:
-    """Run the job in vmapped chunks of ``chunk_size`` runs (rounded to a multiple of the
-    device count; every chunk is padded to the same size, so there is one compilation)."""
+def balanced_chunk_size(chunk_size: int, job: Job) -> int:
+    """The chunk size :func:`run_batched` uses for at most ``chunk_size`` runs per chunk: a
+    multiple of the device count, balanced over the chunks (less padding)."""
     n_runs, d = job.n_runs, len(job.devices)
     chunk_size = max(d, int(math.ceil(chunk_size / d)) * d)
     n_chunks = int(math.ceil(n_runs / chunk_size))
-    # balance the chunks (less padding), keeping a multiple of the device count
-    chunk_size = int(math.ceil(n_runs / n_chunks / d)) * d
+    return int(math.ceil(n_runs / n_chunks / d)) * d
+
+
+def run_batched(job: Job, chunk_size: int) -> Output:
+    """Run the job in vmapped chunks of ``chunk_size`` runs (rounded to a multiple of the
+    device count and balanced: :func:`balanced_chunk_size`; every chunk is padded to the same
+    size, so there is one compilation)."""
+    n_runs = job.n_runs
+    chunk_size = balanced_chunk_size(chunk_size, job)
+    n_chunks = int(math.ceil(n_runs / chunk_size))
     evals_per_call = _evals_per_call(job.n_evals, job.steps_per_eval, chunk_size)
     n_calls = job.n_evals // evals_per_call
     prog = job.program(evals_per_call)
