@@ -36,6 +36,7 @@ from optax import (
     EmptyState,
     GradientTransformation,
     GradientTransformationExtraArgs,
+    MaskedNode,
     OptState,
     Params,
     Updates,
@@ -538,6 +539,21 @@ def check_update(
     if field is not None:
         check_tree_match(getattr(state, field), updates, "state", "updates", owner=owner)
     check_float_leaves(updates, "updates", owner)
+
+
+def check_unmasked(params: Any, owner: str) -> None:
+    """``ValueError`` naming the first ``optax.MaskedNode`` in ``params``: a link that evaluates
+    the objective (or residuals) at ``params`` cannot run inside ``optax.masked`` or
+    ``optax.multi_transform``, which hand it only the unmasked part of the parameters."""
+    is_masked = lambda x: isinstance(x, MaskedNode)  # noqa: E731
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params, is_leaf=is_masked)[0]:
+        if is_masked(leaf):
+            raise ValueError(
+                f"{owner}: params{_path_str(path)} is masked out (optax.masked or "
+                "multi_transform): this link evaluates the objective at params and needs all of "
+                "them. Keep it outside the mask; to freeze leaves, zero their updates after it "
+                "(optax.masked(optax.set_to_zero(), frozen), before any line search)"
+            )
 
 
 def require_params(params: Any, updates: Any, owner: str) -> None:

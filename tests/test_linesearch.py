@@ -283,3 +283,44 @@ def test_invalid_traced_setting_ends_its_lane_at_once_as_invalid_hyperparameter(
     assert int(res.status[0]) == Status.CONVERGED
     assert int(res.status[1]) == Status.INVALID_HYPERPARAMETER
     assert int(res.num_fun_evals[1]) == 1  # the start only: no trial was spent on it
+
+
+@pytest.mark.parametrize("ls", [ZOOM, MORE_THUENTE, BACKTRACK, EXACT])
+def test_a_search_called_without_params_or_extras_names_what_is_missing(ls):
+    x = jnp.ones(2)
+    value, grad = jax.value_and_grad(square)(x)
+    with pytest.raises(ValueError, match="update needs params"):
+        ls.update(-grad, ls.init(x), None, value=value, grad=grad, value_fn=square)
+    with pytest.raises(ValueError, match="missing value_fn"):
+        ls.update(-grad, ls.init(x), x, value=value, grad=grad)
+
+
+def test_links_that_evaluate_the_objective_refuse_masked_params_and_the_freeze_recipe_works():
+    import optax
+
+    from gradlab.second_order.newton import scale_by_newton
+    from gradlab.second_order.newton_cg import scale_by_newton_cg
+
+    def f(p):
+        return jnp.sum((p["a"] - 2.0) ** 2) + jnp.sum(p["b"] ** 2)
+
+    params = {"a": jnp.zeros(2), "b": jnp.ones(2)}
+    labels = {"a": "opt", "b": "frozen"}
+    for descent in (scale_by_newton(), scale_by_newton_cg()):
+        tx = optax.chain(
+            optax.multi_transform({"opt": descent, "frozen": optax.set_to_zero()}, labels), ZOOM
+        )
+        value, grad = jax.value_and_grad(f)(params)
+        with pytest.raises(ValueError, match=r"params\['b'\] is masked out"):
+            tx.update(grad, tx.init(params), params, value=value, grad=grad, value_fn=f)
+    masked_search = optax.masked(ZOOM, {"a": True, "b": False})
+    with pytest.raises(ValueError, match=r"params\['b'\] is masked out"):
+        masked_search.update(
+            grad, masked_search.init(params), params, value=value, grad=grad, value_fn=f
+        )
+    # The documented recipe: zero the frozen leaves' updates between the descent and the search.
+    frozen = {"a": False, "b": True}
+    tx = optax.chain(scale_by_newton(), optax.masked(optax.set_to_zero(), frozen), ZOOM)
+    updates, _ = tx.update(grad, tx.init(params), params, value=value, grad=grad, value_fn=f)
+    np.testing.assert_allclose(updates["a"], 2.0, rtol=1e-5)
+    np.testing.assert_array_equal(updates["b"], 0.0)

@@ -265,8 +265,12 @@ def initial_search_fields(params: Any, step_size: float) -> dict[str, Any]:
 def check_search_inputs(
     owner: str, state: Any, state_type: type, params: Any, updates: Any, grad: Any, value: Any
 ) -> tuple[Any, Any, jax.Array]:
-    """Check a search's inputs (state type, tree structures); return ``(dtype, grad, f0)``."""
+    """Check a search's inputs (state type, params present and unmasked, the extras given, tree
+    structures); return ``(dtype, grad, f0)``."""
     base.check_state(state, state_type, owner)
+    if params is None:
+        raise ValueError(f"{owner}: update needs params (the point the search starts from)")
+    base.check_unmasked(params, owner)
     base.check_tree_match(params, updates, "params", "updates", owner=owner)
     base.check_tree_match(params, grad, "params", "grad", owner=owner)
     dtype = state.value.dtype
@@ -283,12 +287,20 @@ def search_update(owner: str, state_type: type, search: Callable[..., Any]) -> C
         state: Any,
         params: base.Params,
         *,
-        value: jax.typing.ArrayLike,
-        grad: base.Updates,
-        value_fn: Callable[[Any], jax.Array],
+        value: jax.typing.ArrayLike | None = None,
+        grad: base.Updates | None = None,
+        value_fn: Callable[[Any], jax.Array] | None = None,
         **extra: Any,
     ):
         del extra
+        missing = [
+            n for n, v in (("value", value), ("grad", grad), ("value_fn", value_fn)) if v is None
+        ]
+        if missing:
+            raise ValueError(
+                f"{owner}: update needs the keyword extras value= (f at params), grad= (its "
+                f"gradient) and value_fn= (params -> f); missing {', '.join(missing)}"
+            )
         dtype, grad, f0 = check_search_inputs(
             owner, state, state_type, params, updates, grad, value
         )

@@ -17,7 +17,9 @@ def check_update_inputs(
     owner: str, state: Any, state_type: type, params: Any, updates: Any, **required: Any
 ) -> None:
     """Check a descent's ``update`` inputs: the state's type, ``params`` present and shaped like
-    ``updates``, and every keyword extra in ``required`` given (``ValueError`` naming it)."""
+    ``updates``, and every keyword extra in ``required`` given (``ValueError`` naming it); a
+    descent that evaluates one of them also needs unmasked params
+    (:func:`gradlab.base.check_unmasked`)."""
     base.check_state(state, state_type, owner)
     if params is None:
         raise ValueError(f"{owner}: update needs params (the point of the linearisation)")
@@ -25,6 +27,8 @@ def check_update_inputs(
         if value is None:
             what = "params->residuals" if name == "residual_fn" else "params->loss"
             raise ValueError(f"{owner}: update needs the keyword extra {name}={what}")
+    if required:  # it evaluates a function at params
+        base.check_unmasked(params, owner)
     base.check_tree_match(params, updates, "params", "updates", owner=owner)
 
 

@@ -104,7 +104,8 @@ def _check_budget(params: Any, budget: int, state_dtype: Any) -> None:
     if nbytes > budget:
         raise ValueError(
             f"{_OWNER}: the dense Hessian of {size} parameters needs {_format_bytes(nbytes)} "
-            f"({nbytes} bytes), over hessian_memory_budget={_format_bytes(budget)}. Use "
+            f"({nbytes} bytes), over hessian_memory_budget={_format_bytes(budget)} ({budget} "
+            "bytes). Use "
             f"gradlab newton_cg (Hessian-free, O(d) memory) or raise hessian_memory_budget."
         )
 
