@@ -145,7 +145,7 @@ def _flat_inputs(owner, state, state_type, updates, params, dtype):
 
 
 class ScaleByBFGSState(NamedTuple):
-    """State of :func:`scale_by_bfgs` (vectors are the raveled parameters).
+    r"""State of :func:`scale_by_bfgs` (vectors are the raveled parameters).
 
     The inverse-Hessian approximation is stored as :math:`H_k = \alpha I + M` (the property
     :attr:`inv_hessian` assembles it), so a fresh or reset matrix never materialises

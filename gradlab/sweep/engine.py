@@ -363,7 +363,7 @@ def sweep(
     devices: Sequence[Any] | None = None,
     progress: bool | None = None,
 ) -> SweepResult:
-    """Train one model per (setting, seed) as a few compiled programs and tabulate the results.
+    r"""Train one model per (setting, seed) as a few compiled programs and tabulate the results.
 
     Args:
       optimizer: factory ``(**hyperparameters) -> GradientTransformation`` (any optax-compatible
