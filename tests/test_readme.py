@@ -22,3 +22,22 @@ def test_readme_shows_the_two_newcomer_commands():
     text = README.read_text()
     assert "gradlab sweep" in text
     assert "python -m pytest" in text
+
+
+def test_no_formula_is_mangled_by_a_string_escape():
+    # "\beta", "\alpha", "\times", "\rho", "\nabla" in a non-raw string become a backspace, a bell,
+    # a tab, a carriage return or a line break: the rendered docs then lose the formula.
+    import ast
+
+    root = README.parent
+    control = re.compile(r"[\x07\x08\x0b\x0c\r\t]")
+    found = []
+    for path in sorted((root / "gradlab").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if control.search(node.value):
+                    found.append(f"{path.relative_to(root)}:{node.lineno}")
+    for path in [README, *sorted((root / "docs").rglob("*.md"))]:
+        if control.search(path.read_text()):
+            found.append(str(path.relative_to(root)))
+    assert not found, found
