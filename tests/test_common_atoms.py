@@ -344,3 +344,18 @@ def test_degenerate_trees_are_no_ops():
     for i, u in enumerate(outs):
         assert jax.tree.structure(u) == jax.tree.structure(trees[i // len(txs)])
         assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(u))
+
+
+def test_clip_by_global_norm_is_right_for_gradients_near_float32_max():
+    # 1/m and c/norm are subnormal above ~2^126 and XLA:CPU flushes them to zero: the norm of
+    # [1e38, 1e37] came out 0 (no clipping) and [2e38] clipped to [0].
+    tx = clip_by_global_norm(1.0)
+    for g in ([1e38, 1e37], [2e38], [3e38, -3e38 / 7], [1e20, 1e20]):
+        g = jnp.asarray(g, jnp.float32)
+        exact = np.asarray(g, np.float64) / np.linalg.norm(np.asarray(g, np.float64))
+        true_norm = np.linalg.norm(np.asarray(g, np.float64))
+        np.testing.assert_allclose(float(robust_global_norm(g)), true_norm, rtol=1e-6)
+        out, _ = jax.jit(tx.update)(g, tx.init(g))
+        np.testing.assert_allclose(out, exact, rtol=1e-6)
+    small = jnp.asarray([3.0, 4.0])  # the ordinary case is unchanged: g * (c / norm)
+    np.testing.assert_array_equal(tx.update(small, tx.init(small))[0], small * (1.0 / 5.0))

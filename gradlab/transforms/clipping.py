@@ -59,7 +59,8 @@ def robust_global_norm(tree) -> jax.Array:
     finite inputs.
 
     Computes :math:`\sqrt{\sum g_i^2}` directly; only when that overflows (or is not finite)
-    it recomputes :math:`m \sqrt{\sum (g_i/m)^2}` with :math:`m = \max |g_i|`. The result is
+    it recomputes :math:`2^e \sqrt{\sum (g_i/2^e)^2}` with :math:`2^e` the power of two of
+    :math:`m = \max |g_i|` (exact scalings, no subnormal reciprocal). The result is
     ``inf``/``nan`` exactly when some entry is. Zero trees give 0.
     """
     dtype = base.leaf_compute_dtype(tree)
@@ -75,9 +76,11 @@ def robust_global_norm(tree) -> jax.Array:
     def rescaled(_):
         m = jnp.max(jnp.stack([jnp.max(x, initial=0.0) for x in leaves]))
         ok = jnp.isfinite(m) & (m > 0)
-        safe = jnp.where(ok, m, 1.0)
-        scaled = jnp.sqrt(sum(jnp.sum(jnp.square(x / safe)) for x in leaves))
-        return jnp.where(ok, m * scaled, m)
+        # Divide by m's power of two 2^e with ldexp (exact, no reciprocal): 1/m is subnormal for
+        # m > 2^126, and XLA:CPU flushes subnormals to zero, so x / m came out 0.
+        e = jnp.frexp(jnp.where(ok, m, 1.0))[1]
+        scaled = jnp.sqrt(sum(jnp.sum(jnp.square(jnp.ldexp(x, -e))) for x in leaves))
+        return jnp.where(ok, jnp.ldexp(scaled, e), m)
 
     return jax.lax.cond(jnp.isfinite(sumsq), direct, rescaled, None)
 
@@ -111,13 +114,17 @@ def clip_by_global_norm(max_norm: base.ScalarOrSchedule) -> base.GradientTransfo
         c = base.resolve(max_norm, count, base.leaf_compute_dtype(updates))
         norm = robust_global_norm(updates)
         trigger = jnp.isfinite(norm) & (norm > c)
-        scale = jnp.where(trigger, c / jnp.where(trigger, norm, 1.0), 1.0)
+        # c / norm is subnormal (flushed to 0 by XLA:CPU) when the norm is above ~2^126 c:
+        # then both g and the norm are scaled by 2^-64 first (ldexp: exact), so the update is
+        # ldexp(g, -k) * (c / ldexp(norm, -k)), never out of range. k = 0 otherwise.
+        k = jnp.where(trigger & (norm > 2.0**100), 64, 0)
+        scale = jnp.where(trigger, c / jnp.where(trigger, jnp.ldexp(norm, -k), 1.0), 1.0)
         scale = jnp.where(jnp.isnan(c), jnp.nan, scale)  # a poisoned traced max_norm
 
         def leaf(g):
             g = jnp.asarray(g)
             cdt = base.compute_dtype(g.dtype)
-            return (g.astype(cdt) * scale.astype(cdt)).astype(g.dtype)
+            return (jnp.ldexp(g.astype(cdt), -k) * scale.astype(cdt)).astype(g.dtype)
 
         return jax.tree.map(leaf, updates)
 
