@@ -54,6 +54,13 @@ def clip(max_delta: base.ScalarOrSchedule) -> base.GradientTransformation:
     return base.counted_transformation(ClipState, "clip", apply)
 
 
+def _ldexp(x: jax.Array, k: jax.Array) -> jax.Array:
+    """``x * 2**k``, exactly (``jnp.ldexp``, part by part for complex ``x``)."""
+    if jnp.iscomplexobj(x):
+        return jax.lax.complex(jnp.ldexp(x.real, k), jnp.ldexp(x.imag, k))
+    return jnp.ldexp(x, k)
+
+
 def robust_global_norm(tree) -> jax.Array:
     r"""Global Euclidean norm in float32 (float64 when a leaf is) that does not overflow for
     finite inputs.
@@ -124,7 +131,7 @@ def clip_by_global_norm(max_norm: base.ScalarOrSchedule) -> base.GradientTransfo
         def leaf(g):
             g = jnp.asarray(g)
             cdt = base.compute_dtype(g.dtype)
-            return (jnp.ldexp(g.astype(cdt), -k) * scale.astype(cdt)).astype(g.dtype)
+            return (_ldexp(base.to_dtype(g, cdt), -k) * scale.astype(cdt)).astype(g.dtype)
 
         return jax.tree.map(leaf, updates)
 
