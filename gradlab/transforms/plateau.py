@@ -14,7 +14,7 @@ accumulations after a reduction, bad accumulations are not counted. The semantic
 ``optax.contrib.reduce_on_plateau`` (and ``torch.optim.lr_scheduler.ReduceLROnPlateau`` with
 ``mode='min'``), with every numeric argument traceable: ``factor``, ``patience``, ``cooldown``,
 ``rtol``, ``atol``, ``min_scale`` and ``accumulation_size`` may be vmapped over (optax raises
-under ``vmap`` on ``factor``).
+under ``vmap`` on ``factor``, ``rtol`` and ``atol``).
 
 Usage in a training loop (the loss of the step being taken)::
 
