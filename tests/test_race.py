@@ -134,6 +134,13 @@ def test_cli_race_usage_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(["race", "not_a_problem"])
     assert not list(tmp_path.iterdir())
+    # --out naming a file: a usage error before the race (it crashed after it, exit 1).
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    capsys.readouterr()
+    assert cli_main(["race", "beale", "--steps", "5", "--out", str(afile)]) == 2
+    captured = capsys.readouterr()
+    assert "exists and is not a directory" in captured.err and captured.out == ""
 
 
 def test_every_race_name_builds_a_gradlab_optimizer_that_descends():

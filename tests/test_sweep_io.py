@@ -399,3 +399,32 @@ def test_plot_of_a_one_axis_sweep_that_all_diverged_marks_them_visibly(tmp_path)
         fig = res.plot(str(tmp_path / "div.png"))
     markers = [ln for ln in fig.axes[1].get_lines() if ln.get_label() == "diverged / invalid"]
     assert markers and np.all(np.asarray(markers[0].get_ydata()) > 0)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--optimizer", "sweep"], "unknown optimizer 'sweep'"),
+        (["--optimizer", "chain"], "unknown optimizer 'chain'"),
+        (["--optimizer", "exponential_decay"], "unknown optimizer 'exponential_decay'"),
+        (["--space", "lr=1e-3:1e-1"], "neither a list of values nor loguniform"),
+        (["--space", "lr=loguniform:"], "loguniform needs LOW:HIGH[:N]"),
+        (["--space", "lr=loguniform"], "loguniform needs LOW:HIGH[:N]"),
+        (["--samples", "0"], "--samples must be >= 1, got 0"),
+        (["--seeds", "0"], "--seeds must be >= 1, got 0"),
+    ],
+)
+def test_cli_usage_errors_come_before_any_work(argv, message, tmp_path, capsys):
+    # These ran a sweep of invalid rows (exit 0), or printed the header before failing.
+    from gradlab.cli import main
+
+    assert main(["sweep", *argv, "--out", str(tmp_path / "o")]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.out == ""
+
+
+def test_cli_a_sweep_whose_every_setting_is_refused_fails(tmp_path, capsys):
+    from gradlab.cli import main
+
+    assert main(["sweep", "--space", "lr=abc", *_QUICK, "--out", str(tmp_path)]) == 1
+    assert "every setting was refused by sgd" in capsys.readouterr().err

@@ -261,14 +261,18 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     """Run the ``race`` subcommand; returns the exit code (2 on a usage error)."""
+    from gradlab.cli import prepare_out
+
     problem = _problems.get(args.problem)
     names = [s.strip() for s in args.optimizers.split(",") if s.strip()]
     try:
         if min(args.steps, args.frames, args.fps) < 1:
             raise ValueError("--steps, --frames and --fps must be >= 1")
         lrs = _parse_lrs(args.lr)
-        paths = race(problem, names, args.steps, _parse_start(args.start), learning_rates=lrs)
-    except ValueError as err:  # unknown optimizer, bad --lr or --start
+        start = _parse_start(args.start)
+        prepare_out(args.out)  # before the race: a file in the way is a usage error
+        paths = race(problem, names, args.steps, start, learning_rates=lrs)
+    except ValueError as err:  # unknown optimizer, bad --lr, --start or --out
         print(f"gradlab race: error: {err}", file=sys.stderr)
         return 2
     lrs = {n: lrs.get(n, default_learning_rate(problem, n)) for n in names}

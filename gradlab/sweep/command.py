@@ -116,9 +116,28 @@ def resolve_optimizer(name: str) -> Callable:
         import optax
 
         fn = getattr(optax, name, None)
-    if fn is None or not callable(fn):
-        raise ValueError(f"unknown optimizer {name!r}; try one of {', '.join(OPTIMIZERS)}")
+    if fn is None or not _is_optimizer_factory(fn):
+        raise ValueError(
+            f"unknown optimizer {name!r}; try one of {', '.join(OPTIMIZERS)} (or any gradlab or "
+            "optax function that builds an optimizer from its hyperparameters)"
+        )
     return fn
+
+
+def _is_optimizer_factory(fn: Any) -> bool:
+    """Whether ``fn`` builds a transformation from hyperparameters: its return annotation names
+    a ``GradientTransformation`` and it takes no ``*args`` (``chain`` does; ``sweep``,
+    schedules and ``minimize`` return something else)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    if any(p.kind is p.VAR_POSITIONAL for p in sig.parameters.values()):
+        return False
+    ret = sig.return_annotation
+    return "GradientTransformation" in (
+        ret if isinstance(ret, str) else getattr(ret, "__name__", "")
+    )
 
 
 def _token(text: str) -> Any:
@@ -155,15 +174,20 @@ def parse_space(items: list[str]) -> dict[str, Any]:
         name = ALIASES.get(name, name)
         if name in space:
             raise ValueError(f"--space {name} is given twice; give each axis once")
-        kind, _, rest = spec.partition(":")
-        if kind in ("loguniform", "uniform") and rest:
-            parts = rest.split(":")
+        kind, colon, rest = spec.partition(":")
+        if kind in ("loguniform", "uniform"):
+            parts = rest.split(":") if rest else []
             if len(parts) not in (2, 3):
                 raise ValueError(f"{name}: {kind} needs LOW:HIGH[:N], got {spec!r}")
             low, high = float(parts[0]), float(parts[1])
             n = int(parts[2]) if len(parts) == 3 else None
             space[name] = (loguniform if kind == "loguniform" else uniform)(low, high, n)
             continue
+        if colon:
+            raise ValueError(
+                f"{name}: {spec!r} is neither a list of values nor loguniform:LOW:HIGH[:N] or "
+                "uniform:LOW:HIGH[:N]"
+            )
         values = [_token(t) for t in spec.split(",") if t.strip()]
         if not values:
             raise ValueError(f"{name}: no values in {spec!r}")
@@ -172,23 +196,6 @@ def parse_space(items: list[str]) -> dict[str, Any]:
             values = [float(v) for v in values]
         space[name] = choice(values)
     return space
-
-
-def _prepare_out(out: str) -> None:
-    """Create the output directory ``out`` before training, or raise ``ValueError`` saying why
-    it cannot hold the results (a file in the way, no permission), so that a sweep is never
-    run only to fail when its results are written."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out {out!r} exists and is not a directory")
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"--out {out!r} cannot be created: {err.strerror or err}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out!r} is not writable")
-    for name in ("table.txt", "sweep.npz", "sweep.png"):
-        if os.path.isdir(os.path.join(out, name)):
-            raise ValueError(f"--out {out!r}: {name} is a directory; the results cannot be written")
 
 
 #: ``gradlab sweep``'s options: flag -> ``add_argument`` keywords.
@@ -240,6 +247,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``gradlab sweep`` with parsed arguments; returns the exit code."""
+    from gradlab.cli import prepare_out
     from gradlab.sweep import tasks
     from gradlab.sweep.engine import sweep
     from gradlab.sweep.space import grid
@@ -251,8 +259,16 @@ def run(args: argparse.Namespace) -> int:
         widths = tuple(int(w) for w in str(args.widths).split(",") if w.strip())
         bs = None if str(args.batch_size).lower() in ("all", "none", "-1") else int(args.batch_size)
         task = tasks.mlp_classifier(dataset=args.dataset, widths=widths, batch_size=bs)
-        n_settings = args.samples or len(grid(space))
-        _prepare_out(args.out)
+        for flag, value in (
+            ("--samples", args.samples),
+            ("--seeds", args.seeds),
+            ("--steps", args.steps),
+            ("--eval-every", args.eval_every),
+        ):
+            if value is not None and value < 1:
+                raise ValueError(f"{flag} must be >= 1, got {value}")
+        n_settings = args.samples if args.samples is not None else len(grid(space))
+        prepare_out(args.out, ("table.txt", "sweep.npz", "sweep.png"), "--out")
     except (ValueError, TypeError) as err:
         print(f"gradlab sweep: error: {err}", file=sys.stderr)
         return 2
@@ -322,4 +338,11 @@ def run(args: argparse.Namespace) -> int:
         result.plot(png)
         written.append(png)
     print("wrote " + ", ".join(written))
+    if len(invalid) == result.num_runs:
+        print(
+            f"gradlab sweep: error: every setting was refused by {args.optimizer}; the first "
+            f"reason: {result.messages[invalid[0]]}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
