@@ -377,9 +377,7 @@ def _read_pair(d: str, attempts: int = 3) -> tuple[dict[str, Any], str, bytes]:
     the manifest and opening the state file it names (which that save then deletes) is
     retried with the new manifest."""
     for attempt in range(attempts):
-        if not os.path.isfile(os.path.join(d, MANIFEST_FILE)):
-            raise CheckpointError(f"no gradlab checkpoint in {d!r}")
-        manifest = _parse_manifest(d)
+        manifest = read_manifest(d)
         name = _state_file(d, manifest)
         try:
             with open(os.path.join(d, name), "rb") as f:

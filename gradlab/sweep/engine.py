@@ -220,6 +220,10 @@ def _group_key(setting: Mapping[str, Any], static: Sequence[str]) -> tuple:
 _BY_IDENTITY = "<by identity>"
 
 
+def _keyed_by_identity(group_key: tuple) -> bool:
+    return any(entry[2:3] == (_BY_IDENTITY,) for entry in group_key)
+
+
 def _make_task(task, init_fn, loss_fn, data, batch_size) -> tasks_mod.Task:
     if task is not None:
         if init_fn is not None or loss_fn is not None or data is not None:
@@ -602,7 +606,7 @@ def _program(ctx: _Context, static_hp: dict, evals_per_call: int) -> Program:
     def build():
         return make_program(ctx.task, ctx.optimizer, static_hp, divergence_threshold=ctx.tau, **kw)
 
-    if any(len(entry) == 4 and entry[2] == _BY_IDENTITY for entry in key[0]):
+    if _keyed_by_identity(key[0]):
         return build()
     return memoise(_PROGRAMS, (ctx.task, ctx.optimizer), key, build, 32)
 
