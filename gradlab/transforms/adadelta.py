@@ -59,8 +59,13 @@ def scale_by_adadelta(
     cdt = base.compute_dtype(sdt)
 
     def init_fn(params):
-        zeros = base.zeros_like(params, sdt, real=True)
-        return ScaleByAdaDeltaState(count=base.zero_count(), e_g=zeros, e_x=zeros)
+        # Two separate zero trees: one buffer in both fields cannot be donated (jax.jit with
+        # donate_argnums on the state fails with "donate the same buffer twice").
+        return ScaleByAdaDeltaState(
+            count=base.zero_count(),
+            e_g=base.zeros_like(params, sdt, real=True),
+            e_x=base.zeros_like(params, sdt, real=True),
+        )
 
     def update_fn(updates, state, params=None):
         del params

@@ -72,9 +72,11 @@ def params_ema(
     dtype = base.state_dtype_of(state_dtype, owner)
 
     def init_fn(params):
+        # A copy, never the params' own buffers (to_dtype is a no-op when the dtype matches):
+        # donating the state to a jitted step would otherwise delete the params.
         return ParamsEmaState(
             count=base.zero_count(),
-            ema=jax.tree.map(lambda p: base.to_dtype(p, dtype), params),
+            ema=jax.tree.map(lambda p: jnp.array(base.to_dtype(p, dtype), copy=True), params),
             weight=jnp.zeros([], base.compute_dtype(dtype)),
         )
 

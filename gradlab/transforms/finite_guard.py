@@ -79,12 +79,12 @@ def apply_if_finite(
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params):
-        zero = base.zero_count()
+        # One buffer per field: a shared zero could not be donated to a jitted step.
         return ApplyIfFiniteState(
-            notfinite_count=zero,
+            notfinite_count=base.zero_count(),
             last_finite=jnp.array(True),
-            total_notfinite=zero,
-            total_gave_up=zero,
+            total_notfinite=base.zero_count(),
+            total_gave_up=base.zero_count(),
             inner_state=inner.init(params),
         )
 
