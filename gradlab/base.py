@@ -236,11 +236,19 @@ def hyperparameter(
         _check_scalar(value, name, where)
     if is_concrete(value):
         arr = np.asarray(value)
-        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_):
+        # jnp.issubdtype knows bfloat16 (np.issubdtype does not count it as a number).
+        if not jnp.issubdtype(arr.dtype, jnp.number) or jnp.issubdtype(arr.dtype, jnp.bool_):
             raise TypeError(f"{where}{name} must be numeric, got dtype {arr.dtype}")
         if not np.all(valid.contains(arr.astype(np.float64))):
             bad = arr[~valid.contains(arr.astype(np.float64))].ravel()[0]
-            raise ValueError(f"{where}{name} must be in {valid}, got {bad!r}")
+            hint = ""
+            if jnp.issubdtype(arr.dtype, jnp.floating) and jnp.finfo(arr.dtype).bits < 32:
+                hint = (
+                    f" (a {arr.dtype} value: rounded before gradlab saw it, e.g. 0.999 is 1 in "
+                    "bfloat16; optax.inject_hyperparams gives hyperparameters the params' dtype "
+                    "unless passed hyperparam_dtype=jnp.float32)"
+                )
+            raise ValueError(f"{where}{name} must be in {valid}, got {bad!r}{hint}")
         return value
     return poison(value, valid)
 

@@ -76,3 +76,44 @@ def test_params_ema_init_does_not_hold_the_params_buffers():
     state = gl.params_ema(0.9).init(params)
     jax.jit(lambda s: s, donate_argnums=0)(state)  # donating the state alone...
     np.testing.assert_array_equal(params["w"], PARAMS["w"])  # ...leaves the params alive
+
+
+# --------------------------------------------------------------------------------------------
+# optax.inject_hyperparams
+# --------------------------------------------------------------------------------------------
+
+
+def test_bfloat16_array_hyperparameters_are_numbers():
+    # np.issubdtype does not count bfloat16 as a number: a bf16 learning rate was a TypeError
+    # ("must be numeric, got dtype bfloat16"), and so was every optimizer inside
+    # optax.inject_hyperparams with bf16 params (its hyperparameters take the params' dtype).
+    lr = jnp.asarray(0.5, jnp.bfloat16)
+    u, _ = gl.sgd(lr).update(GRADS, gl.sgd(lr).init(PARAMS), PARAMS)
+    np.testing.assert_allclose(u["w"], -0.5 * GRADS["w"], rtol=1e-6)
+    params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), PARAMS)
+    grads = jax.tree.map(lambda x: x.astype(jnp.bfloat16), GRADS)
+    for factory, ref in ((gl.sgd, optax.sgd), (gl.adam, optax.adam)):
+        kwargs = {"learning_rate": 0.1, "b1": 0.5, "b2": 0.75} if factory is gl.adam else {}
+        if not kwargs:
+            kwargs = {"learning_rate": 0.1, "momentum": 0.5}
+        outs = []
+        for f in (factory, ref):
+            tx = optax.inject_hyperparams(f)(**kwargs)
+            state = tx.init(params)
+            assert state.hyperparams["learning_rate"].dtype == jnp.bfloat16
+            u, state = jax.jit(tx.update)(grads, state, params)
+            outs.append(u)
+        _assert_trees_close(
+            *[jax.tree.map(lambda x: x.astype(jnp.float32), o) for o in outs], rtol=1e-2, atol=0
+        )
+
+
+def test_a_bfloat16_hyperparameter_rounded_out_of_range_names_the_cause():
+    # 0.999 is 1.0 in bfloat16: optax.inject_hyperparams(optax.adam) with bf16 params runs with
+    # b2 = 1 (NaN updates); gradlab refuses it, naming b2 and the remedy.
+    params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), PARAMS)
+    with pytest.raises(ValueError, match=r"b2 must be in \[0, 1\).*hyperparam_dtype"):
+        optax.inject_hyperparams(gl.adam)(1e-3).init(params)
+    tx = optax.inject_hyperparams(gl.adam, hyperparam_dtype=jnp.float32)(1e-3)
+    u, _ = tx.update(GRADS, tx.init(params), params)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u))
