@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -357,41 +358,122 @@ class SweepResult:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SweepResult:
-        """Read a file written by :meth:`save`.
+        """Read a file written by :meth:`save` (``path`` may omit the ``.npz`` that
+        :meth:`save` appends).
 
         Raises:
           ValueError: the file is not a gradlab sweep file (including any file that would need
-            pickle to load: it is refused, never executed).
+            pickle to load: it is refused, never executed), or it is truncated, corrupt or
+            inconsistent (arrays whose shapes do not match the settings, seeds and steps of
+            its manifest, unknown status codes); the message names the file and what is wrong.
         """
+        path = os.fspath(path)
+        if not os.path.exists(path) and os.path.isfile(path + ".npz"):
+            path += ".npz"
         try:
-            with np.load(os.fspath(path), allow_pickle=False) as z:
+            z = np.load(path, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy file: an array, no archive
+                raise ValueError("not an .npz archive")
+            with z:
                 files = {k: z[k] for k in z.files}
-        except (OSError, EOFError) as err:
-            raise ValueError(f"{path}: not a gradlab sweep file ({err})") from err
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile, KeyError) as err:
+            # KeyError/BadZipFile: a truncated or corrupted archive; ValueError: pickled data
+            # (refused, never executed) or a malformed array header
+            raise ValueError(f"{path}: not a readable gradlab sweep file ({err})") from err
         if "manifest" not in files or files["manifest"].dtype != np.uint8:
             raise ValueError(f"{path}: not a gradlab sweep file (no manifest)")
-        manifest = json.loads(files["manifest"].tobytes().decode("utf-8"))
-        if manifest.get("format") != "gradlab.sweep":
+        try:
+            manifest = json.loads(files["manifest"].tobytes().decode("utf-8"))
+        except ValueError as err:  # UnicodeDecodeError, JSONDecodeError
+            raise ValueError(f"{path}: corrupt manifest ({err})") from err
+        if not isinstance(manifest, dict) or manifest.get("format") != "gradlab.sweep":
             raise ValueError(f"{path}: not a gradlab sweep file")
-        if int(manifest.get("version", 0)) > FORMAT_VERSION:
-            raise ValueError(f"{path}: written by a newer gradlab (format {manifest['version']})")
-        target = manifest.get("target")
-        status = files["status"]
-        if int(manifest.get("version", 0)) < 2:  # format 1 stored diverged runs as NON_FINITE
-            status = np.where(status == int(Status.NON_FINITE), int(Status.DIVERGED), status)
-        return cls(
-            names=manifest["names"],
-            settings=_from_json(manifest["settings"]),
-            seeds=manifest["seeds"],
-            steps=files["steps"],
-            curves={m: files[f"curve__{m}"] for m in manifest["metrics"]},
-            status=status,
-            diverged_at=files["diverged_at"],
-            messages=manifest["messages"],
-            primary=manifest["primary"],
-            target=(target[0], float(target[1])) if target else None,
-            info=_from_json(manifest.get("info", {})),
-        )
+        version = manifest.get("version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ValueError(f"{path}: corrupt manifest (version {version!r})")
+        if version > FORMAT_VERSION:
+            raise ValueError(f"{path}: written by a newer gradlab (format {version})")
+        fields = _checked_fields(path, manifest, files)
+        if version < 2:  # format 1 stored diverged runs as NON_FINITE
+            status = fields["status"]
+            diverged = np.where(status == int(Status.NON_FINITE), int(Status.DIVERGED), status)
+            fields["status"] = diverged
+        return cls(**fields)
+
+
+def _checked_fields(path: str, manifest: dict, files: dict) -> dict[str, Any]:
+    """The constructor arguments of a loaded file, checked for consistency (``ValueError``
+    naming the file and the field otherwise)."""
+
+    def bad(what: str) -> ValueError:
+        return ValueError(f"{path}: corrupt gradlab sweep file ({what})")
+
+    def entry(key: str, kind: type | tuple[type, ...]):
+        if key not in manifest:
+            raise bad(f"the manifest has no {key!r}")
+        v = manifest[key]
+        if not isinstance(v, kind):
+            raise bad(f"the manifest's {key!r} is {type(v).__name__}")
+        return v
+
+    names = entry("names", list)
+    settings = entry("settings", list)
+    seeds = entry("seeds", list)
+    messages = entry("messages", list)
+    metrics = entry("metrics", list)
+    primary = entry("primary", str)
+    if not all(isinstance(n, str) for n in names + metrics):
+        raise bad("names and metrics must be strings")
+    if not all(isinstance(s, dict) for s in settings):
+        raise bad("every setting must be a mapping of hyperparameter values")
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise bad(f"seeds must be a non-empty list of ints, got {seeds!r}")
+    if not settings or not metrics:
+        raise bad("no settings or no metrics")
+    n_runs = len(settings) * len(seeds)
+    if len(messages) != n_runs or not all(isinstance(m, str) for m in messages):
+        raise bad(f"{len(messages)} messages for {n_runs} runs")
+
+    def array(key: str, shape: tuple[int, ...], kind: str) -> np.ndarray:
+        if key not in files:
+            raise bad(f"no array {key!r}")
+        a = files[key]
+        if a.shape != shape or a.dtype.kind not in kind:
+            raise bad(f"{key!r} has shape {a.shape} and dtype {a.dtype}, expected shape {shape}")
+        return a
+
+    steps = files.get("steps")
+    if steps is None or steps.ndim != 1 or steps.dtype.kind not in "iuf" or steps.size < 1:
+        raise bad("'steps' must be a non-empty 1-D array of step numbers")
+    shape = (n_runs, steps.size)
+    curves = {m: array(f"curve__{m}", shape, "f") for m in metrics}
+    status = array("status", (n_runs,), "iu")
+    known = {int(s) for s in Status}
+    unknown = sorted({int(c) for c in status} - known)
+    if unknown:
+        raise bad(f"unknown status codes {unknown}")
+    target = manifest.get("target")
+    if target is not None:
+        ok = isinstance(target, list) and len(target) == 2 and isinstance(target[0], str)
+        if not ok or not isinstance(target[1], (int, float)) or isinstance(target[1], bool):
+            raise bad(f"target must be [metric, threshold] or null, got {target!r}")
+        target = (target[0], float(target[1]))
+    info = manifest.get("info", {})
+    if not isinstance(info, dict):
+        raise bad("the manifest's 'info' is not a mapping")
+    return dict(
+        names=names,
+        settings=_from_json(settings),
+        seeds=seeds,
+        steps=steps,
+        curves=curves,
+        status=status,
+        diverged_at=array("diverged_at", (n_runs,), "iu"),
+        messages=messages,
+        primary=primary,
+        target=target,
+        info=_from_json(info),
+    )
 
 
 _TUPLE = "__tuple__"  # JSON has no tuples: a tuple is saved as {"__tuple__": [...]}

@@ -1,0 +1,102 @@
+"""Catalogue groups M (determinism), N (checkpoint / resume / safe loading) and B16 (a bad lane in
+a sweep): regression tests for the defects found by the persistence review.
+
+Each test here failed on the code before its fix.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+from gradlab.status import Status
+from gradlab.sweep import SweepResult
+
+# ------------------------------------------------------------------------ SweepResult.load
+
+
+def _small_result() -> SweepResult:
+    n_settings, seeds, evals = 2, [0, 1], 3
+    runs = n_settings * len(seeds)
+    curve = np.arange(runs * evals, dtype=np.float32).reshape(runs, evals)
+    return SweepResult(
+        names=["lr"],
+        settings=[{"lr": 0.1}, {"lr": 0.3}],
+        seeds=seeds,
+        steps=np.array([0, 5, 10]),
+        curves={"train_loss": curve, "val_loss": curve + 1},
+        status=np.array([int(Status.OK)] * 3 + [int(Status.DIVERGED)], np.int32),
+        diverged_at=np.array([-1, -1, -1, 7], np.int32),
+        messages=["", "", "", "non-finite training loss (nan) at step 7"],
+        primary="val_loss",
+    )
+
+
+def _rewrite(path, tmp_path, name, *, manifest=None, **arrays):
+    """A copy of the file at ``path`` with some members replaced (``None`` deletes one)."""
+    with np.load(path, allow_pickle=False) as z:
+        files = {k: z[k] for k in z.files}
+    if manifest is not None:
+        m = json.loads(files["manifest"].tobytes().decode("utf-8"))
+        manifest(m)
+        files["manifest"] = np.frombuffer(json.dumps(m).encode("utf-8"), np.uint8)
+    for k, v in arrays.items():
+        if v is None:
+            del files[k]
+        else:
+            files[k] = v
+    out = tmp_path / f"{name}.npz"
+    np.savez(out, **files)
+    return out
+
+
+def test_sweep_load_refuses_truncated_corrupt_and_inconsistent_files(tmp_path):
+    res = _small_result()
+    path = res.save(tmp_path / "ok.npz")
+    raw = open(path, "rb").read()
+
+    # truncated archives raised zipfile.BadZipFile, a .npy file TypeError (not ValueError)
+    for i, cut in enumerate((len(raw) // 2, 10)):
+        bad = tmp_path / f"cut{i}.npz"
+        bad.write_bytes(raw[:cut])
+        with pytest.raises(ValueError, match="cut"):
+            SweepResult.load(bad)
+    npy = io.BytesIO()
+    np.save(npy, np.arange(3))
+    (tmp_path / "plain.npz").write_bytes(npy.getvalue())
+    with pytest.raises(ValueError, match="not an .npz archive"):
+        SweepResult.load(tmp_path / "plain.npz")
+
+    # arrays that do not match the manifest loaded silently (a table of runs that do not exist)
+    short = _rewrite(path, tmp_path, "short", status=res.status[:3])
+    with pytest.raises(ValueError, match="'status' has shape"):
+        SweepResult.load(short)
+    narrow = _rewrite(path, tmp_path, "narrow", curve__val_loss=res.curves["val_loss"][:, :2])
+    with pytest.raises(ValueError, match="curve__val_loss"):
+        SweepResult.load(narrow)
+    one_setting = lambda m: m.update(settings=m["settings"][:1])  # noqa: E731
+    fewer = _rewrite(path, tmp_path, "fewer", manifest=one_setting)
+    with pytest.raises(ValueError, match="corrupt"):
+        SweepResult.load(fewer)
+    code = _rewrite(path, tmp_path, "code", status=np.full(4, 77, np.int32))
+    with pytest.raises(ValueError, match="unknown status codes"):
+        SweepResult.load(code)
+    # missing members raised KeyError, a manifest that is not an object AttributeError
+    with pytest.raises(ValueError, match="no array 'status'"):
+        SweepResult.load(_rewrite(path, tmp_path, "nostatus", status=None))
+    with pytest.raises(ValueError, match="no 'names'"):
+        SweepResult.load(_rewrite(path, tmp_path, "nonames", manifest=lambda m: m.pop("names")))
+    with np.load(path, allow_pickle=False) as z:
+        files = {k: z[k] for k in z.files if k != "manifest"}
+    listy = tmp_path / "listy.npz"
+    np.savez(listy, manifest=np.frombuffer(b"[1, 2]", np.uint8), **files)
+    with pytest.raises(ValueError, match="not a gradlab sweep file"):
+        SweepResult.load(listy)
+
+    # the file itself still loads, also by the name given to save (which appended .npz)
+    back = SweepResult.load(tmp_path / "ok")
+    assert str(back.table()) == str(res.table())
+    assert back.best["index"] == res.best["index"] == 0
