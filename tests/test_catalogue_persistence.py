@@ -9,9 +9,15 @@ from __future__ import annotations
 import io
 import json
 
+import jax
 import numpy as np
+import optax
 import pytest
+from flax import nnx
 
+from gradlab.lab import data as lab_data
+from gradlab.lab.models import MLP
+from gradlab.lab.train import train
 from gradlab.status import Status
 from gradlab.sweep import SweepResult
 
@@ -100,3 +106,43 @@ def test_sweep_load_refuses_truncated_corrupt_and_inconsistent_files(tmp_path):
     back = SweepResult.load(tmp_path / "ok")
     assert str(back.table()) == str(res.table())
     assert back.best["index"] == res.best["index"] == 0
+
+
+# ------------------------------------------------------------------------ train(..., resume=True)
+
+
+_OPT = optax.adam(1e-2)  # one object: the runs share one compiled epoch
+
+
+def _tiny_run(directory, data, epochs, **kw):
+    model = MLP(2, [4], 2, rngs=nnx.Rngs(0))
+    args = dict(epochs=epochs, batch_size=16, progress=False, checkpoint_dir=directory)
+    return train(model, _OPT, data, **{**args, **kw})
+
+
+def test_resume_refuses_other_options_data_or_fewer_epochs(tmp_path):
+    """Resuming with another min_delta / value_from / restore_best, other data of the same size,
+    or ``epochs`` below the checkpoint's, silently gave a run that no uninterrupted run gives
+    (or, for restore_best, a message about 'best_model_state' containers)."""
+    data = lab_data.make_moons(64, seed=0)
+    other = lab_data.make_moons(64, seed=1)  # same sizes, other examples
+    ck = tmp_path / "ck"
+    _tiny_run(ck, data, 2)
+    manifest = (ck / "manifest.json").read_bytes()
+    refused = [
+        (dict(min_delta=0.5), data, 3, "min_delta=0.0, this call has min_delta=0.5"),
+        (dict(value_from=None), data, 3, "value_from='batch', this call has value_from=None"),
+        (dict(restore_best=True), data, 3, "restore_best=False"),
+        ({}, other, 3, "other training or validation data"),
+        ({}, data, 1, "holds 2 epochs, more than epochs=1"),
+    ]
+    for kw, d, epochs, message in refused:
+        with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+            _tiny_run(ck, d, epochs, resume=True, **kw)
+    assert (ck / "manifest.json").read_bytes() == manifest  # nothing was overwritten
+
+    # the same arguments resume, bit for bit as the uninterrupted run
+    resumed = _tiny_run(ck, data, 3, resume=True)
+    straight = _tiny_run(tmp_path / "straight", data, 3)
+    for a, b in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(straight.state), strict=True):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -419,6 +420,59 @@ def _check_model_fits_data(
             )
 
 
+def _fingerprint(x: jax.Array, y: jax.Array) -> str:
+    """SHA-256 of the training and validation examples as :func:`train` uses them (shapes,
+    dtypes and bytes): a resumed run must see the data it was checkpointed with."""
+    h = hashlib.sha256()
+    for a in (x, y):
+        a = np.asarray(a)
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+#: Run options a checkpoint records and a resume must repeat (checked when the checkpoint has
+#: them: older checkpoints stored only the first three).
+_RESUME_KEYS = (
+    "batch_size",
+    "seed",
+    "n",
+    "n_val",
+    "value_from",
+    "min_delta",
+    "restore_best",
+    "line_search",
+    "data_sha256",
+)
+_ALWAYS_STORED = ("batch_size", "seed", "n")
+
+
+def _check_resume_config(directory: str, manifest: dict, config: dict) -> None:
+    """``ValueError`` unless ``config`` repeats the options the checkpoint was written with."""
+    meta = manifest.get("metadata")
+    stored = meta.get("config") if isinstance(meta, dict) else None
+    if not isinstance(stored, dict) or not isinstance(meta.get("history"), list):
+        raise ckpt.CheckpointError(
+            f"{directory!r} is not a checkpoint written by gradlab.lab.train (its metadata has "
+            "no run configuration or history)"
+        )
+    for k in _RESUME_KEYS:
+        if k not in stored and k not in _ALWAYS_STORED:
+            continue
+        if stored.get(k) != config[k]:
+            what = {
+                "data_sha256": "other training or validation data (its SHA-256 differs)",
+                "n": "another number of training examples",
+                "n_val": "another number of validation examples",
+            }.get(k, f"{k}={stored.get(k)!r}, this call has {k}={config[k]!r}")
+            if k in ("n", "n_val"):
+                what += f" ({stored.get(k)!r}, this call has {config[k]!r})"
+            raise ValueError(
+                f"cannot resume from {directory!r}: it was written with {what}; resuming "
+                "must repeat the run's arguments (start a new checkpoint_dir to change them)"
+            )
+
+
 def train(
     model: nnx.Module | ModelParts,
     optimizer: optax.GradientTransformation,
@@ -478,14 +532,18 @@ def train(
       checkpoint_every: epochs between checkpoints.
       resume: continue from ``checkpoint_dir`` if it holds a checkpoint (a ``manifest.json``;
         bit-identical to an uninterrupted run with the same arguments). A checkpoint that
-        cannot be restored raises instead of starting over.
+        cannot be restored raises instead of starting over, and so does one written with
+        other run options (``batch_size``, ``seed``, ``value_from``, ``min_delta``,
+        ``restore_best``, ``line_search``, other data) or more epochs than ``epochs``.
+        Optimizer hyperparameters are checked only through the structure of their state.
       donate: donate the state buffers to the compiled epoch (halves peak memory).
 
     Returns:
       A :class:`TrainResult` with the model, the final state and the :class:`History`.
 
     Raises:
-      ValueError: bad arguments (batch size, epochs, patience without validation data...), or
+      ValueError: bad arguments (batch size, epochs, patience without validation data...),
+        resuming with other run options or data than the checkpoint was written with, or
         a model that does not fit the data: it cannot take the inputs (e.g. MLP's
         ``in_features`` differs from the number of features), has fewer outputs than the
         dataset's classes, a class label outside ``[0, outputs)``, or (default loss) another
@@ -556,16 +614,23 @@ def train(
         best_model_state=mstate if restore_best else None,
     )
     config = dict(batch_size=b, seed=seed, n=n, value_from=value_from, min_delta=min_delta)
+    if checkpoint_dir is not None:
+        config.update(
+            n_val=int(x.shape[0] - n),
+            restore_best=bool(restore_best),
+            line_search=bool(line_search),
+            data_sha256=_fingerprint(x, y),
+        )
     if resume and ckpt.checkpoint_exists(checkpoint_dir):
+        # the run's configuration first (a clear message), then the state against the template
+        _check_resume_config(checkpoint_dir, ckpt.read_manifest(checkpoint_dir), config)
         ts, meta = ckpt.restore_checkpoint(checkpoint_dir, ts)
         rows = list(meta["history"])
-        stored = meta.get("config", {})
-        for k in ("batch_size", "seed", "n"):
-            if stored.get(k) != config[k]:
-                raise ValueError(
-                    f"cannot resume from {checkpoint_dir!r}: it was written with {k}="
-                    f"{stored.get(k)!r}, this call has {k}={config[k]!r}"
-                )
+        if int(ts.epoch) > epochs:
+            raise ValueError(
+                f"cannot resume from {checkpoint_dir!r}: it holds {int(ts.epoch)} epochs, more "
+                f"than epochs={epochs} (a resumed run continues up to `epochs`, never back)"
+            )
     else:  # row 0: the initial model
         first = _metrics(graphdef, loss_fn, classification, n, params, mstate, x, y)
         ts = ts._replace(last_val=first[2])
