@@ -146,3 +146,35 @@ def test_resume_refuses_other_options_data_or_fewer_epochs(tmp_path):
     straight = _tiny_run(tmp_path / "straight", data, 3)
     for a, b in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(straight.state), strict=True):
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+def test_a_malformed_manifest_is_a_checkpoint_error(tmp_path):
+    """Hand-edited or crafted manifests raised AttributeError/TypeError from the leaf comparison,
+    and a checkpoint without train's metadata a TypeError in train(resume=True)."""
+    from gradlab.lab import checkpoint as ckpt
+
+    tree = {"w": np.ones(3, np.float32), "s": optax.adam(1e-3).init({"w": np.ones(3, np.float32)})}
+    good = tmp_path / "good"
+    ckpt.save_checkpoint(good, tree)
+    edits = {
+        "entry": lambda m: m["leaves"].__setitem__("w", "x"),
+        "shape": lambda m: m["leaves"]["w"].__setitem__("shape", 3),
+        "table": lambda m: m.__setitem__("leaves", [1, 2]),
+    }
+    for name, edit in edits.items():
+        d = tmp_path / name
+        d.mkdir()
+        manifest = json.loads((good / "manifest.json").read_text())
+        state = manifest["state_file"]
+        (d / state).write_bytes((good / state).read_bytes())
+        edit(manifest)
+        (d / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(ckpt.CheckpointError, match="malformed manifest"):
+            ckpt.restore_checkpoint(d, tree)
+
+    # a generic checkpoint (no history, no run configuration) is not a training checkpoint
+    plain = tmp_path / "plain"
+    model = MLP(2, [4], 2, rngs=nnx.Rngs(0))
+    ckpt.save_checkpoint(plain, {"w": np.ones(2, np.float32)})
+    with pytest.raises(ckpt.CheckpointError, match="not a checkpoint written by"):
+        train(model, _OPT, lab_data.make_moons(64), epochs=1, checkpoint_dir=plain, resume=True)

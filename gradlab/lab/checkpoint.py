@@ -160,6 +160,26 @@ def _compare(stored: dict[str, dict], expected: dict[str, dict], where: str) -> 
         )
 
 
+def _stored_leaves(d: str, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The manifest's leaf table, checked to be well formed (``CheckpointError`` otherwise: a
+    hand-edited or crafted manifest must not end in an ``AttributeError``)."""
+    leaves = manifest.get("leaves", {})
+    if not isinstance(leaves, dict):
+        raise CheckpointError(f"{d!r}: malformed manifest ('leaves' is not a mapping)")
+    for path, entry in leaves.items():
+        ok = isinstance(entry, dict) and isinstance(entry.get("kind"), str)
+        if ok and entry["kind"] == "array":
+            shape = entry.get("shape")
+            ok = (
+                isinstance(shape, list)
+                and all(isinstance(n, int) and not isinstance(n, bool) for n in shape)
+                and isinstance(entry.get("dtype"), str)
+            )
+        if not ok:
+            raise CheckpointError(f"{d!r}: malformed manifest entry {path!r}: {entry!r}")
+    return leaves
+
+
 def _fmt(d: dict) -> str:
     if d.get("kind") == "array":
         return f"an array of shape {tuple(d['shape'])} and dtype {d['dtype']}"
@@ -357,7 +377,7 @@ def restore_checkpoint(directory: str | os.PathLike, template: Any) -> tuple[Any
         raise CheckpointError(f"{d!r}: {name} does not match the manifest checksum")
     host_template = _to_host(template)
     expected = _leaf_table(host_template)
-    _compare(manifest.get("leaves", {}), expected, f"restore_checkpoint({d!r})")
+    _compare(_stored_leaves(d, manifest), expected, f"restore_checkpoint({d!r})")
     try:
         raw = serialization.msgpack_restore(data)
     except Exception as e:  # msgpack raises several types on garbage
