@@ -178,3 +178,23 @@ def test_a_malformed_manifest_is_a_checkpoint_error(tmp_path):
     ckpt.save_checkpoint(plain, {"w": np.ones(2, np.float32)})
     with pytest.raises(ckpt.CheckpointError, match="not a checkpoint written by"):
         train(model, _OPT, lab_data.make_moons(64), epochs=1, checkpoint_dir=plain, resume=True)
+
+
+def test_an_interrupted_sweep_save_keeps_the_previous_file(tmp_path, monkeypatch):
+    """SweepResult.save opened the target with 'wb' first: a save interrupted while writing
+    (Ctrl-C, a full disk) destroyed the previous results and left a truncated file."""
+    res = _small_result()
+    path = res.save(tmp_path / "sweep.npz")
+    before = open(path, "rb").read()
+
+    def interrupted(f, **arrays):
+        f.write(b"PK\x03\x04 half an archive")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        res.save(path)
+    monkeypatch.undo()
+    assert open(path, "rb").read() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.npz"]  # no temporary left
+    assert str(SweepResult.load(path).table()) == str(res.table())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -332,7 +333,8 @@ class SweepResult:
 
     # ---------------------------------------------------------------- files
     def save(self, path: str | os.PathLike) -> str:
-        """Write one ``.npz`` file (arrays + JSON manifest; no pickle). Returns the path."""
+        """Write one ``.npz`` file (arrays + JSON manifest; no pickle), atomically: an existing
+        file at ``path`` is replaced only once the new one is complete. Returns the path."""
         path = os.fspath(path)
         if not path.endswith(".npz"):
             path += ".npz"
@@ -351,9 +353,22 @@ class SweepResult:
         arrays = {f"curve__{k}": v for k, v in self.curves.items()}
         arrays.update(steps=self.steps, status=self.status, diverged_at=self.diverged_at)
         blob = np.frombuffer(json.dumps(manifest).encode("utf-8"), dtype=np.uint8)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "wb") as f:
-            np.savez(f, manifest=blob, **arrays)
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        # atomic: a temporary file beside the target, fsync, then one os.replace, so that an
+        # interrupted save (Ctrl-C, a full disk) leaves the previous file whole, never a
+        # truncated one
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, manifest=blob, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
         return path
 
     @classmethod
