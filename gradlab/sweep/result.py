@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import uuid
 import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -358,9 +358,10 @@ class SweepResult:
         # atomic: a temporary file beside the target, fsync, then one os.replace, so that an
         # interrupted save (Ctrl-C, a full disk) leaves the previous file whole, never a
         # truncated one
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+        # (open(..., "xb"), not mkstemp: the file gets the usual permissions, not 0600)
+        tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
         try:
-            with os.fdopen(fd, "wb") as f:
+            with open(tmp, "xb") as f:
                 np.savez(f, manifest=blob, **arrays)
                 f.flush()
                 os.fsync(f.fileno())
