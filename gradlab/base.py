@@ -62,6 +62,7 @@ __all__ = [
     "chain",
     "named_chain",
     "counted_transformation",
+    "is_schedule",
     "identity",
     "safe_increment",
     "zero_count",
@@ -642,23 +643,40 @@ def tree_all_finite(tree: Any) -> jax.Array:
 # --------------------------------------------------------------------------------------------
 
 
+def is_schedule(value: Any) -> bool:
+    """True for a schedule ``count -> value`` (a callable that is not an array)."""
+    return callable(value) and not isinstance(value, (jax.Array, np.ndarray))
+
+
 def counted_transformation(
-    state_cls: type, owner: str, apply: Callable[[Any, jax.Array, Any], Any]
+    state_cls: type,
+    owner: str,
+    apply: Callable[[Any, jax.Array, Any], Any],
+    hyperparameters: tuple | None = None,
 ) -> GradientTransformation:
     """A transformation whose state is only a step count (``state_cls(count=...)``).
 
     ``apply(updates, count, params) -> updates`` does the work; the count it sees is the number
     of updates already taken (0 on the first), for evaluating schedules.
+
+    When ``hyperparameters`` is given and none of them is a schedule, the count would never be
+    read: the state is then optax's ``EmptyState()`` (as for ``optax.scale``), so a named
+    optimizer's state holds one step count, like optax's, and
+    ``optax.tree_utils.tree_get(state, "count")`` finds it.
     """
+    counted = hyperparameters is None or any(is_schedule(h) for h in hyperparameters)
+    expected = state_cls if counted else EmptyState
 
     def init_fn(params):
         del params
-        return state_cls(count=zero_count())
+        return state_cls(count=zero_count()) if counted else EmptyState()
 
     def update_fn(updates, state, params=None):
-        check_update(owner, state, state_cls, updates)
+        check_update(owner, state, expected, updates)
         if params is not None:  # no per-leaf state to compare with: compare with the params
             check_tree_match(params, updates, "params", "updates", owner=owner)
+        if not counted:
+            return apply(updates, zero_count(), params), state
         return apply(updates, state.count, params), state_cls(count=safe_increment(state.count))
 
     return GradientTransformation(init_fn, update_fn)

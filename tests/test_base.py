@@ -80,7 +80,8 @@ def test_schedules_returning_python_or_numpy_numbers_are_checked_too():
         assert np.isnan(np.asarray(lr(jnp.asarray(0)))).any()
     lr = base.hyperparameter(lambda c: 0.25, "learning_rate", base.NONNEGATIVE)
     assert lr(jnp.asarray(0)) == 0.25 and isinstance(lr(jnp.asarray(0)), float)  # kept exact
-    u, _ = gradlab.sgd(lambda c: -0.5).update(jnp.ones(2), gradlab.sgd(0.1).init(jnp.ones(2)))
+    tx = gradlab.sgd(lambda c: -0.5)
+    u, _ = tx.update(jnp.ones(2), tx.init(jnp.ones(2)))
     assert np.isnan(np.asarray(u)).all()  # never a silent ascent step
 
 

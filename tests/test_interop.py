@@ -117,3 +117,50 @@ def test_a_bfloat16_hyperparameter_rounded_out_of_range_names_the_cause():
     tx = optax.inject_hyperparams(gl.adam, hyperparam_dtype=jnp.float32)(1e-3)
     u, _ = tx.update(GRADS, tx.init(params), params)
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u))
+
+
+# --------------------------------------------------------------------------------------------
+# optax tree utilities on gradlab states
+# --------------------------------------------------------------------------------------------
+
+ONE_COUNT = {
+    "adam": lambda: gl.adam(0.1),
+    "adamw": lambda: gl.adamw(0.1),
+    "nadam": lambda: gl.nadam(0.1),
+    "adamax": lambda: gl.adamax(0.1),
+    "rmsprop": lambda: gl.rmsprop(0.1),
+    "adagrad": lambda: gl.adagrad(0.1),
+    "adadelta": lambda: gl.adadelta(),
+    "sgd_momentum": lambda: gl.sgd(0.1, 0.9),
+    "clip_then_adam": lambda: optax.chain(gl.clip_by_global_norm(1.0), gl.clip(1.0), gl.adam(0.1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ONE_COUNT))
+def test_tree_get_count_finds_the_one_step_count(name):
+    # optax's own docstring idiom, optax.tree_utils.tree_get(adam_state, "count"), raised
+    # KeyError("Found multiple values for 'count'"): the learning-rate, weight-decay and
+    # clipping atoms each kept a step count even for a constant hyperparameter.
+    tx = ONE_COUNT[name]()
+    state = tx.init(PARAMS)
+    for _ in range(3):
+        _, state = tx.update(GRADS, state, PARAMS)
+    assert int(optax.tree_utils.tree_get(state, "count")) == 3
+
+
+def test_constant_atoms_are_stateless_and_schedules_keep_their_count():
+    params = jnp.ones(2)
+    for tx in (gl.scale_by_learning_rate(0.1), gl.clip(1.0), gl.add_decayed_weights(0.1)):
+        assert tx.init(params) == optax.EmptyState()
+    # the state of a constant-lr adam has optax.adam's structure
+    assert jax.tree.structure(gl.adam(0.1).init(PARAMS)) != jax.tree.structure(
+        gl.adam(lambda c: 0.1).init(PARAMS)
+    )
+    tx = gl.sgd(lambda c: 0.1 / (1.0 + c))
+    state = tx.init(params)
+    u1, state = tx.update(params, state)
+    u2, state = tx.update(params, state)
+    np.testing.assert_allclose([u1[0], u2[0]], [-0.1, -0.05], rtol=1e-6)
+    assert int(optax.tree_utils.tree_get(state, "count")) == 2
+    with pytest.raises(gl.StateMismatchError, match="scale_by_learning_rate"):
+        gl.scale_by_learning_rate(0.1).update(params, {"a": params})

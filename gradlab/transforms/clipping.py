@@ -1,7 +1,8 @@
 r"""Gradient clipping: elementwise (:func:`clip`) and by global norm (:func:`clip_by_global_norm`).
 
-Both take their threshold as a number, an array or a schedule (so their state carries a step
-count). Non-finite input is never turned into *new* NaNs:
+Both take their threshold as a number, an array or a schedule (under a schedule their state
+carries a step count; otherwise it is ``optax.EmptyState()``). Non-finite input is never turned
+into *new* NaNs:
 
 * :func:`clip` maps :math:`\pm\infty` to :math:`\pm\delta` (finite) and leaves NaN as NaN.
 * :func:`clip_by_global_norm` leaves updates whose global norm is not finite (an inf or NaN
@@ -51,7 +52,7 @@ def clip(max_delta: base.ScalarOrSchedule) -> base.GradientTransformation:
 
         return jax.tree.map(leaf, updates)
 
-    return base.counted_transformation(ClipState, "clip", apply)
+    return base.counted_transformation(ClipState, "clip", apply, (max_delta,))
 
 
 def _ldexp(x: jax.Array, k: jax.Array) -> jax.Array:
@@ -135,4 +136,4 @@ def clip_by_global_norm(max_norm: base.ScalarOrSchedule) -> base.GradientTransfo
 
         return jax.tree.map(leaf, updates)
 
-    return base.counted_transformation(ClipState, "clip_by_global_norm", apply)
+    return base.counted_transformation(ClipState, "clip_by_global_norm", apply, (max_norm,))

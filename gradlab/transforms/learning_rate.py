@@ -26,7 +26,8 @@ def scale_by_learning_rate(
     ``learning_rate`` is a number, a (traceable) array or a schedule ``count -> value``; the
     schedule is evaluated at the number of updates already taken (0 on the first update). The
     scale is computed in float32, or the leaf's dtype when wider (float64), and the update
-    returned in each leaf's own dtype.
+    returned in each leaf's own dtype. The state is :class:`ScaleByLearningRateState` (a step
+    count) for a schedule and ``optax.EmptyState()`` otherwise, as for ``optax.scale``.
 
     Args:
       learning_rate: :math:`\eta \ge 0`.
@@ -46,4 +47,6 @@ def scale_by_learning_rate(
             updates,
         )
 
-    return base.counted_transformation(ScaleByLearningRateState, "scale_by_learning_rate", apply)
+    return base.counted_transformation(
+        ScaleByLearningRateState, "scale_by_learning_rate", apply, (learning_rate,)
+    )

@@ -62,7 +62,7 @@ def add_decayed_weights(
 
         return jax.tree.map(leaf, updates, params)
 
-    tx = base.counted_transformation(AddDecayedWeightsState, owner, apply)
+    tx = base.counted_transformation(AddDecayedWeightsState, owner, apply, (weight_decay,))
     if mask is not None:
         return _masked(tx, mask, owner)
     return tx
