@@ -198,3 +198,20 @@ def test_an_interrupted_sweep_save_keeps_the_previous_file(tmp_path, monkeypatch
     assert open(path, "rb").read() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.npz"]  # no temporary left
     assert str(SweepResult.load(path).table()) == str(res.table())
+
+
+def test_a_mismatch_from_another_gradlab_version_names_both_versions(tmp_path, monkeypatch):
+    """N3: optimizer states may change structure between gradlab versions (0.2.0 dropped the
+    learning-rate atom's step count without a schedule); a restore that fails on structure
+    says which gradlab wrote the checkpoint. The same mismatch within one version does not."""
+    from gradlab.lab import checkpoint as ckpt
+
+    d = str(tmp_path / "c")
+    ckpt.save_checkpoint(d, {"mu": np.zeros(3, np.float32), "count": np.int32(4)})
+    template = {"mu": np.zeros(3, np.float32)}
+    with pytest.raises(ckpt.CheckpointMismatchError) as same:
+        ckpt.restore_checkpoint(d, template)
+    assert "written by gradlab" not in str(same.value)
+    monkeypatch.setattr(ckpt, "_gradlab_version", lambda: "9.9.9")
+    with pytest.raises(ckpt.CheckpointMismatchError, match=r"written by gradlab .*9\.9\.9"):
+        ckpt.restore_checkpoint(d, template)

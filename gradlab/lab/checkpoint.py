@@ -377,7 +377,16 @@ def restore_checkpoint(directory: str | os.PathLike, template: Any) -> tuple[Any
         raise CheckpointError(f"{d!r}: {name} does not match the manifest checksum")
     host_template = _to_host(template)
     expected = _leaf_table(host_template)
-    _compare(_stored_leaves(d, manifest), expected, f"restore_checkpoint({d!r})")
+    try:
+        _compare(_stored_leaves(d, manifest), expected, f"restore_checkpoint({d!r})")
+    except CheckpointMismatchError as e:
+        written_by, this = manifest.get("gradlab_version"), _gradlab_version()
+        if written_by is None or written_by == this:
+            raise
+        raise CheckpointMismatchError(
+            f"{e} (the checkpoint was written by gradlab {written_by}, this is gradlab {this}: "
+            "optimizer states can change structure between versions)"
+        ) from e
     try:
         raw = serialization.msgpack_restore(data)
     except Exception as e:  # msgpack raises several types on garbage
