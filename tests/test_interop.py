@@ -164,3 +164,50 @@ def test_constant_atoms_are_stateless_and_schedules_keep_their_count():
     assert int(optax.tree_utils.tree_get(state, "count")) == 2
     with pytest.raises(gl.StateMismatchError, match="scale_by_learning_rate"):
         gl.scale_by_learning_rate(0.1).update(params, {"a": params})
+
+
+# --------------------------------------------------------------------------------------------
+# Weight-decay masks and Flax FrozenDict params
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["frozen_params", "frozen_mask", "mixed", "callable"])
+def test_weight_decay_mask_accepts_frozendict_and_dict_alike(case):
+    # A dict mask for FrozenDict params (linen's freeze, optax #160) or the reverse was a
+    # TreeMismatchError whose message listed identical leaves for mask and params.
+    from flax.core import freeze, unfreeze
+
+    params = {"w": jnp.ones(3), "b": jnp.ones(2), "n": {"c": jnp.ones(2), "d": jnp.ones(1)}}
+    grads = jax.tree.map(lambda x: 0.1 * x, params)
+    mask = {"w": True, "b": False, "n": {"c": True, "d": False}}
+    if case == "callable":
+        mask = lambda p: jax.tree.map(lambda x: x.shape[0] > 1, p)  # noqa: E731
+    oracle = optax.adamw(0.1, weight_decay=0.5, mask=mask)  # plain dicts throughout
+    ref, _ = oracle.update(grads, oracle.init(params), params)
+    if case == "frozen_mask":
+        mask = freeze(mask)
+    elif case == "mixed":
+        mask = {**mask, "n": freeze(mask["n"])}
+    if case != "frozen_mask":
+        params, grads = freeze(params), freeze(grads)
+    outs = []
+    for tx in (
+        gl.adamw(0.1, weight_decay=0.5, mask=mask),
+        gl.adadelta(weight_decay=0.5, weight_decay_mask=mask),
+    ):
+        jax.eval_shape(tx.init, params)
+        u, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+        assert type(u) is type(params)
+        outs.append(u)
+    # adamw against optax's on plain dicts (gradlab's bias correction is exact: rtol 1e-5)
+    _assert_trees_close(unfreeze(outs[0]), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_weight_decay_mask_mismatch_names_the_path_and_types():
+    params = {"w": jnp.ones(3), "n": {"c": jnp.ones(2), "d": jnp.ones(1)}}
+    with pytest.raises(gl.TreeMismatchError, match=r"at \['n'\] the mask is a dict") as e:
+        gl.adamw(0.1, mask={"w": True, "n": {"c": True}}).init(params)
+    assert e.value.path == "['n']"
+    with pytest.raises(gl.TreeMismatchError, match=r"params are a leaf") as e:
+        gl.adamw(0.1, mask={"w": {"x": True}, "n": True}).init(params)
+    assert e.value.path == "['w']"
