@@ -32,7 +32,11 @@ and never passes on a non-finite value or gradient.
 ``NON_FINITE`` (NaN/Inf value, gradient or parameters: the run is frozen at the last finite
 point); ``LINE_SEARCH_FAILED`` (no acceptable step; the point is the last good one);
 ``NOT_DESCENT`` (the method produced an uphill direction and the search refused it);
-``UNBOUNDED`` (the line search found :math:`f` still decreasing at its largest step).
+``UNBOUNDED`` (the line search found :math:`f` still decreasing at its largest step);
+``INVALID_HYPERPARAMETER`` (a traced ``tol``/``atol``/``max_steps`` out of range, or a traced
+hyperparameter of the method: a step whose state reports it, or a run that became NaN because
+of it. Such a setting is poisoned to NaN; when a run ends ``NON_FINITE``, one ``update`` on a
+benign problem after the loop tells the two apart, so valid runs pay nothing).
 
 **Convention for counters and status (every gradlab transformation follows it).** A
 transformation that evaluates ``value_fn`` or ``residual_fn`` itself keeps, in its state
@@ -394,6 +398,7 @@ def _solve(fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_ex
         return new
 
     c = jax.lax.while_loop(cond, body, carry)
+    status = _diagnose_non_finite(solver, state0, x0, extra, dtype, c.status)
     aux, own_f = None, c.own_fevals
     if has_aux:  # one more evaluation, at the final point (counted)
         aux = fun(c.params, *args)[1]
@@ -405,9 +410,61 @@ def _solve(fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_ex
         num_steps=c.count,
         num_fun_evals=own_f + _counter(c.state, "num_fun_evals"),
         num_grad_evals=c.own_gevals + _counter(c.state, "num_grad_evals"),
-        status=c.status,
+        status=status,
         aux=aux,
     )
+
+
+def _diagnose_non_finite(solver, state0, x0, extra, dtype, status):
+    r"""``INVALID_HYPERPARAMETER`` instead of ``NON_FINITE`` when the method's own settings
+    caused the NaN: an invalid *traced* hyperparameter is poisoned to NaN
+    (:func:`gradlab.base.hyperparameter`), and a transformation that does not report it in a
+    ``status`` field (``scale_by_learning_rate``, ``adam``...) turns the step into NaN.
+
+    Runs after the solver loop, and only for a run that ended ``NON_FINITE`` (a ``while_loop``
+    of at most one iteration: under ``vmap`` it runs only when some member needs it). One
+    ``update`` from the fresh state on a benign problem: zero parameters and gradient,
+    :math:`f = \tfrac12\lVert x\rVert^2` (``residual_fn``: :math:`r = x`). With valid
+    settings every gradlab method gives a finite update there and no ``NON_FINITE`` status;
+    a NaN setting gives NaN (NaN times a zero gradient is NaN) or reports itself. A setting
+    that only becomes invalid later in a schedule (at a step count above 0) is not seen:
+    such a run stays ``NON_FINITE``.
+    """
+
+    def benign_value(p):
+        return 0.5 * sum(jnp.sum(jnp.square(x.astype(dtype))) for x in jax.tree.leaves(p))
+
+    def benign_residual(p, *args):
+        del args
+        return jnp.concatenate([jnp.ravel(x).astype(dtype) for x in jax.tree.leaves(p)])
+
+    def probe(carry):
+        _, code = carry
+        zeros = jax.tree.map(jnp.zeros_like, x0)
+        probe_extra = dict(extra)
+        if "residual_fn" in probe_extra:
+            probe_extra["residual_fn"] = benign_residual
+        updates, state = solver.update(
+            zeros,
+            state0,
+            zeros,
+            value=jnp.zeros([], dtype),
+            grad=zeros,
+            value_fn=benign_value,
+            **probe_extra,
+        )
+        bad = ~base.tree_all_finite(updates)
+        for v in _fields(state, "status"):
+            if jnp.shape(v) == ():
+                v = jnp.asarray(v, jnp.int32)
+                bad = bad | (v == int(Status.NON_FINITE))
+                bad = bad | (v == int(Status.INVALID_HYPERPARAMETER))
+        return jnp.asarray(False), jnp.where(bad, int(Status.INVALID_HYPERPARAMETER), code).astype(
+            jnp.int32
+        )
+
+    needs = status == int(Status.NON_FINITE)
+    return jax.lax.while_loop(lambda carry: carry[0], probe, (needs, status))[1]
 
 
 # One compiled loop per (fun, solver, static extras, has_aux), with gradlab's CPU options.
