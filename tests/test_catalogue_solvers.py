@@ -49,3 +49,21 @@ def test_a_genuinely_non_finite_run_is_still_non_finite():
         assert int(res.status) == Status.NON_FINITE
     res = minimize(nan_beyond_half, jnp.asarray([jnp.nan, 0.0]), gradlab.adam(0.1))
     assert int(res.status) == Status.NON_FINITE
+
+
+def test_a_nan_member_changes_no_bit_of_the_other_members():
+    # I4: the NaN lane gets its own status; the others are bit-identical to the same batch
+    # without it (a batch member is only allclose to a solo run: XLA batches the arithmetic).
+    def rosenbrock(x):
+        return jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+    with_nan = jnp.asarray([[0.0, 0.0], [-1.2, 1.0], [jnp.nan, 0.0], [2.0, 2.0]])
+    without = with_nan.at[2].set(jnp.asarray([0.5, 0.5]))
+    solve = jax.vmap(lambda x: minimize(rosenbrock, x, "bfgs", max_steps=200))
+    a, b = solve(with_nan), solve(without)
+    assert int(a.status[2]) == Status.NON_FINITE and int(a.num_steps[2]) == 0
+    keep = np.asarray([0, 1, 3])
+    for name in ("params", "value", "num_steps", "num_fun_evals", "status"):
+        np.testing.assert_array_equal(
+            np.asarray(getattr(a, name))[keep], np.asarray(getattr(b, name))[keep]
+        )
