@@ -423,33 +423,35 @@ def _diagnose_non_finite(solver, state0, x0, extra, dtype, status):
 
     Runs after the solver loop, and only for a run that ended ``NON_FINITE`` (a ``while_loop``
     of at most one iteration: under ``vmap`` it runs only when some member needs it). One
-    ``update`` from the fresh state on a benign problem: zero parameters and gradient,
-    :math:`f = \tfrac12\lVert x\rVert^2` (``residual_fn``: :math:`r = x`). With valid
+    ``update`` from the fresh state on a benign problem: :math:`x = 0`,
+    :math:`f = \tfrac12\lVert x - 1\rVert^2`, :math:`\nabla f = -1` (``residual_fn``:
+    :math:`r = x - 1`); a nonzero gradient, so methods that normalise it stay finite. With valid
     settings every gradlab method gives a finite update there and no ``NON_FINITE`` status;
-    a NaN setting gives NaN (NaN times a zero gradient is NaN) or reports itself. A setting
+    a NaN setting gives NaN or reports itself. A setting
     that only becomes invalid later in a schedule (at a step count above 0) is not seen:
     such a run stays ``NON_FINITE``.
     """
 
-    def benign_value(p):
-        return 0.5 * sum(jnp.sum(jnp.square(x.astype(dtype))) for x in jax.tree.leaves(p))
-
     def benign_residual(p, *args):
         del args
-        return jnp.concatenate([jnp.ravel(x).astype(dtype) for x in jax.tree.leaves(p)])
+        return jnp.concatenate([jnp.ravel(x).astype(dtype) - 1 for x in jax.tree.leaves(p)])
+
+    def benign_value(p):
+        return 0.5 * jnp.sum(jnp.square(benign_residual(p)))
 
     def probe(carry):
         _, code = carry
         zeros = jax.tree.map(jnp.zeros_like, x0)
+        grad = jax.tree.map(lambda x: -jnp.ones_like(x), x0)
         probe_extra = dict(extra)
         if "residual_fn" in probe_extra:
             probe_extra["residual_fn"] = benign_residual
         updates, state = solver.update(
-            zeros,
+            grad,
             state0,
             zeros,
-            value=jnp.zeros([], dtype),
-            grad=zeros,
+            value=benign_value(zeros),
+            grad=grad,
             value_fn=benign_value,
             **probe_extra,
         )

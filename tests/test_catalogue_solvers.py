@@ -7,6 +7,7 @@ methods against the catalogue's "gradlab should" column.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import gradlab
@@ -67,3 +68,18 @@ def test_a_nan_member_changes_no_bit_of_the_other_members():
         np.testing.assert_array_equal(
             np.asarray(getattr(a, name))[keep], np.asarray(getattr(b, name))[keep]
         )
+
+
+def test_a_normalising_method_that_hits_nan_stays_non_finite():
+    """The post-loop diagnosis probes the method with a nonzero gradient: a method that
+    normalises the gradient (0/0 at a zero gradient) and walks into a NaN region is a
+    genuine NON_FINITE run, not an invalid hyperparameter."""
+
+    def fun(x):
+        return jnp.where(x[0] < 0.5, jnp.sum((x - 1.0) ** 2), jnp.nan)
+
+    normalise = optax.stateless(lambda g, _: jax.tree.map(lambda x: -x / jnp.linalg.norm(x), g))
+    method = optax.chain(normalise)
+    r = gradlab.minimize(fun, jnp.zeros(2), method, max_steps=5)
+    assert int(r.status) == int(gradlab.Status.NON_FINITE)
+    assert int(r.num_steps) == 1
