@@ -83,3 +83,58 @@ def test_a_normalising_method_that_hits_nan_stays_non_finite():
     r = gradlab.minimize(fun, jnp.zeros(2), method, max_steps=5)
     assert int(r.status) == int(gradlab.Status.NON_FINITE)
     assert int(r.num_steps) == 1
+
+
+_DONATION_PARAMS = {"a": jnp.array([0.5, -1.0, 2.0]), "b": jnp.array([[1.5, 0.2], [0.3, -0.7]])}
+
+
+def _donation_residual(p):
+    return jnp.concatenate([p["a"] - 1.0, jnp.ravel(p["b"]) ** 2 - 0.5])
+
+
+def _donation_value(p):
+    return 0.5 * jnp.sum(_donation_residual(p) ** 2)
+
+
+_DONATED_METHODS = {
+    "bfgs": lambda: gradlab.bfgs(),
+    "lbfgs": lambda: gradlab.lbfgs(),
+    "nonlinear_cg": lambda: gradlab.nonlinear_cg(),
+    "steepest_descent+backtracking": lambda: gradlab.steepest_descent("backtracking"),
+    "steepest_descent+exact": lambda: gradlab.steepest_descent("exact"),
+    "newton": lambda: gradlab.newton(),
+    "newton_cg": lambda: gradlab.newton_cg(),
+    "gauss_newton": lambda: gradlab.gauss_newton(),
+    "levenberg_marquardt": lambda: gradlab.levenberg_marquardt(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_DONATED_METHODS))
+def test_solver_states_can_be_donated_to_a_jitted_step(name):
+    """An eagerly initialised state used to give several counters (and BFGS's two vectors)
+    one buffer: a step jitted with ``donate_argnums`` on the state failed on its first call
+    ("donate the same buffer twice"). Three donated steps equal three plain ones."""
+    tx = _DONATED_METHODS[name]()
+
+    def step(params, state):
+        value, grad = jax.value_and_grad(_donation_value)(params)
+        updates, state = tx.update(
+            grad,
+            state,
+            params,
+            value=value,
+            grad=grad,
+            value_fn=_donation_value,
+            residual_fn=_donation_residual,
+        )
+        return optax.apply_updates(params, updates), state
+
+    donated, plain = jax.jit(step, donate_argnums=(0, 1)), jax.jit(step)
+    params = jax.tree.map(jnp.copy, _DONATION_PARAMS)
+    state = tx.init(params)
+    ref = (_DONATION_PARAMS, tx.init(_DONATION_PARAMS))
+    for _ in range(3):
+        params, state = donated(params, state)
+        ref = plain(*ref)
+    for x, y in zip(jax.tree.leaves((params, state)), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)

@@ -250,15 +250,15 @@ def safeguarded_interpolation(lo, f_lo, s_lo, hi, f_hi, s_hi, margin=0.1):
 def initial_search_fields(params: Any, step_size: float) -> dict[str, Any]:
     """The fields every search state starts with (``value`` = inf: no search yet)."""
     dtype = compute_dtype(params)
-    zero = jnp.zeros([], jnp.int32)
+    # One buffer per field (a shared one cannot be donated: "donate the same buffer twice").
     return dict(
-        count=zero,
+        count=base.zero_count(),
         step_size=jnp.asarray(step_size, dtype),
         value=jnp.asarray(jnp.inf, dtype),
         grad=base.zeros_like(params, dtype=None),
         status=jnp.asarray(int(Status.OK), jnp.int32),
-        num_fun_evals=zero,
-        num_grad_evals=zero,
+        num_fun_evals=base.zero_count(),
+        num_grad_evals=base.zero_count(),
     )
 
 

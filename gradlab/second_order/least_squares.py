@@ -223,8 +223,8 @@ def scale_by_gauss_newton(
 
     def init_fn(params):
         del params
-        z = jnp.zeros([], jnp.int32)
-        return GaussNewtonState(z, z, z, z, jnp.asarray(int(Status.OK), jnp.int32))
+        z = base.zero_count  # one buffer per field (donation)
+        return GaussNewtonState(z(), z(), z(), z(), jnp.asarray(int(Status.OK), jnp.int32))
 
     def update_fn(updates, state, params=None, *, residual_fn=None, residual_args=(), **extra_args):
         del extra_args
@@ -389,16 +389,16 @@ def levenberg_marquardt(
     def init_fn(params):
         dtype = base.state_dtype_of(state_dtype)
         size = int(sum(np.size(x) for x in jax.tree.leaves(params)))
-        z = jnp.zeros([], jnp.int32)
+        z = base.zero_count  # one buffer per field (donation)
         return LevenbergMarquardtState(
-            count=z,
+            count=z(),
             damping=jnp.asarray(-1.0, dtype),
             nu=jnp.asarray(2.0, dtype),
             diag=jnp.zeros((size,) if marquardt else (), dtype),
-            num_fun_evals=z,
-            num_grad_evals=z,
-            num_hess_evals=z,
-            num_rejected=z,
+            num_fun_evals=z(),
+            num_grad_evals=z(),
+            num_hess_evals=z(),
+            num_rejected=z(),
             gain_ratio=jnp.zeros([], dtype),
             status=jnp.asarray(int(Status.OK), jnp.int32),
         )

@@ -221,9 +221,9 @@ def scale_by_newton(
 
     def init_fn(params):
         _check_budget(params, hessian_memory_budget, state_dtype)
-        z = jnp.zeros([], jnp.int32)
         shift = jnp.zeros([], base.state_dtype_of(state_dtype))
-        return ScaleByNewtonState(z, shift, z, z, z, jnp.asarray(int(Status.OK), jnp.int32))
+        z = base.zero_count  # one buffer per field (donation)
+        return ScaleByNewtonState(z(), shift, z(), z(), z(), jnp.asarray(int(Status.OK), jnp.int32))
 
     def update_fn(updates, state, params=None, *, value_fn=None, **extra_args):
         del extra_args

@@ -255,8 +255,8 @@ def scale_by_newton_cg(
         state_dtype = base.state_dtype_of(state_dtype, _OWNER)
 
     def init_fn(params):
-        z = jnp.zeros([], jnp.int32)
-        return ScaleByNewtonCGState(z, z, z, z, z, jnp.asarray(int(Status.OK), jnp.int32))
+        z = base.zero_count  # one buffer per field (donation)
+        return ScaleByNewtonCGState(z(), z(), z(), z(), z(), jnp.asarray(int(Status.OK), jnp.int32))
 
     def update_fn(updates, state, params=None, *, value_fn=None, **extra_args):
         del extra_args

@@ -121,12 +121,17 @@ def _initial_fields(params, state_dtype):
     """``(n, dtype, fields)``: raveled size, state dtype, and the fields both states share."""
     dtype = _dtype(params, state_dtype)
     n = ravel_pytree(params)[0].size
-    zero = jnp.zeros([], jnp.int32)
-    vec = jnp.zeros([n], dtype)
+    # One buffer per field (a shared one cannot be donated: "donate the same buffer twice").
     return (
         n,
         dtype,
-        dict(count=zero, num_skipped=zero, num_resets=zero, prev_params=vec, prev_grad=vec),
+        dict(
+            count=base.zero_count(),
+            num_skipped=base.zero_count(),
+            num_resets=base.zero_count(),
+            prev_params=jnp.zeros([n], dtype),
+            prev_grad=jnp.zeros([n], dtype),
+        ),
     )
 
 
