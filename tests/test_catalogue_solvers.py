@@ -138,3 +138,41 @@ def test_solver_states_can_be_donated_to_a_jitted_step(name):
         ref = plain(*ref)
     for x, y in zip(jax.tree.leaves((params, state)), jax.tree.leaves(ref), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+_FIT_X = jnp.linspace(0.0, 1.0, 8)
+
+
+def _exp_fit(p):
+    return p[0] * jnp.exp(p[1] * _FIT_X) - 2.0 * jnp.exp(-_FIT_X)
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_lm_next_to_a_nan_region_is_not_converged(x64):
+    """Residuals NaN for p0 > 1.5; the best finite point is on that boundary, not stationary
+    (|g| = 0.74). NaN trials raised the damping until the model's decrease was below rounding,
+    which LM reported as CONVERGED; it is LINE_SEARCH_FAILED now. (In float64 the float32
+    state could not hold the raised damping: it became inf, and the run ended
+    INVALID_HYPERPARAMETER once that was not taken for convergence.)"""
+    from gradlab.second_order.least_squares import least_squares
+
+    def residual(p):
+        return jnp.where(p[0] > 1.5, jnp.nan, _exp_fit(p))
+
+    with jax.enable_x64(x64):
+        r = least_squares(residual, jnp.array([1.0, 1.0]))
+    assert int(r.status) == int(Status.LINE_SEARCH_FAILED), r.summary()
+    assert float(r.grad_norm) > 0.5 and float(r.params[0]) <= 1.5
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_lm_one_trial_per_update_goes_on_after_a_rejected_trial(x64):
+    """max_inner_steps=1 (the optimistix style): a rejected trial is a zero update with the
+    damping raised and status OK, so minimize goes on; it reported LINE_SEARCH_FAILED and the
+    run stopped at step 1 (f = 6.9) where the default converges."""
+    from gradlab.second_order.least_squares import least_squares, levenberg_marquardt
+
+    with jax.enable_x64(x64):
+        r = least_squares(_exp_fit, jnp.array([0.1, -5.0]), levenberg_marquardt(max_inner_steps=1))
+    assert int(r.status) == int(Status.CONVERGED), r.summary()
+    np.testing.assert_allclose(np.asarray(r.params), [2.0, -1.0], atol=1e-4)

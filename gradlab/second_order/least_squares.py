@@ -73,11 +73,12 @@ _JACOBIANS = ("auto", "jacfwd", "jacrev", "matrix_free")
 _SCALINGS = ("levenberg", "marquardt")
 
 
-def _damping_bounds(dtype) -> tuple[float, float]:
-    """The damping's range: any positive normal number of ``dtype`` (a fixed range such as
-    [1e-30, 1e30] would be a scale: 1e-30-scaled problems need smaller dampings)."""
-    info = jnp.finfo(dtype)
-    return float(info.tiny), float(info.max) / 16
+def _damping_bounds(*dtypes) -> tuple[float, float]:
+    """The damping's range: any positive normal number of every one of ``dtypes`` (a fixed
+    range such as [1e-30, 1e30] would be a scale: 1e-30-scaled problems need smaller
+    dampings)."""
+    infos = [jnp.finfo(d) for d in dtypes]
+    return max(float(i.tiny) for i in infos), min(float(i.max) for i in infos) / 16
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,6 +314,8 @@ class LevenbergMarquardtState(NamedTuple):
     num_rejected: jax.Array  # shape=(), int32: trials rejected in the last update.
     gain_ratio: jax.Array  # shape=(), state dtype: rho of the last trial.
     status: jax.Array  # shape=(), int32: last step's gradlab.status code.
+    # shape=(), bool: NaN/Inf trials raised the damping since the last accepted step.
+    non_finite_trials: jax.Array
 
 
 def levenberg_marquardt(
@@ -340,8 +343,11 @@ def levenberg_marquardt(
     this precision: a rejected trial whose predicted decrease :math:`L(0) - L(h)` is at most
     :math:`\varepsilon F(x)`, MINPACK's ``ftol`` test at machine precision; also
     :math:`J^\top r = 0`),
-    ``LINE_SEARCH_FAILED`` (every trial was rejected: the update is zero and :math:`\mu` stays
-    raised for the next update), ``NON_FINITE`` (NaN/Inf residual or Jacobian at ``params``:
+    ``OK`` with a zero update also when every trial was rejected (:math:`\mu` stays raised for
+    the next update), ``LINE_SEARCH_FAILED`` (every trial rejected with :math:`\mu` at its
+    maximum, or the ``CONVERGED`` test passed only after NaN/Inf trials raised :math:`\mu`:
+    the boundary of a region where the residual is not finite is not a stationary point),
+    ``NON_FINITE`` (NaN/Inf residual or Jacobian at ``params``:
     the update is zero) or ``INVALID_HYPERPARAMETER`` (a traced ``damping_init`` was invalid).
 
     Args:
@@ -355,7 +361,7 @@ def levenberg_marquardt(
         :math:`\operatorname{diag}(J^\top J)`, floored at :math:`\varepsilon \max D`; dense
         Jacobians only). Marquardt's scaling is invariant to rescaling the parameters.
       max_inner_steps: trials per update (static, ``>= 1``; 1 = one trial, the optimistix style
-        where a rejected step returns a zero update).
+        where a rejected step returns a zero update, status ``OK``).
       jacobian, forcing, max_cg_steps, jacobian_memory_budget, state_dtype: as in
         :func:`scale_by_gauss_newton` (``max_cg_steps`` bounds each trial's CG solve).
 
@@ -401,6 +407,7 @@ def levenberg_marquardt(
             num_rejected=z(),
             gain_ratio=jnp.zeros([], dtype),
             status=jnp.asarray(int(Status.OK), jnp.int32),
+            non_finite_trials=jnp.asarray(False),
         )
 
     def update_fn(updates, state, params=None, *, residual_fn=None, residual_args=(), **extra_args):
@@ -479,7 +486,8 @@ def levenberg_marquardt(
         first = state.damping < 0
         mu_start = jnp.where(first, mu0, state.damping.astype(dtype))
         valid = jnp.isfinite(mu_start) & (mu_start > 0)
-        mu_min, mu_max = _damping_bounds(dtype)
+        # (stored in the state's dtype: a float32 state cannot hold a float64 bound)
+        mu_min, mu_max = _damping_bounds(dtype, state.damping.dtype)
         mu_start = jnp.clip(jnp.where(valid, mu_start, 1.0), mu_min, mu_max)
         nu_start = jnp.where(first, 2.0, state.nu.astype(dtype))
         zero_h = jnp.zeros_like(lin.flat, dtype=dtype)
@@ -487,13 +495,13 @@ def levenberg_marquardt(
         running = finite & valid
         eps = jnp.finfo(dtype).eps
 
-        # carry: trials, mu, nu, h, accepted, stalled, rho, products
+        # carry: trials, mu, nu, h, accepted, stalled, rho, products, non-finite trials seen
         def cond(c):
-            k, _, _, _, accepted, stalled, _, _ = c
+            k, _, _, _, accepted, stalled, _, _, _ = c
             return running & ~accepted & ~stalled & (k < max_inner_steps)
 
         def body(c):
-            k, mu, nu, _, _, _, _, products = c
+            k, mu, nu, _, _, _, _, products, non_finite_trials = c
             h, pred, n_prod = solve(mu)
             r_new = lin.residual_at(lin.flat + h.astype(lin.flat.dtype)) / r_scale
             cost_new = 0.5 * jnp.vdot(r_new, r_new)
@@ -507,7 +515,18 @@ def levenberg_marquardt(
             mu_new = jnp.where(accepted, mu_acc, jnp.where(stalled, mu, mu * nu))
             nu_new = jnp.where(accepted, 2.0, jnp.where(stalled, nu, 2.0 * nu))
             mu_new = jnp.clip(mu_new, mu_min, mu_max)
-            return (k + 1, mu_new, nu_new, h, accepted, stalled, rho, products + n_prod)
+            non_finite_trials = non_finite_trials | ~(h_ok & jnp.isfinite(cost_new))
+            return (
+                k + 1,
+                mu_new,
+                nu_new,
+                h,
+                accepted,
+                stalled,
+                rho,
+                products + n_prod,
+                non_finite_trials,
+            )
 
         init = (
             z32,
@@ -518,15 +537,26 @@ def levenberg_marquardt(
             jnp.asarray(False),
             jnp.zeros((), dtype),
             z32,
+            state.non_finite_trials,
         )
-        trials, mu, nu, h, accepted, stalled, rho, products = jax.lax.while_loop(cond, body, init)
+        trials, mu, nu, h, accepted, stalled, rho, products, non_finite_trials = jax.lax.while_loop(
+            cond, body, init
+        )
         step = jnp.where(accepted, h, 0.0)
         status = common.first_status(
             [
                 (~finite, Status.NON_FINITE),
                 (~valid, Status.INVALID_HYPERPARAMETER),
                 (accepted, Status.OK),
+                # "No decrease possible at this precision" is not convergence when NaN/Inf
+                # trials raised the damping (next to a region where r is not finite, the step
+                # shrinks until the model's decrease is below rounding at a point that is not
+                # stationary): no acceptable step, then.
+                (stalled & non_finite_trials, Status.LINE_SEARCH_FAILED),
                 (stalled, Status.CONVERGED),
+                # Every trial rejected: a zero update with mu raised for the next one, which
+                # can still succeed unless mu is at its maximum.
+                (mu < mu_max, Status.OK),
             ],
             Status.LINE_SEARCH_FAILED,
         )
@@ -542,6 +572,7 @@ def levenberg_marquardt(
             num_rejected=trials - accepted.astype(jnp.int32) - stalled.astype(jnp.int32),
             gain_ratio=rho.astype(state.gain_ratio.dtype),
             status=status,
+            non_finite_trials=non_finite_trials & ~accepted,
         )
         unravel = ravel_pytree(params)[1]
         return base.cast_like(unravel(step), updates), new_state
