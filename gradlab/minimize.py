@@ -36,7 +36,8 @@ point); ``LINE_SEARCH_FAILED`` (no acceptable step; the point is the last good o
 ``INVALID_HYPERPARAMETER`` (a traced ``tol``/``atol``/``max_steps`` out of range, or a traced
 hyperparameter of the method: a step whose state reports it, or a run that became NaN because
 of it. Such a setting is poisoned to NaN; when a run ends ``NON_FINITE``, one ``update`` on a
-benign problem after the loop tells the two apart, so valid runs pay nothing).
+benign problem after the loop tells the two apart, so valid runs pay nothing; compiled only
+when ``minimize`` runs inside a ``jit``/``vmap``, where hyperparameters can be traced).
 
 **Convention for counters and status (every gradlab transformation follows it).** A
 transformation that evaluates ``value_fn`` or ``residual_fn`` itself keeps, in its state
@@ -267,7 +268,9 @@ def _check_traced_inputs(x0, tol, atol, max_steps) -> None:
         )
 
 
-def _solve(fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_extra, has_aux):
+def _solve(
+    fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_extra, has_aux, diagnose
+):
     # Checked while tracing (once per compiled program, not per call).
     _check_traced_inputs(x0, tol, atol, max_steps)
     extra = dict(static_extra)
@@ -398,7 +401,9 @@ def _solve(fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_ex
         return new
 
     c = jax.lax.while_loop(cond, body, carry)
-    status = _diagnose_non_finite(solver, state0, x0, extra, dtype, c.status)
+    status = c.status
+    if diagnose:
+        status = _diagnose_non_finite(solver, state0, x0, extra, dtype, status)
     aux, own_f = None, c.own_fevals
     if has_aux:  # one more evaluation, at the final point (counted)
         aux = fun(c.params, *args)[1]
@@ -421,8 +426,11 @@ def _diagnose_non_finite(solver, state0, x0, extra, dtype, status):
     (:func:`gradlab.base.hyperparameter`), and a transformation that does not report it in a
     ``status`` field (``scale_by_learning_rate``, ``adam``...) turns the step into NaN.
 
-    Runs after the solver loop, and only for a run that ended ``NON_FINITE`` (a ``while_loop``
-    of at most one iteration: under ``vmap`` it runs only when some member needs it). One
+    Compiled only when ``minimize`` is called inside a transformation (at top level every
+    hyperparameter is concrete, checked when the method was built: the diagnosis would only
+    add compile time, 20-40%). Runs after the solver loop, and only for a run that ended
+    ``NON_FINITE`` (a ``while_loop`` of at most one iteration: under ``vmap`` it runs only
+    when some member needs it). One
     ``update`` from the fresh state on a benign problem: :math:`x = 0`,
     :math:`f = \tfrac12\lVert x - 1\rVert^2`, :math:`\nabla f = -1` (``residual_fn``:
     :math:`r = x - 1`); a nonzero gradient, so methods that normalise it stay finite. With valid
@@ -470,7 +478,21 @@ def _diagnose_non_finite(solver, state0, x0, extra, dtype, status):
 
 
 # One compiled loop per (fun, solver, static extras, has_aux), with gradlab's CPU options.
-_run = compilation.jit(_solve, static_argnames=("fun", "solver", "static_extra", "has_aux"))
+_run = compilation.jit(
+    _solve, static_argnames=("fun", "solver", "static_extra", "has_aux", "diagnose")
+)
+
+
+def _inside_a_trace() -> bool:
+    """Whether ``minimize`` is called inside a JAX transformation (``jit``, ``vmap``...): only
+    there can the method's hyperparameters be traced, and so poisoned to NaN. (JAX has no
+    public test; if its private one moves, assume a trace: the diagnosis is then compiled
+    into every loop, which costs compile time, not results.)"""
+    try:
+        from jax._src.core import trace_state_clean
+    except ImportError:  # pragma: no cover
+        return True
+    return not trace_state_clean()
 
 
 def minimize(
@@ -540,7 +562,17 @@ def minimize(
         max_steps = min(int(max_steps), _MAX_INT32)
     tol, atol, max_steps = (_device_scalar(v) for v in (tol, atol, max_steps))
     return _run(
-        fun, solver, static_extra, x0, tuple(args), tol, atol, max_steps, dynamic_extra, has_aux
+        fun,
+        solver,
+        static_extra,
+        x0,
+        tuple(args),
+        tol,
+        atol,
+        max_steps,
+        dynamic_extra,
+        has_aux,
+        _inside_a_trace(),
     )
 
 
