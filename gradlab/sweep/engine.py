@@ -58,9 +58,13 @@ _TRACE_ERRORS = (
 
 def _default_budget(devices: Sequence[Any]) -> int:
     """Bytes a vmapped chunk may use on one device: half the device memory when JAX reports
-    it (accelerators), 2 GiB otherwise (CPU)."""
+    it (accelerators), 2 GiB otherwise (CPU). Read from the first of ``devices`` this process
+    can address: with several processes ``devices[0]`` may belong to another host, whose
+    ``memory_stats()`` fails there, and every process must pick the same chunk size."""
+    here = jax.process_index()
+    device = next((x for x in devices if x.process_index == here), devices[0])
     try:
-        stats = devices[0].memory_stats() or {}
+        stats = device.memory_stats() or {}
         limit = int(stats.get("bytes_limit", 0))
     except Exception:  # pragma: no cover - backend-dependent
         limit = 0

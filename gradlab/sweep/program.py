@@ -90,7 +90,9 @@ class Program(NamedTuple):
     * ``finish(hp, run, data) -> flat``: ``start`` returning only what the host keeps, the
       metrics and ``{name: scalar}`` for :data:`OUTCOME` (not the state), packed into one
       float32 vector by :func:`pack` (one transfer; :func:`unpack` reads it on the host);
-    * ``step(state, hp, data) -> state``: one training step, for cost estimates.
+    * ``step(state, hp, data) -> state``: one training step, for cost estimates;
+    * ``evaluate(state, data) -> metrics``: the evaluation that ends every interval (the task's
+      metrics on its full data), for memory estimates.
 
     ``run`` is ``{"seed_index": int32}``; ``data`` is ``{"task": task.data, "seeds": per-seed
     initial parameters, model state and dropout key, "plan": (n_seeds, steps, batch) int32 or
@@ -103,6 +105,7 @@ class Program(NamedTuple):
     start: Callable
     finish: Callable
     step: Callable
+    evaluate: Callable
 
 
 def outcome(state: RunState) -> dict[str, jax.Array]:
@@ -270,7 +273,12 @@ def make_program(
         carry, _ = train_step(carry, idx, hp, data, make_opt(hp), state.key)
         return state._replace(params=carry[0], model_state=carry[1], opt_state=carry[2])
 
-    return Program(init=init, advance=advance, start=start, finish=finish, step=step)
+    def evaluate(state, data):
+        return task.evaluate(state.params, state.model_state, data["task"])
+
+    return Program(
+        init=init, advance=advance, start=start, finish=finish, step=step, evaluate=evaluate
+    )
 
 
 def seed_inputs(task: Any, seeds: Sequence[int], steps: int) -> tuple[dict, dict]:

@@ -296,9 +296,11 @@ def run_loop(job: Job, workers: int | None = None) -> Output:
 
     finish = memoise(_JIT_CACHE, (prog,), ("loop", devices[0].platform), build, 32)
     names = job.metric_names or _metric_names(prog, job)
-    # on the default device alone, jit places the inputs itself (no per-call transfers)
-    default = len(devices) == 1 and devices[0] == jax.devices()[0]
-    datas = [job.data] if default else [jax.device_put(job.data, dev) for dev in devices]
+    # The data is committed to the run's device, and the per-run numpy arguments follow it.
+    # Uncommitted, the program would run on JAX's default device, which need not be
+    # devices[0] (``jax.default_device``, task data committed elsewhere) and is thread-local:
+    # the worker threads do not see a caller's ``with jax.default_device(...)``.
+    datas = [jax.device_put(job.data, dev) for dev in devices]
     columns = {k: np.asarray(v) for k, v in job.hp.items()}
     runs = {k: np.asarray(v) for k, v in job.runs.items()}
     out = Output(n_runs, job.n_evals)
@@ -307,8 +309,6 @@ def run_loop(job: Job, workers: int | None = None) -> Output:
         hp = {k: v[r] for k, v in columns.items()}
         run = {k: v[r] for k, v in runs.items()}
         i = r % len(devices)
-        if not default:
-            hp, run = jax.device_put((hp, run), devices[i])
         return r, finish(hp, run, datas[i])
 
     def one(r: int):
@@ -361,15 +361,38 @@ def per_run_bytes(
     prog: Program, hp: dict, runs: dict, data: Any, *, temporaries: bool = True
 ) -> int:
     """Bytes one run needs in a vmapped program: 4x its state (current, interval snapshot,
-    update, donated copy) plus, with ``temporaries``, the scratch space of one training step
-    from XLA's memory analysis (this compiles the single-run step once)."""
-    hp0, run0 = jax.tree.map(lambda v: jnp.asarray(v[0]), (hp, runs))
-    state = jax.eval_shape(prog.init, hp0, run0, data)
-    total = 4 * sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state))
-    if temporaries:
-        try:
-            analysis = jax.jit(prog.step).lower(state, hp0, data).compile().memory_analysis()
-            total += int(getattr(analysis, "temp_size_in_bytes", 0) or 0)
-        except Exception:  # pragma: no cover - memory analysis is backend-dependent
-            pass
-    return int(total)
+    update, donated copy) plus the scratch space of one training step and of the evaluation
+    that ends every interval (the task's metrics on its *full* data: with a large data set its
+    activations dwarf a mini-batch step's). With ``temporaries`` both come from XLA's memory
+    analysis of the step and the evaluation vmapped over two runs, halved (a single-run
+    analysis can be half the vmapped need: XLA fuses less under vmap); this compiles both
+    once per program and argument shapes. Without, the evaluation is bounded cheaply from
+    above by the bytes its lowered (uncompiled) program accesses, and the step is left out."""
+    lanes = 2
+    hp2, run2 = jax.tree.map(lambda v: jnp.asarray(np.asarray(v)[[0] * lanes]), (hp, runs))
+    leaves, treedef = jax.tree.flatten((hp2, data))
+    shapes = tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves)
+    key = ("per_run_bytes", bool(temporaries), treedef, shapes)
+
+    def build():
+        state = jax.eval_shape(jax.vmap(prog.init, in_axes=(0, 0, None)), hp2, run2, data)
+        total = 4 * sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state))
+        pieces = [(jax.vmap(prog.evaluate, in_axes=(0, None)), (state, data))]
+        if temporaries:
+            pieces.insert(0, (jax.vmap(prog.step, in_axes=(0, 0, None)), (state, hp2, data)))
+        for fn, args in pieces:
+            try:
+                lowered = jax.jit(fn).lower(*args)
+                if temporaries:
+                    extra = getattr(lowered.compile().memory_analysis(), "temp_size_in_bytes", 0)
+                else:
+                    cost = lowered.cost_analysis()
+                    if isinstance(cost, (list, tuple)):
+                        cost = cost[0] if cost else None
+                    extra = (cost or {}).get("bytes accessed", 0)
+                total += int(extra or 0)
+            except Exception:  # pragma: no cover - memory/cost analysis is backend-dependent
+                pass
+        return int(math.ceil(total / lanes))
+
+    return memoise(_JIT_CACHE, (prog,), key, build, 32)

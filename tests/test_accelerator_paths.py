@@ -1,0 +1,166 @@
+"""Device- and backend-dependent paths of the sweep engine, exercised on the CPU.
+
+Accelerator-only branches are reached with stand-in device objects (``memory_stats()`` as a
+GPU reports it) and several devices with ``--xla_force_host_platform_device_count`` in a
+subprocess (it must be set before JAX starts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gradlab.sweep import engine, sweep, tasks
+from gradlab.sweep.program import make_program
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_with_devices(script: str, n: int) -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}"
+    ).strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
+    return json.loads(line[len("RESULT") :])
+
+
+class _FakeDevice:
+    """What ``_default_budget`` reads from a device."""
+
+    def __init__(self, process_index: int, stats: dict | None, platform: str = "gpu"):
+        self.process_index = process_index
+        self.platform = platform
+        self._stats = stats
+
+    def memory_stats(self):
+        if self._stats is None:
+            raise RuntimeError("memory_stats() of a device this process cannot address")
+        return self._stats
+
+
+def test_default_budget_is_half_the_gpu_memory():
+    gpu = _FakeDevice(0, {"bytes_limit": 16 << 30, "bytes_in_use": 1 << 20})
+    assert engine._default_budget([gpu]) == 8 << 30
+    cpu = jax.devices()[0]  # memory_stats() is None on the CPU
+    assert engine._default_budget([cpu]) == 2 << 30
+
+
+def test_default_budget_reads_a_device_of_this_process():
+    # With several processes devices[0] may belong to another host: its memory_stats() fails
+    # there, and the budget fell back to 2 GiB on every process but the first, so the
+    # processes chose different chunk sizes (different programs: a multi-host sweep hangs).
+    remote = _FakeDevice(jax.process_index() + 1, None)
+    local = _FakeDevice(jax.process_index(), {"bytes_limit": 16 << 30})
+    assert engine._default_budget([remote, local]) == 8 << 30
+
+
+def _wide_task(n: int = 4000, d: int = 64, h: int = 256) -> tasks.Task:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    y = rng.standard_normal(n).astype(np.float32)
+
+    def init(key):
+        k1, k2 = jax.random.split(key)
+        return {"w": jax.random.normal(k1, (d, h)) * 0.1, "v": jax.random.normal(k2, (h,)) * 0.1}
+
+    def loss(p, batch):
+        xb, yb = batch
+        return jnp.mean((jnp.tanh(xb @ p["w"]) @ p["v"] - yb) ** 2)
+
+    return tasks.custom(init, loss, (x, y), batch_size=16)
+
+
+def _vmapped_bytes_per_run(task: tasks.Task, lanes: int = 4) -> float:
+    """Scratch space per run of the vmapped program itself, from XLA."""
+    from gradlab.sweep.program import seed_inputs
+
+    inputs, _ = seed_inputs(task, [0], 2)
+    data = {"task": task.data, **inputs}
+    prog = make_program(task, lambda lr: optax.sgd(lr), {}, eval_every=1, evals_per_call=1)
+    hp = {"lr": np.full(lanes, 0.1, np.float32)}
+    runs = {"seed_index": np.zeros(lanes, np.int32)}
+    start = jax.jit(jax.vmap(prog.start, in_axes=(0, 0, None)))
+    return start.lower(hp, runs, data).compile().memory_analysis().temp_size_in_bytes / lanes
+
+
+def test_chunk_size_counts_the_full_data_evaluation():
+    # Every interval ends with the task's metrics on its full data, vmapped over the chunk's
+    # runs: (runs, examples, width) activations. The estimate looked at one mini-batch step
+    # only, so a large data set got chunks far over the memory budget (a GPU out of memory).
+    task = _wide_task()
+    need = _vmapped_bytes_per_run(task)
+    budget = 40 << 20
+    assert 64 * need > 2 * budget  # one 64-run chunk would not fit
+    for strategy in ("auto", "chunked"):
+        res = sweep(
+            lambda lr: optax.sgd(lr),
+            {"lr": list(np.linspace(0.01, 0.1, 64))},
+            task=task,
+            steps=2,
+            eval_every=2,
+            strategy=strategy,
+            memory_budget=budget,
+            progress=False,
+        )
+        size = res.info["groups"][0]["chunk_size"]
+        assert size * need <= budget, (strategy, size, need)
+        assert np.isfinite(res.curves["train_loss"]).all()
+
+
+LOOP_PLACEMENT = """
+import json
+import jax, numpy as np, optax
+from gradlab.sweep import sweep, strategies, tasks
+
+devs = jax.devices()
+seen = []
+fetch = strategies._fetch
+
+def spy(tree):
+    seen.extend(sorted(d.id for d in x.devices()) for x in jax.tree.leaves(tree)
+                if isinstance(x, jax.Array))
+    return fetch(tree)
+
+strategies._fetch = spy
+task = tasks.mlp_classifier("moons", (8,), batch_size=32)
+kw = dict(task=task, steps=4, eval_every=2, strategy="loop", progress=False)
+space = {"lr": [0.05, 0.1, 0.2, 0.3]}
+out = {}
+with jax.default_device(devs[2]):
+    ref = sweep(lambda lr: optax.sgd(lr), space, devices=[devs[0]], **kw)
+out["default_device_ctx"] = seen[:]
+seen.clear()
+res = sweep(lambda lr: optax.sgd(lr), space, devices=devs[1:], **kw)
+out["two_devices"] = seen[:]
+out["same"] = bool(np.allclose(ref.curves["val_loss"], res.curves["val_loss"], rtol=1e-5))
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_loop_runs_on_the_devices_asked_for():
+    # On one device equal to jax.devices()[0] the loop passed uncommitted inputs, which run on
+    # JAX's *default* device: under `with jax.default_device(...)` the first run went there
+    # and the worker threads' runs (which do not see the context manager) to devices[0].
+    out = _run_with_devices(LOOP_PLACEMENT, 3)
+    assert out["default_device_ctx"] == [[0]] * 4, out
+    assert sorted(out["two_devices"]) == [[1], [1], [2], [2]], out
+    assert out["same"]
