@@ -62,35 +62,54 @@ def _ldexp(x: jax.Array, k: jax.Array) -> jax.Array:
     return jnp.ldexp(x, k)
 
 
-def robust_global_norm(tree) -> jax.Array:
-    r"""Global Euclidean norm in float32 (float64 when a leaf is) that does not overflow for
-    finite inputs.
+def _norm_parts(tree) -> tuple[jax.Array, jax.Array]:
+    r"""``(s, e)`` with the global norm :math:`\lVert g \rVert_2 = s \cdot 2^e`, in float32
+    (float64 when a leaf is); ``s`` is finite for every finite tree, even when the norm itself
+    is not representable.
 
-    Computes :math:`\sqrt{\sum g_i^2}` directly; only when that overflows (or is not finite)
-    it recomputes :math:`2^e \sqrt{\sum (g_i/2^e)^2}` with :math:`2^e` the power of two of
-    :math:`m = \max |g_i|` (exact scalings, no subnormal reciprocal). The result is
-    ``inf``/``nan`` exactly when some entry is. Zero trees give 0.
+    Computes :math:`\sqrt{\sum g_i^2}` directly (``e = 0``) when that sum is finite and far
+    from underflow; otherwise :math:`2^e \sqrt{\sum (g_i/2^e)^2}` with :math:`2^e` the power of
+    two of :math:`m = \max |g_i|` (exact ``ldexp`` scalings, no subnormal reciprocal), so
+    ``s`` is in :math:`[1/2, \sqrt n)`. A tree with an inf or NaN entry gives ``(m, 0)``
+    (non-finite); an all-zero tree gives ``(0, 0)``.
     """
     dtype = base.leaf_compute_dtype(tree)
     leaves = [jnp.abs(x).astype(dtype) for x in jax.tree.leaves(tree)]
+    zero = jnp.zeros([], jnp.int32)
     if not leaves:
-        return jnp.zeros([], dtype)
+        return jnp.zeros([], dtype), zero
     sumsq = sum(jnp.sum(jnp.square(x)) for x in leaves)
+    # Below this the squares of small entries may have been flushed to 0 (they would be lost
+    # in a direct sum: the norm of [1e-20] is 0 in float32); above it they weigh < n 2^-50.
+    floor = float(jnp.finfo(dtype).tiny) * 2.0**50
 
-    def direct(_):  # double-where: finite gradient at an all-zero tree
-        positive = sumsq > 0
-        return jnp.where(positive, jnp.sqrt(jnp.where(positive, sumsq, 1.0)), 0.0)
+    def direct(_):
+        return jnp.sqrt(sumsq), zero
 
-    def rescaled(_):
+    def rescaled(_):  # double-wheres: finite gradients at an all-zero tree
         m = jnp.max(jnp.stack([jnp.max(x, initial=0.0) for x in leaves]))
         ok = jnp.isfinite(m) & (m > 0)
         # Divide by m's power of two 2^e with ldexp (exact, no reciprocal): 1/m is subnormal for
         # m > 2^126, and XLA:CPU flushes subnormals to zero, so x / m came out 0.
-        e = jnp.frexp(jnp.where(ok, m, 1.0))[1]
-        scaled = jnp.sqrt(sum(jnp.sum(jnp.square(jnp.ldexp(x, -e))) for x in leaves))
-        return jnp.where(ok, jnp.ldexp(scaled, e), m)
+        e = jnp.where(ok, jnp.frexp(jnp.where(ok, m, 1.0))[1], 0).astype(jnp.int32)
+        sq = sum(jnp.sum(jnp.square(jnp.ldexp(x, -e))) for x in leaves)
+        return jnp.where(ok, jnp.sqrt(jnp.where(ok, sq, 1.0)), m), e
 
-    return jax.lax.cond(jnp.isfinite(sumsq), direct, rescaled, None)
+    return jax.lax.cond(jnp.isfinite(sumsq) & (sumsq >= floor), direct, rescaled, None)
+
+
+def robust_global_norm(tree) -> jax.Array:
+    r"""Global Euclidean norm in float32 (float64 when a leaf is), exact in range for finite
+    inputs whose sum of squares overflows or underflows.
+
+    Computes :math:`\sqrt{\sum g_i^2}` directly; only when that sum is not finite or is tiny
+    it recomputes :math:`2^e \sqrt{\sum (g_i/2^e)^2}` with :math:`2^e` the power of two of
+    :math:`m = \max |g_i|`. The result is NaN/inf when some entry is, and also ``inf`` for a
+    finite tree whose norm exceeds the dtype's largest value (:func:`clip_by_global_norm` still
+    clips such a tree). Zero trees give 0.
+    """
+    s, e = _norm_parts(tree)
+    return jnp.ldexp(s, e)
 
 
 def clip_by_global_norm(max_norm: base.ScalarOrSchedule) -> base.GradientTransformation:
@@ -120,14 +139,16 @@ def clip_by_global_norm(max_norm: base.ScalarOrSchedule) -> base.GradientTransfo
     def apply(updates, count, params):
         del params
         c = base.resolve(max_norm, count, base.leaf_compute_dtype(updates))
-        norm = robust_global_norm(updates)
-        trigger = jnp.isfinite(norm) & (norm > c)
-        # c / norm is subnormal (flushed to 0 by XLA:CPU) when the norm is above ~2^126 c:
-        # then both g and the norm are scaled by 2^-64 first (ldexp: exact), so the update is
-        # ldexp(g, -k) * (c / ldexp(norm, -k)), never out of range. k = 0 otherwise.
-        k = jnp.where(trigger & (norm > 2.0**100), 64, 0)
-        scale = jnp.where(trigger, c / jnp.where(trigger, jnp.ldexp(norm, -k), 1.0), 1.0)
+        s, e = _norm_parts(updates)  # norm = s 2^e, s finite for a finite tree
+        # norm > c, compared without forming 2^e (the norm of [3e38, 3e38] is not a float32)
+        trigger = jnp.isfinite(s) & (s > jnp.ldexp(c, -e))
+        # The update is ldexp(g, -e - k) * (c / ldexp(s, -k)): c / s is subnormal (flushed to 0
+        # by XLA:CPU) when s is above ~2^126 c, so a direct norm above 2^100 is scaled by 2^-64
+        # first. Every scaling is a power of two (exact); none when not clipping.
+        k = jnp.where(trigger & (s > 2.0**100), 64, 0)
+        scale = jnp.where(trigger, c / jnp.where(trigger, jnp.ldexp(s, -k), 1.0), 1.0)
         scale = jnp.where(jnp.isnan(c), jnp.nan, scale)  # a poisoned traced max_norm
+        k = jnp.where(trigger, e + k, 0)
 
         def leaf(g):
             g = jnp.asarray(g)

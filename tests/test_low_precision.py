@@ -1,0 +1,53 @@
+"""Numerics at the edges: low precision (bfloat16/float16), float64 end to end, extreme
+magnitudes in clipping, schedules at large counts.
+
+Each test here pins a defect found by probing the first-order optimizers, clipping and
+schedules at the edges (it fails on the code before the fix).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gradlab.transforms.clipping import clip_by_global_norm, robust_global_norm
+
+
+def _one(tx, g):
+    return tx.update(g, tx.init(g))
+
+
+# --------------------------------------------------------------------------------------------
+# clip_by_global_norm at the ends of the float range
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_clip_by_global_norm_clips_a_finite_tree_whose_norm_overflows(dtype):
+    """The entries are finite but the norm (sqrt(3) * max) is above the largest float32: the
+    norm came out inf and the tree passed through unclipped (3.4e38 entries with max_norm 1)."""
+    big = float(jnp.finfo(dtype).max)
+    g = {"a": jnp.array([big, big, -big], dtype), "b": jnp.array([1.0], dtype)}
+    u, _ = jax.jit(lambda g: _one(clip_by_global_norm(1.0), g))(g)
+    a = np.asarray(u["a"], np.float32)
+    np.testing.assert_allclose(a, np.array([1, 1, -1]) / np.sqrt(3), rtol=1e-2)
+    assert u["a"].dtype == dtype and np.all(np.isfinite(a))
+    assert abs(float(np.asarray(u["b"], np.float32)[0])) < 1e-30
+
+
+def test_clip_by_global_norm_clips_tiny_trees_whose_sum_of_squares_underflows():
+    """[1e-20, 2e-20]^2 underflows float32: the norm was 0, so max_norm=0 left the gradient
+    unchanged and max_norm=1e-21 did not clip."""
+    g = {"a": jnp.array([1e-20, -1e-20, 2e-20])}
+    true = float(np.sqrt(6.0)) * 1e-20
+    np.testing.assert_allclose(robust_global_norm(g), true, rtol=1e-6)
+    u0, _ = _one(clip_by_global_norm(0.0), g)
+    np.testing.assert_array_equal(np.abs(u0["a"]), 0.0)
+    u, _ = _one(clip_by_global_norm(1e-21), g)
+    np.testing.assert_allclose(robust_global_norm(u), 1e-21, rtol=1e-5)
+    np.testing.assert_allclose(u["a"], np.array([1.0, -1.0, 2.0]) * 1e-21 / np.sqrt(6.0), rtol=1e-5)
+    # the gradient at an all-zero tree (now on the rescaled branch) stays finite
+    grad = jax.grad(lambda x: jnp.sum(_one(clip_by_global_norm(1.0), {"a": x})[0]["a"]))
+    assert np.all(np.isfinite(grad(jnp.zeros(3))))
