@@ -59,6 +59,7 @@ def to_host(x: Any) -> np.ndarray:
 
 
 _JIT_CACHE: dict[tuple, Any] = {}
+_BYTES_CACHE: dict[tuple, Any] = {}  # per_run_bytes (apart: it must not evict executables)
 
 
 def _fetch(tree: Any) -> Any:
@@ -395,4 +396,4 @@ def per_run_bytes(
                 pass
         return int(math.ceil(total / lanes))
 
-    return memoise(_JIT_CACHE, (prog,), key, build, 32)
+    return memoise(_BYTES_CACHE, (prog,), key, build, 64)
