@@ -215,3 +215,20 @@ def test_a_mismatch_from_another_gradlab_version_names_both_versions(tmp_path, m
     monkeypatch.setattr(ckpt, "_gradlab_version", lambda: "9.9.9")
     with pytest.raises(ckpt.CheckpointMismatchError, match=r"written by gradlab .*9\.9\.9"):
         ckpt.restore_checkpoint(d, template)
+
+
+def test_checkpoint_and_sweep_files_get_the_usual_permissions(tmp_path):
+    """Both writers share gradlab.files.atomic_write; the checkpoint's used tempfile.mkstemp,
+    whose 0600 mode the replace kept (a checkpoint another user of a shared run directory
+    could not read)."""
+    import os
+
+    from gradlab.lab import checkpoint as ckpt
+
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    usual = plain.stat().st_mode & 0o777
+    d = tmp_path / "c"
+    ckpt.save_checkpoint(str(d), {"w": np.zeros(3, np.float32)})
+    for name in os.listdir(d):
+        assert (d / name).stat().st_mode & 0o777 == usual, name

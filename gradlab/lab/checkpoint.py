@@ -31,12 +31,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from typing import Any
 
 import jax
 import numpy as np
 from flax import serialization
+
+from gradlab.files import TMP_PREFIX, atomic_write
 
 __all__ = [
     "CheckpointError",
@@ -186,45 +187,12 @@ def _fmt(d: dict) -> str:
     return {"none": "None", "empty": "an empty container"}.get(d.get("kind"), str(d.get("kind")))
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` holds either its old or its new bytes at any
-    instant (temporary file, ``fsync``, ``os.replace``, ``fsync`` of the directory)."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make a rename in ``directory`` durable (POSIX; a no-op where directories cannot be
-    opened, as on Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _remove_stale_states(directory: str, keep: str) -> None:
     """Delete the state files that no manifest refers to any more (after the commit), and the
     temporary files of earlier saves that were killed before they could clean up (concurrent
     saves into one directory are not supported, so none can belong to a running save)."""
     for name in os.listdir(directory):
-        stale_tmp = name.startswith(".tmp-") and name.endswith((".msgpack", MANIFEST_FILE))
+        stale_tmp = name.startswith(TMP_PREFIX) and name.endswith((".msgpack", MANIFEST_FILE))
         if stale_tmp or (name != keep and (name == STATE_FILE or _STATE_NAME.fullmatch(name))):
             try:
                 os.unlink(os.path.join(directory, name))
@@ -275,9 +243,9 @@ def save_checkpoint(directory: str | os.PathLike, tree: Any, *, metadata: Any = 
     }
     text = json.dumps(manifest, indent=1, sort_keys=True, default=_json_default)
     # 1. the new data under its own name: the old manifest still names the old data;
-    _atomic_write(os.path.join(directory, state_file), data)
+    atomic_write(os.path.join(directory, state_file), data)
     # 2. the commit: one atomic replace switches the manifest, hence the pair;
-    _atomic_write(os.path.join(directory, MANIFEST_FILE), text.encode())
+    atomic_write(os.path.join(directory, MANIFEST_FILE), text.encode())
     # 3. the old data, no longer referred to (an interruption here only leaves it behind).
     _remove_stale_states(directory, keep=state_file)
     return directory

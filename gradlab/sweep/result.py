@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import uuid
 import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from gradlab.files import atomic_write
 from gradlab.status import Status
 
 __all__ = ["SweepResult", "Table", "status_label", "FORMAT_VERSION"]
@@ -353,23 +353,9 @@ class SweepResult:
         arrays = {f"curve__{k}": v for k, v in self.curves.items()}
         arrays.update(steps=self.steps, status=self.status, diverged_at=self.diverged_at)
         blob = np.frombuffer(json.dumps(manifest).encode("utf-8"), dtype=np.uint8)
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        # atomic: a temporary file beside the target, fsync, then one os.replace, so that an
-        # interrupted save (Ctrl-C, a full disk) leaves the previous file whole, never a
-        # truncated one
-        # (open(..., "xb"), not mkstemp: the file gets the usual permissions, not 0600)
-        tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
-        try:
-            with open(tmp, "xb") as f:
-                np.savez(f, manifest=blob, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        # atomic: an interrupted save (Ctrl-C, a full disk) leaves the previous file whole
+        atomic_write(path, lambda f: np.savez(f, manifest=blob, **arrays))
         return path
 
     @classmethod
