@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import gradlab as gl
 from gradlab.transforms.clipping import clip_by_global_norm, robust_global_norm
 
 
@@ -51,3 +52,37 @@ def test_clip_by_global_norm_clips_tiny_trees_whose_sum_of_squares_underflows():
     # the gradient at an all-zero tree (now on the rescaled branch) stays finite
     grad = jax.grad(lambda x: jnp.sum(_one(clip_by_global_norm(1.0), {"a": x})[0]["a"]))
     assert np.all(np.isfinite(grad(jnp.zeros(3))))
+
+
+# --------------------------------------------------------------------------------------------
+# float64 end to end: schedules are not rounded to float32
+# --------------------------------------------------------------------------------------------
+
+
+def test_schedules_compute_in_float64_under_x64():
+    """Under x64 a schedule returned float32: a float64 run's learning rate was rounded
+    (linear_schedule(1, 0, 3) at t=1 gave 0.6666666865, adam with a cosine schedule and float64
+    state differed from optax's float64 run by 4e-7 relative)."""
+    with jax.enable_x64(True):
+        for count in (1, 2):
+            lin = gl.linear_schedule(1.0, 0.0, 3)(jnp.int32(count))
+            assert lin.dtype == jnp.float64
+            np.testing.assert_allclose(float(lin), 1.0 - count / 3.0, rtol=1e-15)
+        cos = gl.cosine_decay_schedule(0.1, 7)(jnp.int32(3))
+        assert abs(float(cos) - 0.05 * (1 + np.cos(np.pi * 3 / 7))) < 1e-17
+        wc = gl.warmup_cosine_decay_schedule(0.0, 1.0, 10, 100, 0.01)(jnp.int32(3))
+        np.testing.assert_allclose(float(wc), 0.3, rtol=1e-15)
+        joined = gl.join_schedules(
+            [gl.constant_schedule(0.1), gl.linear_schedule(0.3, 0.0, 3)], [2]
+        )
+        np.testing.assert_allclose(float(joined(jnp.int32(3))), 0.2, rtol=1e-15)
+
+        tx = gl.sgd(gl.linear_schedule(1.0, 0.0, 3))
+        p = {"x": jnp.ones(2, jnp.float64)}
+        s = tx.init(p)
+        for count in range(3):
+            u, s = tx.update({"x": jnp.ones(2, jnp.float64)}, s, p)
+            assert u["x"].dtype == jnp.float64
+            np.testing.assert_allclose(u["x"], -(1.0 - count / 3.0), rtol=1e-15)
+    # without x64 every schedule stays float32
+    assert gl.linear_schedule(1.0, 0.0, 3)(1).dtype == jnp.float32

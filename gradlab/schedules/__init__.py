@@ -13,9 +13,11 @@ scales may be JAX arrays traced under ``jit`` or ``vmap`` (a sweep over ``warmup
 * a traced invalid value is never inspected with Python control flow: the schedule returns NaN
   in that lane only (the run is poisoned and reported by sweeps, the other lanes are untouched).
 
-Counts are converted to float32 before any arithmetic, so an int32 counter at
-``2**31 - 1`` (where :func:`optax.safe_increment` saturates) never overflows; every schedule
-returns a float32 array and accepts a scalar or an array of counts.
+Arithmetic runs in JAX's default float: every schedule returns a float32 array, or a float64 one
+when ``jax_enable_x64`` is on (as optax's schedules do; a float64 run's learning rate is not
+rounded to float32). Counts are converted to that float before any arithmetic, so an int32
+counter at ``2**31 - 1`` (where :func:`optax.safe_increment` saturates) never overflows. Each
+schedule accepts a scalar or an array of counts.
 
 Names and argument names follow optax wherever optax has the same schedule, so switching is a
 change of import.

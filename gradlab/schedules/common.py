@@ -2,8 +2,10 @@
 
 Numeric arguments are validated with :func:`gradlab.base.hyperparameter` (numbers and arrays,
 never schedules); a traced argument that is NaN (poisoned because invalid) makes the schedule
-return NaN in that lane only (:func:`guarded`). Counts are converted to float32 before any
-arithmetic (:func:`as_count`), so ``count - begin`` never overflows int32.
+return NaN in that lane only (:func:`guarded`). Arithmetic runs in JAX's default float,
+float32 (float64 when ``jax_enable_x64`` is on: no float32 rounding of a float64 run's learning
+rate); counts are converted to it before any arithmetic (:func:`as_count`), so
+``count - begin`` never overflows int32.
 """
 
 from __future__ import annotations
@@ -27,13 +29,21 @@ def arg(value: Any, name: str, valid: base.Interval, owner: str) -> Any:
     return base.hyperparameter(value, name, valid, owner=owner, allow_schedule=False, scalar=False)
 
 
-def f32(x: Any) -> jax.Array:
-    return jnp.asarray(x, dtype=jnp.float32)
+def real_dtype() -> Any:
+    """JAX's default float: float32, or float64 when ``jax_enable_x64`` is on (read at trace
+    time, as optax's schedules do)."""
+    return jax.dtypes.canonicalize_dtype(jnp.float64)
+
+
+def real(x: Any) -> jax.Array:
+    """``x`` as a :func:`real_dtype` array."""
+    return jnp.asarray(x, dtype=real_dtype())
 
 
 def as_count(count: Any) -> jax.Array:
-    """The step count as float32 (no int32 overflow in ``count - begin`` near ``2**31``)."""
-    return jnp.asarray(count).astype(jnp.float32)
+    """The step count as a :func:`real_dtype` float (no int32 overflow in ``count - begin``
+    near ``2**31``; exact in float64, exact up to ``2**24`` in float32)."""
+    return jnp.asarray(count).astype(real_dtype())
 
 
 def strictly_greater(large: Any, small: Any, large_name: str, small_name: str, owner: str):
@@ -56,7 +66,7 @@ def _poison_if_nan(value: jax.Array, *args: Any) -> jax.Array:
     bad = jnp.zeros((), bool)
     for a in args:
         if a is not None and not base.is_concrete(a):
-            bad = bad | jnp.any(jnp.isnan(f32(a)))
+            bad = bad | jnp.any(jnp.isnan(real(a)))
     return jnp.where(bad, jnp.nan, value)
 
 

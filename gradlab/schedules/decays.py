@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from gradlab import base
-from gradlab.schedules.common import NONNEG, POS, UNIT, arg, as_count, f32, guarded, half_cosine
+from gradlab.schedules.common import NONNEG, POS, UNIT, arg, as_count, guarded, half_cosine, real
 
 __all__ = [
     "constant_schedule",
@@ -34,12 +34,12 @@ def constant_schedule(value: float | jax.Array) -> base.Schedule:
       value: :math:`\eta \ge 0`.
 
     Returns:
-      A function ``count -> value`` (float32).
+      A function ``count -> value`` (float32; float64 when ``jax_enable_x64`` is on).
     """
     value = arg(value, "value", NONNEG, "constant_schedule")
 
     def schedule(count):
-        return jnp.broadcast_to(f32(value), jnp.shape(count))
+        return jnp.broadcast_to(real(value), jnp.shape(count))
 
     return guarded(schedule, value)
 
@@ -63,7 +63,7 @@ def step_decay_schedule(
       divisor: :math:`k > 0` (:math:`k > 1` decays; :math:`k = 2` halves).
 
     Returns:
-      A function ``count -> value`` (float32).
+      A function ``count -> value`` (float32; float64 when ``jax_enable_x64`` is on).
     """
     owner = "step_decay_schedule"
     init_value = arg(init_value, "init_value", NONNEG, owner)
@@ -72,8 +72,8 @@ def step_decay_schedule(
 
     def schedule(count):
         t = as_count(count)
-        n = jnp.floor(t / f32(step_size))
-        return f32(init_value) * jnp.power(f32(divisor), -n)
+        n = jnp.floor(t / real(step_size))
+        return real(init_value) * jnp.power(real(divisor), -n)
 
     return guarded(schedule, init_value, step_size, divisor)
 
@@ -111,7 +111,7 @@ def exponential_decay(
       end_value: optional bound :math:`\ge 0`.
 
     Returns:
-      A function ``count -> value`` (float32).
+      A function ``count -> value`` (float32; float64 when ``jax_enable_x64`` is on).
     """
     owner = "exponential_decay"
     init_value = arg(init_value, "init_value", NONNEG, owner)
@@ -123,14 +123,14 @@ def exponential_decay(
         end_value = arg(end_value, "end_value", NONNEG, owner)
 
     def schedule(count):
-        s = jnp.maximum(as_count(count) - f32(transition_begin), 0.0)
-        p = s / f32(transition_steps)
+        s = jnp.maximum(as_count(count) - real(transition_begin), 0.0)
+        p = s / real(transition_steps)
         if staircase:
             p = jnp.floor(p)
-        rate = f32(decay_rate)
-        value = f32(init_value) * jnp.power(rate, p)
+        rate = real(decay_rate)
+        value = real(init_value) * jnp.power(rate, p)
         if end_value is not None:
-            end = f32(end_value)
+            end = real(end_value)
             value = jnp.where(rate < 1.0, jnp.maximum(value, end), jnp.minimum(value, end))
         return value
 
@@ -160,7 +160,7 @@ def natural_exp_decay(
       staircase: decay at discrete intervals (static bool).
 
     Returns:
-      A function ``count -> value`` (float32).
+      A function ``count -> value`` (float32; float64 when ``jax_enable_x64`` is on).
     """
     return _time_decay(
         "natural_exp_decay", init_value, decay_steps, decay_rate, staircase, _natural
@@ -190,7 +190,7 @@ def inverse_time_decay(
       staircase: decay at discrete intervals (static bool).
 
     Returns:
-      A function ``count -> value`` (float32).
+      A function ``count -> value`` (float32; float64 when ``jax_enable_x64`` is on).
     """
     return _time_decay(
         "inverse_time_decay", init_value, decay_steps, decay_rate, staircase, _inverse
@@ -215,10 +215,10 @@ def _time_decay(owner, init_value, decay_steps, decay_rate, staircase, formula) 
     staircase = base.check_bool(staircase, "staircase", owner)
 
     def schedule(count):
-        p = as_count(count) / f32(decay_steps)
+        p = as_count(count) / real(decay_steps)
         if staircase:
             p = jnp.floor(p)
-        return formula(f32(init_value), f32(decay_rate) * p)
+        return formula(real(init_value), real(decay_rate) * p)
 
     return guarded(schedule, init_value, decay_steps, decay_rate)
 
@@ -242,7 +242,7 @@ def robbins_monro_schedule(
       kappa: the power :math:`\kappa > 0`.
 
     Returns:
-      A function ``count -> value`` (float32).
+      A function ``count -> value`` (float32; float64 when ``jax_enable_x64`` is on).
 
     References:
       Robbins & Monro, `A Stochastic Approximation Method
@@ -254,7 +254,7 @@ def robbins_monro_schedule(
     kappa = arg(kappa, "kappa", POS, owner)
 
     def schedule(count):
-        return f32(a) / jnp.power(f32(b) + as_count(count), f32(kappa))
+        return real(a) / jnp.power(real(b) + as_count(count), real(kappa))
 
     return guarded(schedule, a, b, kappa)
 
@@ -289,7 +289,7 @@ def polynomial_schedule(
       transition_begin: :math:`t_0 \ge 0`.
 
     Returns:
-      A function ``count -> value`` (float32).
+      A function ``count -> value`` (float32; float64 when ``jax_enable_x64`` is on).
     """
     return _polynomial(
         "polynomial_schedule", init_value, end_value, power, transition_steps, transition_begin
@@ -304,11 +304,11 @@ def _polynomial(owner, init_value, end_value, power, transition_steps, transitio
     transition_begin = arg(transition_begin, "transition_begin", NONNEG, owner)
 
     def schedule(count):
-        steps = f32(transition_steps)
-        c = jnp.clip(as_count(count) - f32(transition_begin), 0.0, steps)
+        steps = real(transition_steps)
+        c = jnp.clip(as_count(count) - real(transition_begin), 0.0, steps)
         frac = jnp.clip(1.0 - c / steps, 0.0, 1.0)  # >= 0 even when XLA uses c * (1/steps)
-        init, end = f32(init_value), f32(end_value)
-        return (init - end) * jnp.power(frac, f32(power)) + end
+        init, end = real(init_value), real(end_value)
+        return (init - end) * jnp.power(frac, real(power)) + end
 
     return guarded(schedule, init_value, end_value, power, transition_steps, transition_begin)
 
@@ -337,7 +337,7 @@ def linear_schedule(
       transition_begin: :math:`t_0 \ge 0`.
 
     Returns:
-      A function ``count -> value`` (float32).
+      A function ``count -> value`` (float32; float64 when ``jax_enable_x64`` is on).
 
     References:
       Goodfellow, Bengio & Courville, *Deep Learning*, MIT Press, 2016, §8.3.1.
@@ -370,7 +370,7 @@ def cosine_decay_schedule(
       exponent: :math:`p > 0`.
 
     Returns:
-      A function ``count -> value`` (float32).
+      A function ``count -> value`` (float32; float64 when ``jax_enable_x64`` is on).
 
     References:
       Loshchilov & Hutter, `SGDR: Stochastic Gradient Descent with Warm Restarts
@@ -383,10 +383,10 @@ def cosine_decay_schedule(
     exponent = arg(exponent, "exponent", POS, owner)
 
     def schedule(count):
-        steps = f32(decay_steps)
+        steps = real(decay_steps)
         c = jnp.minimum(as_count(count), steps)
         cos = half_cosine(c, steps)
-        a = f32(alpha)
-        return f32(init_value) * ((1.0 - a) * jnp.power(cos, f32(exponent)) + a)
+        a = real(alpha)
+        return real(init_value) * ((1.0 - a) * jnp.power(cos, real(exponent)) + a)
 
     return guarded(schedule, init_value, decay_steps, alpha, exponent)

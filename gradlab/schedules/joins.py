@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradlab import base
-from gradlab.schedules.common import NONNEG, arg, as_count, f32, guarded, nan_unless
+from gradlab.schedules.common import NONNEG, arg, as_count, guarded, nan_unless, real
 
 __all__ = ["join_schedules", "piecewise_constant_schedule"]
 
@@ -32,7 +32,7 @@ def _as_vector(values: Any, name: str, owner: str) -> Any:
             arr = np.asarray([np.asarray(v, np.float64) for v in values], np.float64)
             arr = arr.reshape(len(values))
         else:
-            arr = jnp.stack([f32(v) for v in values])
+            arr = jnp.stack([real(v) for v in values])
     else:
         raise TypeError(f"{owner}: {name} must be a sequence or a 1-D array, got {values!r}")
     if jnp.ndim(arr) != 1:
@@ -48,7 +48,7 @@ def _check_sorted(boundaries: Any, owner: str) -> None:
 
 
 def _sorted_ok(boundaries: jax.Array) -> jax.Array:
-    b = f32(boundaries)
+    b = real(boundaries)
     if b.shape[0] < 2:
         return jnp.asarray(True)
     return jnp.all(b[1:] >= b[:-1])
@@ -66,14 +66,14 @@ def join_schedules(
 
     ``boundaries`` is a sequence or a 1-D array of ``len(schedules) - 1`` non-decreasing,
     non-negative step counts; it may be traced (a sweep over when to switch). Sub-schedules
-    receive float32 counts.
+    receive float counts (float32; float64 under x64).
 
     Args:
       schedules: the schedules to run in order (callables ``count -> value``).
       boundaries: where to switch, :math:`b_0 \le b_1 \le \dots`, each :math:`\ge 0`.
 
     Returns:
-      A function ``count -> value`` (float32).
+      A function ``count -> value`` (float32; float64 when ``jax_enable_x64`` is on).
     """
     owner = "join_schedules"
     if callable(schedules) or not isinstance(schedules, Iterable):
@@ -98,10 +98,10 @@ def join_schedules(
 
     def schedule(count):
         t = as_count(count)
-        b = f32(boundaries)
-        value = f32(schedules[0](t))
+        b = real(boundaries)
+        value = real(schedules[0](t))
         for i, s in enumerate(schedules[1:]):
-            value = jnp.where(t < b[i], value, f32(s(t - b[i])))
+            value = jnp.where(t < b[i], value, real(s(t - b[i])))
         return nan_unless(_sorted_ok(b), value)
 
     return guarded(schedule, boundaries)
@@ -129,7 +129,7 @@ def piecewise_constant_schedule(
       scales: 1-D factors :math:`s_i \ge 0`, same length as ``boundaries``.
 
     Returns:
-      A function ``count -> value`` (float32).
+      A function ``count -> value`` (float32; float64 when ``jax_enable_x64`` is on).
     """
     owner = "piecewise_constant_schedule"
     init_value = arg(init_value, "init_value", NONNEG, owner)
@@ -161,7 +161,7 @@ def piecewise_constant_schedule(
 
     def schedule(count):
         t = as_count(count)[..., None]
-        factors = jnp.where(t >= f32(boundaries), f32(scales), 1.0)
-        return f32(init_value) * jnp.prod(factors, axis=-1)
+        factors = jnp.where(t >= real(boundaries), real(scales), 1.0)
+        return real(init_value) * jnp.prod(factors, axis=-1)
 
     return guarded(schedule, init_value, boundaries, scales)

@@ -12,10 +12,10 @@ from gradlab.schedules.common import (
     POS,
     arg,
     as_count,
-    f32,
     guarded,
     half_cosine,
     nan_unless,
+    real,
     safe_positive,
     strictly_greater,
 )
@@ -34,10 +34,10 @@ __all__ = [
 
 def _warmup(init_value, peak_value, warmup_steps, t):
     """Linear ramp from init to peak over ``warmup_steps`` (peak from the start when 0)."""
-    steps = f32(warmup_steps)
+    steps = real(warmup_steps)
     safe = safe_positive(steps)
     c = jnp.clip(t, 0.0, safe)
-    init, peak = f32(init_value), f32(peak_value)
+    init, peak = real(init_value), real(peak_value)
     ramp = (init - peak) * (1.0 - c / safe) + peak
     return jnp.where(steps > 0, ramp, peak)
 
@@ -69,7 +69,7 @@ def warmup_constant_schedule(
       warmup_steps: :math:`W \ge 0`.
 
     Returns:
-      A function ``count -> value`` (float32).
+      A function ``count -> value`` (float32; float64 when ``jax_enable_x64`` is on).
 
     References:
       Goyal et al., `Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour
@@ -116,7 +116,7 @@ def warmup_cosine_decay_schedule(
       exponent: :math:`p > 0`.
 
     Returns:
-      A function ``count -> value`` (float32).
+      A function ``count -> value`` (float32; float64 when ``jax_enable_x64`` is on).
 
     References:
       Loshchilov & Hutter, `SGDR: Stochastic Gradient Descent with Warm Restarts
@@ -131,13 +131,13 @@ def warmup_cosine_decay_schedule(
 
     def schedule(count):
         t = as_count(count)
-        w, d = f32(warmup_steps), f32(decay_steps)
+        w, d = real(warmup_steps), real(decay_steps)
         span = d - w
         safe = safe_positive(span)
         c = jnp.clip(t - w, 0.0, safe)
         cos = half_cosine(c, safe)
-        peak, end = f32(peak_value), f32(end_value)
-        decay = (peak - end) * jnp.power(cos, f32(exponent)) + end
+        peak, end = real(peak_value), real(end_value)
+        decay = (peak - end) * jnp.power(cos, real(exponent)) + end
         value = jnp.where(t < w, _warmup(init_value, peak_value, warmup_steps, t), decay)
         return nan_unless(span > 0, value)
 
@@ -175,7 +175,7 @@ def warmup_exponential_decay_schedule(
       end_value: optional bound :math:`\ge 0`.
 
     Returns:
-      A function ``count -> value`` (float32).
+      A function ``count -> value`` (float32; float64 when ``jax_enable_x64`` is on).
     """
     owner = "warmup_exponential_decay_schedule"
     init_value, peak_value, warmup_steps = _warmup_args(owner, init_value, peak_value, warmup_steps)
@@ -185,7 +185,7 @@ def warmup_exponential_decay_schedule(
 
     def schedule(count):
         t = as_count(count)
-        w = f32(warmup_steps)
+        w = real(warmup_steps)
         warm = _warmup(init_value, peak_value, warmup_steps, t)
         return jnp.where(t < w, warm, decay(t - w))
 
