@@ -86,3 +86,23 @@ def test_schedules_compute_in_float64_under_x64():
             np.testing.assert_allclose(u["x"], -(1.0 - count / 3.0), rtol=1e-15)
     # without x64 every schedule stays float32
     assert gl.linear_schedule(1.0, 0.0, 3)(1).dtype == jnp.float32
+
+
+def test_irprop_plus_compares_float64_losses_in_float64():
+    """iRprop+ stored the previous loss as float32 whatever the state dtype: with float64
+    state and losses 1 and 1 + 1e-12 (it went up) the comparison saw two equal losses and
+    skipped the backtracking step."""
+    with jax.enable_x64(True):
+        tx = gl.rprop(0.1, variant="irprop+", state_dtype=jnp.float64)
+        p = {"x": jnp.zeros(1, jnp.float64)}
+        outs = {}
+        for second_loss in (1.0 + 1e-12, 1.0 - 1e-12):
+            s = tx.init(p)
+            assert s[0].prev_value.dtype == jnp.float64
+            _, s = tx.update({"x": jnp.ones(1)}, s, p, value=jnp.float64(1.0))
+            u, s = tx.update({"x": -jnp.ones(1)}, s, p, value=jnp.float64(second_loss))
+            outs[second_loss > 1.0] = float(u["x"][0])
+        assert outs[True] == pytest.approx(0.1)  # loss went up: undo the step -0.1
+        assert outs[False] == 0.0  # went down: no step after the sign flip
+    # float32 state keeps a float32 loss
+    assert gl.rprop(0.1, variant="irprop+").init(p)[0].prev_value.dtype == jnp.float32

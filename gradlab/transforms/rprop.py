@@ -53,7 +53,8 @@ class ScaleByRpropState(NamedTuple):
     count: jax.Array  # int32 scalar: updates taken so far.
     step_sizes: base.Updates  # Delta^{(t)} used by the last update (0 before the first one).
     prev_sign: base.Updates  # int8 sign of the remembered previous gradient (0 after a flip).
-    prev_value: jax.Array  # float32 scalar: loss E^{(t-1)} (iRprop+ only; +inf at start).
+    prev_value: jax.Array  # scalar loss E^{(t-1)} (iRprop+ only; +inf at start), in float32
+    # or the state dtype if wider (a float64 loss is compared in float64).
 
 
 def scale_by_rprop(
@@ -136,7 +137,7 @@ def scale_by_rprop(
             count=base.zero_count(),
             step_sizes=base.zeros_like(params, dtype),
             prev_sign=base.zeros_like(params, jnp.int8),
-            prev_value=jnp.full([], jnp.inf, jnp.float32),
+            prev_value=jnp.full([], jnp.inf, base.compute_dtype(dtype)),
         )
 
     def update_fn(updates, state, params=None, *, value=None, **extra):
@@ -157,7 +158,7 @@ def scale_by_rprop(
         # the first step (eta+/eta- alone would only show up on the first sign test).
         lo = jnp.where((lo <= hi) & ~jnp.isnan(em + ep), lo, jnp.nan)
         if variant == "irprop+":
-            new_value = jnp.asarray(value, jnp.float32)
+            new_value = jnp.asarray(value).astype(state.prev_value.dtype)
             went_up = new_value > state.prev_value
         else:
             new_value = state.prev_value
