@@ -106,3 +106,23 @@ def test_irprop_plus_compares_float64_losses_in_float64():
         assert outs[False] == 0.0  # went down: no step after the sign flip
     # float32 state keeps a float32 loss
     assert gl.rprop(0.1, variant="irprop+").init(p)[0].prev_value.dtype == jnp.float32
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda: gl.adagrad(1.0, 0.0, 0.0, state_dtype=jnp.float64), 1.0),
+        (lambda: gl.adagrad(1.0, 0.0, 0.0, eps_in_sqrt=False, state_dtype=jnp.float64), 1.0),
+        (lambda: gl.rmsprop(1.0, 0.5, 0.0, state_dtype=jnp.float64), np.sqrt(2.0)),
+    ],
+    ids=["adagrad", "adagrad_eps_outside", "rmsprop"],
+)
+def test_float64_denominator_floor_is_float64s(make, expected):
+    """The 0/0 floor of AdaGrad/RMSProp denominators was float32's smallest normal (1.2e-38)
+    in every dtype: with float64 state and eps=0 a 1e-25 gradient moved by 9.2e-7 instead of
+    1 (|g| / sqrt(G) = 1), and 1e-40 by 9e-22 (eps outside: 0.0085)."""
+    with jax.enable_x64(True):
+        tx = make()
+        p = {"x": jnp.zeros(3, jnp.float64)}
+        u, _ = tx.update({"x": jnp.array([1e-25, 1e-40, 0.0])}, tx.init(p), p)
+        np.testing.assert_allclose(u["x"], [-expected, -expected, 0.0], rtol=1e-12)

@@ -63,6 +63,7 @@ def scale_by_rss(
     eps_in_sqrt = base.check_bool(eps_in_sqrt, "eps_in_sqrt", owner)
     sdt = base.state_dtype_of(state_dtype, owner)
     cdt = base.compute_dtype(sdt)
+    tiny = float(jnp.finfo(cdt).tiny)
 
     def init_fn(params):
         count = base.zero_count()
@@ -77,11 +78,12 @@ def scale_by_rss(
         def leaf(g, s):
             gc = base.to_dtype(g, cdt)
             s_new = base.to_dtype(s, cdt) + base.abs_sq(gc)
-            # The TINY floor turns 0 * inf into 0 when G = eps = 0 (no NaN, no select).
+            # The floor (the compute dtype's smallest normal: float64's for float64 state, so
+            # tiny float64 gradients keep |u| = 1) turns 0 * inf into 0 when G = eps = 0.
             if eps_in_sqrt:
-                u = gc * jax.lax.rsqrt(jnp.maximum(s_new + e, base.TINY))
+                u = gc * jax.lax.rsqrt(jnp.maximum(s_new + e, tiny))
             else:
-                u = gc / jnp.maximum(jnp.sqrt(s_new) + e, base.TINY)
+                u = gc / jnp.maximum(jnp.sqrt(s_new) + e, tiny)
             return u.astype(g.dtype), s_new.astype(sdt)
 
         out, new_s = base.map_leaves(leaf, updates, state.sum_of_squares)

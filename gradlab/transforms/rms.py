@@ -103,6 +103,7 @@ def scale_by_rms(
         )
     sdt = base.state_dtype_of(state_dtype, owner)
     cdt = base.compute_dtype(sdt)
+    tiny = float(jnp.finfo(cdt).tiny)  # floor of v + eps: 0 * inf is 0 when v = eps = 0
     State = ScaleByStddevState if centered else ScaleByRmsState
 
     def init_fn(params):
@@ -133,7 +134,7 @@ def scale_by_rms(
                 m = mu if bc is None else mu / bc
                 v = jnp.maximum(v - base.abs_sq(m), 0)
             if eps_in_sqrt:
-                u = gc * jax.lax.rsqrt(jnp.maximum(v + e, base.TINY))
+                u = gc * jax.lax.rsqrt(jnp.maximum(v + e, tiny))
             else:
                 u = base.safe_divide(gc, jnp.sqrt(v) + e)
             new = (u.astype(g.dtype), nu.astype(sdt))
