@@ -55,11 +55,16 @@ def clip(max_delta: base.ScalarOrSchedule) -> base.GradientTransformation:
     return base.counted_transformation(ClipState, "clip", apply, (max_delta,))
 
 
-def _ldexp(x: jax.Array, k: jax.Array) -> jax.Array:
-    """``x * 2**k``, exactly (``jnp.ldexp``, part by part for complex ``x``)."""
-    if jnp.iscomplexobj(x):
-        return jax.lax.complex(jnp.ldexp(x.real, k), jnp.ldexp(x.imag, k))
-    return jnp.ldexp(x, k)
+def _times_power_of_two(x: jax.Array, k: jax.Array) -> jax.Array:
+    """``x * 2**k`` for an int32 scalar ``k``, exactly: two multiplications by powers of two of
+    the same sign (each ``|k/2| <= 126``, so both factors are normal floats), with the rounding
+    of ``jnp.ldexp`` when the result under- or overflows. Elementwise it is two multiplies that
+    fuse into the consumer; ``jnp.ldexp`` lowers to a power and selects per element, which XLA
+    does not duplicate into the optimizer's kernels (one more pass over the tree)."""
+    k1 = k // 2
+    dtype = jnp.real(x).dtype
+    one = jnp.ones([], dtype)
+    return x * jnp.ldexp(one, k1) * jnp.ldexp(one, k - k1)
 
 
 def _norm_parts(tree) -> tuple[jax.Array, jax.Array]:
@@ -74,11 +79,15 @@ def _norm_parts(tree) -> tuple[jax.Array, jax.Array]:
     (non-finite); an all-zero tree gives ``(0, 0)``.
     """
     dtype = base.leaf_compute_dtype(tree)
-    leaves = [jnp.abs(x).astype(dtype) for x in jax.tree.leaves(tree)]
+    leaves = jax.tree.leaves(tree)
     zero = jnp.zeros([], jnp.int32)
     if not leaves:
         return jnp.zeros([], dtype), zero
-    sumsq = sum(jnp.sum(jnp.square(x)) for x in leaves)
+
+    def magnitude(x):  # computed where it is used: |g| is never a tree-sized temporary
+        return jnp.abs(x).astype(dtype)
+
+    sumsq = sum(jnp.sum(jnp.square(magnitude(x))) for x in leaves)
     # Below this the squares of small entries may have been flushed to 0 (they would be lost
     # in a direct sum: the norm of [1e-20] is 0 in float32); above it they weigh < n 2^-50.
     floor = float(jnp.finfo(dtype).tiny) * 2.0**50
@@ -87,12 +96,12 @@ def _norm_parts(tree) -> tuple[jax.Array, jax.Array]:
         return jnp.sqrt(sumsq), zero
 
     def rescaled(_):  # double-wheres: finite gradients at an all-zero tree
-        m = jnp.max(jnp.stack([jnp.max(x, initial=0.0) for x in leaves]))
+        m = jnp.max(jnp.stack([jnp.max(magnitude(x), initial=0.0) for x in leaves]))
         ok = jnp.isfinite(m) & (m > 0)
         # Divide by m's power of two 2^e with ldexp (exact, no reciprocal): 1/m is subnormal for
         # m > 2^126, and XLA:CPU flushes subnormals to zero, so x / m came out 0.
         e = jnp.where(ok, jnp.frexp(jnp.where(ok, m, 1.0))[1], 0).astype(jnp.int32)
-        sq = sum(jnp.sum(jnp.square(jnp.ldexp(x, -e))) for x in leaves)
+        sq = sum(jnp.sum(jnp.square(_times_power_of_two(magnitude(x), -e))) for x in leaves)
         return jnp.where(ok, jnp.sqrt(jnp.where(ok, sq, 1.0)), m), e
 
     return jax.lax.cond(jnp.isfinite(sumsq) & (sumsq >= floor), direct, rescaled, None)
@@ -153,7 +162,8 @@ def clip_by_global_norm(max_norm: base.ScalarOrSchedule) -> base.GradientTransfo
         def leaf(g):
             g = jnp.asarray(g)
             cdt = base.compute_dtype(g.dtype)
-            return (_ldexp(base.to_dtype(g, cdt), -k) * scale.astype(cdt)).astype(g.dtype)
+            scaled = _times_power_of_two(base.to_dtype(g, cdt), -k)
+            return (scaled * scale.astype(cdt)).astype(g.dtype)
 
         return jax.tree.map(leaf, updates)
 
