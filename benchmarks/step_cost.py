@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import gradlab.optimizers.adaptive as gla  # noqa: E402
+from gradlab.transforms.clipping import clip_by_global_norm  # noqa: E402
 
 try:  # written by another module owner; benchmarked when present
     from gradlab.optimizers.sgd import sgd as gl_sgd  # noqa: E402
@@ -78,9 +79,15 @@ def n_params(tree) -> int:
 #   adam:     read p, g, m, v; write p, m, v              -> 7
 #   rmsprop:  read p, g, nu;   write p, nu                -> 5
 #   sgd+mom:  read p, g, m;    write p, m                 -> 5
+#   adam+clip: adam, plus one read of g for the global norm  -> 8
 CASES = {
     "adam": (lambda: gla.adam(1e-3), lambda: optax.adam(1e-3), 7),
     "rmsprop": (lambda: gla.rmsprop(1e-3), lambda: optax.rmsprop(1e-3), 5),
+    "adam+clip": (
+        lambda: optax.chain(clip_by_global_norm(1.0), gla.adam(1e-3)),
+        lambda: optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3)),
+        8,
+    ),
 }
 if gl_sgd is not None:
     CASES["sgd_momentum"] = (
