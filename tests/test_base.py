@@ -207,7 +207,7 @@ def test_map_leaves_keeps_structure_none_and_empty_trees():
 
 
 def test_find_states_and_integer_leaves():
-    tx = gradlab.chain(gradlab.sgd(0.1, 0.9), gradlab.params_ema(0.9))
+    tx = gradlab.chain(gradlab.sgd(0.1, optax.constant_schedule(0.9)), gradlab.params_ema(0.9))
     state = tx.init({"a": jnp.ones(2)})
     assert len(base.find_states(state, gradlab.transforms.momentum.TraceState)) == 1
     assert base.find_states(state, base.TreeMismatchError) == []

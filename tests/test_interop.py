@@ -131,7 +131,8 @@ ONE_COUNT = {
     "rmsprop": lambda: gl.rmsprop(0.1),
     "adagrad": lambda: gl.adagrad(0.1),
     "adadelta": lambda: gl.adadelta(),
-    "sgd_momentum": lambda: gl.sgd(0.1, 0.9),
+    "rmsprop_momentum": lambda: gl.rmsprop(0.1, momentum=0.9),
+    "rmsprop_nesterov": lambda: gl.rmsprop(0.1, momentum=0.9, nesterov=True),
     "clip_then_adam": lambda: optax.chain(gl.clip_by_global_norm(1.0), gl.clip(1.0), gl.adam(0.1)),
 }
 
@@ -146,6 +147,24 @@ def test_tree_get_count_finds_the_one_step_count(name):
     for _ in range(3):
         _, state = tx.update(GRADS, state, PARAMS)
     assert int(optax.tree_utils.tree_get(state, "count")) == 3
+
+
+def test_constant_momentum_keeps_optax_traces_state():
+    # The trace atom kept a step count for a constant decay too: rmsprop(momentum=...) held two
+    # counts (tree_get raised), and sgd's state differed from optax.sgd's.
+    for make_gl, make_ox in [
+        (lambda: gl.sgd(0.1, 0.9), lambda: optax.sgd(0.1, 0.9)),
+        (lambda: gl.sgd(0.1, 0.9, nesterov=True), lambda: optax.sgd(0.1, 0.9, nesterov=True)),
+        (lambda: gl.trace(0.9), lambda: optax.trace(0.9)),
+    ]:
+        ours, theirs = make_gl().init(PARAMS), make_ox().init(PARAMS)
+        assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+    # a momentum schedule keeps its own count
+    tx = gl.trace(lambda c: 0.9)
+    state = tx.init(PARAMS)
+    for _ in range(2):
+        _, state = tx.update(GRADS, state)
+    assert int(optax.tree_utils.tree_get(state, "count")) == 2
 
 
 def test_constant_atoms_are_stateless_and_schedules_keep_their_count():

@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from gradlab import base
 
@@ -67,7 +68,8 @@ MOMENTUM_FORMS = ("trace", "heavy_ball", "sutskever", "damped", "ema")
 
 
 class TraceState(NamedTuple):
-    """State of :func:`trace`."""
+    """State of :func:`trace` under a ``decay`` schedule (with a constant ``decay`` the state is
+    ``optax.TraceState(trace)``, as for ``optax.trace``)."""
 
     count: jax.Array  # int32 scalar: updates taken so far (evaluates a `decay` schedule).
     trace: base.Updates  # m_{t}, in state_dtype.
@@ -213,15 +215,23 @@ def trace(
     decay = _momentum(decay, "decay", owner)
     nesterov = base.check_bool(nesterov, "nesterov", owner)
     dtype = _outside_dtype(state_dtype, accumulator_dtype, owner)
+    # A step count only when a schedule reads it: with a constant decay the state is optax's
+    # (so a named optimizer's state holds one count, and sgd's is optax.sgd's).
+    counted = base.is_schedule(decay)
+    expected = TraceState if counted else optax.TraceState
 
     def init_fn(params):
-        return TraceState(count=base.zero_count(), trace=base.zeros_like(params, dtype))
+        m = base.zeros_like(params, dtype)
+        return TraceState(count=base.zero_count(), trace=m) if counted else optax.TraceState(m)
 
     def update_fn(updates, state, params=None):
         del params
-        base.check_update(owner, state, TraceState, updates, "trace")
-        mu = base.resolve(decay, state.count, base.compute_dtype(dtype))
+        base.check_update(owner, state, expected, updates, "trace")
+        count = state.count if counted else base.zero_count()
+        mu = base.resolve(decay, count, base.compute_dtype(dtype))
         updates, new = _accumulate(updates, state.trace, mu, 1.0, nesterov)
+        if not counted:
+            return updates, optax.TraceState(trace=new)
         return updates, TraceState(count=base.safe_increment(state.count), trace=new)
 
     return base.GradientTransformation(init_fn, update_fn)
