@@ -164,3 +164,28 @@ def test_loop_runs_on_the_devices_asked_for():
     assert out["default_device_ctx"] == [[0]] * 4, out
     assert sorted(out["two_devices"]) == [[1], [1], [2], [2]], out
     assert out["same"]
+
+
+def test_clear_caches_frees_what_earlier_sweeps_kept():
+    """The sweep memoises programs, executables, placed data and seed inputs (they hold device
+    memory between sweeps); gradlab.sweep.clear_caches() empties every one of those caches and
+    a later sweep still runs (compiling again)."""
+    import gradlab
+    from gradlab.sweep import program as sweep_program
+
+    def run():
+        return gradlab.sweep(
+            optimizer=lambda lr: gradlab.sgd(lr),
+            space={"lr": [0.1, 0.3]},
+            seeds=1,
+            task=gradlab.sweep.tasks.mlp_classifier(dataset="moons", widths=(8,), batch_size=32),
+            steps=4,
+            progress=False,
+        )
+
+    first = run()
+    assert any(sweep_program._CACHES), "a sweep fills its caches"
+    gradlab.sweep.clear_caches()
+    assert not any(sweep_program._CACHES)
+    second = run()
+    np.testing.assert_array_equal(second.status, first.status)

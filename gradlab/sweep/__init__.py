@@ -25,6 +25,7 @@ import types
 from gradlab.sweep import tasks as tasks
 from gradlab.sweep.engine import choose_strategy as choose_strategy
 from gradlab.sweep.engine import sweep as sweep
+from gradlab.sweep.program import clear_caches as clear_caches
 from gradlab.sweep.result import SweepResult as SweepResult
 from gradlab.sweep.result import Table as Table
 from gradlab.sweep.space import choice as choice
@@ -41,6 +42,7 @@ __all__ = [
     "Task",
     "choice",
     "choose_strategy",
+    "clear_caches",
     "custom",
     "loguniform",
     "mlp_classifier",

@@ -36,7 +36,7 @@ from gradlab.status import Status
 from gradlab.sweep import space as space_mod
 from gradlab.sweep import strategies as strat
 from gradlab.sweep import tasks as tasks_mod
-from gradlab.sweep.program import Cause, Program, make_program, memoise, seed_inputs
+from gradlab.sweep.program import Cause, Program, make_program, memoise, new_cache, seed_inputs
 from gradlab.sweep.result import SweepResult
 from gradlab.sweep.space import settings_from
 
@@ -560,11 +560,11 @@ def sweep(
     return result
 
 
-_PROGRAMS: dict[tuple, Any] = {}
-_SEED_INPUTS: dict[tuple, Any] = {}
-_CHECKED: dict[tuple, Any] = {}
-_SPACES: dict[tuple, Any] = {}
-_VALIDATED: dict[tuple, Any] = {}
+_PROGRAMS: dict[tuple, Any] = new_cache()
+_SEED_INPUTS: dict[tuple, Any] = new_cache()
+_CHECKED: dict[tuple, Any] = new_cache()
+_SPACES: dict[tuple, Any] = new_cache()
+_VALIDATED: dict[tuple, Any] = new_cache()
 
 
 def _seed_inputs(task: tasks_mod.Task, seeds: Sequence[int], steps: int):

@@ -310,6 +310,25 @@ def seed_inputs(task: Any, seeds: Sequence[int], steps: int) -> tuple[dict, dict
     return {"seeds": stacked, "plan": plan}, metrics0
 
 
+_CACHES: list[dict] = []
+
+
+def new_cache() -> dict:
+    """An empty :func:`memoise` cache that :func:`clear_caches` empties."""
+    cache: dict = {}
+    _CACHES.append(cache)
+    return cache
+
+
+def clear_caches() -> None:
+    """Forget every cached program, compiled executable, device-placed data set and seed input
+    of earlier sweeps (``gradlab.sweep.clear_caches``). They make a repeated sweep start at
+    once, and they hold device memory between sweeps: up to 8 placed copies of a task's data
+    per device and the seed inputs of 8 (seeds, steps) pairs. The next sweep compiles again."""
+    for cache in _CACHES:
+        cache.clear()
+
+
 def memoise(cache: dict, owners: tuple, key: tuple, build: Callable[[], Any], size: int) -> Any:
     """``build()``, cached under the *identity* of ``owners`` (kept alive by the cache, so an
     id cannot be reused while its entry exists) and ``key``; the oldest entries are dropped

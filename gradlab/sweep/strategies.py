@@ -32,7 +32,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gradlab import compilation
-from gradlab.sweep.program import Program, memoise, unpack
+from gradlab.sweep.program import Program, memoise, new_cache, unpack
 from gradlab.sweep.program import outcome as program_outcome
 
 __all__ = [
@@ -58,8 +58,8 @@ def to_host(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-_JIT_CACHE: dict[tuple, Any] = {}
-_BYTES_CACHE: dict[tuple, Any] = {}  # per_run_bytes (apart: it must not evict executables)
+_JIT_CACHE: dict[tuple, Any] = new_cache()
+_BYTES_CACHE: dict[tuple, Any] = new_cache()  # per_run_bytes (apart: it must not evict executables)
 
 
 def _fetch(tree: Any) -> Any:
@@ -83,7 +83,7 @@ def _put(tree: Any, sharding: Any) -> Any:
     return jax.tree.map(leaf, tree)
 
 
-_PLACED: dict[tuple, Any] = {}
+_PLACED: dict[tuple, Any] = new_cache()
 
 
 def _replicated(tree: Any, sharding: Any) -> Any:
