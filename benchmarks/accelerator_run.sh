@@ -30,10 +30,10 @@ if [[ $STEPS == *" check "* ]]; then
   python3 -c "import jax, optax, flax; print('jax', jax.__version__, 'optax', optax.__version__,
 'flax', flax.__version__, jax.devices())"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
-  run_step check 150 python3 benchmarks/accelerator_check.py
+  run_step check 120 python3 benchmarks/accelerator_check.py
 fi
 if [[ $STEPS == *" main "* ]]; then
-  run_step main 120 python3 -m gradlab sweep --out "$OUT/sweep_out"
+  run_step main 60 python3 -m gradlab sweep --out "$OUT/sweep_out"
   cp "$OUT/sweep_out/sweep.png" "$OUT/sweep.png" 2>/dev/null && rm -rf "$OUT/sweep_out"
 fi
 if [[ $STEPS == *" tests "* ]]; then
@@ -43,7 +43,7 @@ if [[ $STEPS == *" tests "* ]]; then
     -p no:cacheprovider -rf
 fi
 if [[ $STEPS == *" step_cost "* ]]; then
-  run_step step_cost 90 python3 benchmarks/step_cost.py --markdown
+  run_step step_cost 60 python3 benchmarks/step_cost.py --markdown
 fi
 if [[ $STEPS == *" sweep "* ]]; then
   TAIL=40 run_step sweep "${SWEEP_LIMIT:-150}" python3 benchmarks/sweep.py --reps 3
