@@ -616,17 +616,15 @@ def _program(ctx: _Context, static_hp: dict, evals_per_call: int) -> Program:
 
 
 def _chunk_size(ctx: _Context, job: strat.Job, chosen: str) -> int:
-    """Runs per vmapped chunk: ``chunk_size``, or as many as ``memory_budget`` allows (a cheap
-    estimate first, XLA's memory analysis of one step when it may matter)."""
+    """Runs per vmapped chunk: ``chunk_size``, or as many as ``memory_budget`` allows
+    (:func:`~gradlab.sweep.strategies.per_run_bytes`)."""
     n_runs, d = job.n_runs, len(job.devices)
     if ctx.chunk_size is not None:
         return max(1, min(int(ctx.chunk_size), n_runs))
     if chosen != "chunked" and ctx.strategy != "auto":
         return n_runs
     budget = ctx.memory_budget or _default_budget(job.devices)
-    per_run = strat.per_run_bytes(job.program(1), job.hp, job.runs, job.data, temporaries=False)
-    if chosen == "chunked" or per_run * n_runs > budget * d // 4:
-        per_run = strat.per_run_bytes(job.program(1), job.hp, job.runs, job.data)
+    per_run = strat.per_run_bytes(job.program(1), job.hp, job.runs, job.data)
     return min(n_runs, max(1, budget // max(per_run, 1)) * d)
 
 

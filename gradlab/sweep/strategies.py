@@ -358,42 +358,47 @@ def _evals_per_call(n_evals: int, steps_per_eval: int, runs: int) -> int:
     return n_evals
 
 
-def per_run_bytes(
-    prog: Program, hp: dict, runs: dict, data: Any, *, temporaries: bool = True
-) -> int:
+def _aval_bytes(aval: Any) -> int:
+    shape, dtype = getattr(aval, "shape", None), getattr(aval, "dtype", None)
+    return 0 if shape is None or dtype is None else math.prod(shape) * dtype.itemsize
+
+
+def intermediate_bytes(jaxpr: Any) -> int:
+    """Bytes of every value ``jaxpr`` computes: its equations' outputs, those of nested jaxprs
+    (calls, loop bodies, branches) included. No buffer is reused, so this bounds the
+    temporaries of the compiled program from above on any backend, without compiling."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        total += sum(_aval_bytes(v.aval) for v in eqn.outvars)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    total += intermediate_bytes(inner)
+    return total
+
+
+def per_run_bytes(prog: Program, hp: dict, runs: dict, data: Any) -> int:
     """Bytes one run needs in a vmapped program: 4x its state (current, interval snapshot,
-    update, donated copy) plus the scratch space of one training step and of the evaluation
-    that ends every interval (the task's metrics on its *full* data: with a large data set its
-    activations dwarf a mini-batch step's). With ``temporaries`` both come from XLA's memory
-    analysis of the step and the evaluation vmapped over two runs, halved (a single-run
-    analysis can be half the vmapped need: XLA fuses less under vmap); this compiles both
-    once per program and argument shapes. Without, the evaluation is bounded cheaply from
-    above by the bytes its lowered (uncompiled) program accesses, and the step is left out."""
+    update, donated copy) plus every intermediate value of one training step and of the
+    evaluation that ends every interval (the task's metrics on its *full* data: with a large
+    data set its activations dwarf a mini-batch step's), both vmapped over two runs and
+    halved. The intermediates are counted in the jaxprs (:func:`intermediate_bytes`), not
+    taken from XLA's memory analysis: that analysis is backend-dependent and on a GPU it
+    left out half of what a chunk was measured to use (a matrix product's output is also
+    allocated twice while XLA autotunes it; ``benchmarks/accelerator_check.py``)."""
     lanes = 2
     hp2, run2 = jax.tree.map(lambda v: jnp.asarray(np.asarray(v)[[0] * lanes]), (hp, runs))
     leaves, treedef = jax.tree.flatten((hp2, data))
     shapes = tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves)
-    key = ("per_run_bytes", bool(temporaries), treedef, shapes)
+    key = ("per_run_bytes", treedef, shapes)
 
     def build():
         state = jax.eval_shape(jax.vmap(prog.init, in_axes=(0, 0, None)), hp2, run2, data)
-        total = 4 * sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state))
-        pieces = [(jax.vmap(prog.evaluate, in_axes=(0, None)), (state, data))]
-        if temporaries:
-            pieces.insert(0, (jax.vmap(prog.step, in_axes=(0, 0, None)), (state, hp2, data)))
-        for fn, args in pieces:
-            try:
-                lowered = jax.jit(fn).lower(*args)
-                if temporaries:
-                    extra = getattr(lowered.compile().memory_analysis(), "temp_size_in_bytes", 0)
-                else:
-                    cost = lowered.cost_analysis()
-                    if isinstance(cost, (list, tuple)):
-                        cost = cost[0] if cost else None
-                    extra = (cost or {}).get("bytes accessed", 0)
-                total += int(extra or 0)
-            except Exception:  # pragma: no cover - memory/cost analysis is backend-dependent
-                pass
+        total = 4 * sum(_aval_bytes(x) for x in jax.tree.leaves(state))
+        step = jax.make_jaxpr(jax.vmap(prog.step, in_axes=(0, 0, None)))(state, hp2, data)
+        evaluate = jax.make_jaxpr(jax.vmap(prog.evaluate, in_axes=(0, None)))(state, data)
+        total += intermediate_bytes(step.jaxpr) + intermediate_bytes(evaluate.jaxpr)
         return int(math.ceil(total / lanes))
 
     return memoise(_BYTES_CACHE, (prog,), key, build, 64)
