@@ -81,7 +81,7 @@ def _sq_dists(x: jax.Array, centers: jax.Array) -> jax.Array:
     """``(n, k)`` squared Euclidean distances, computed by the expansion (clamped at 0)."""
     d = (
         jnp.sum(x * x, axis=1, keepdims=True)
-        - 2.0 * x @ centers.T
+        - 2.0 * jnp.matmul(x, centers.T, precision=jax.lax.Precision.HIGHEST)
         + jnp.sum(centers * centers, axis=1)[None, :]
     )
     return jnp.maximum(d, 0.0)
@@ -240,7 +240,7 @@ def _fit(x, key, init_arr, learning_rate, *, k, method, steps, batch, init_name,
             xb = x[idx]
         onehot = jax.nn.one_hot(assign(xb, centers), k, dtype=jnp.float32)  # (b, k)
         nb = jnp.sum(onehot, axis=0)  # (k,)
-        sums = onehot.T @ xb  # (k, d)
+        sums = jnp.matmul(onehot.T, xb, precision=jax.lax.Precision.HIGHEST)  # (k, d)
         pull = sums - nb[:, None] * centers  # -gradient of 0.5 * batch inertia
         if fixed:
             centers = centers + (lr / xb.shape[0]) * pull

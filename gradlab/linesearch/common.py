@@ -28,6 +28,8 @@ __all__ = [
     "compute_dtype",
     "safe_norm",
     "tree_vdot",
+    "matmul",
+    "vdot",
     "tree_scale",
     "tree_axpy",
     "tree_select",
@@ -97,6 +99,19 @@ def tree_vdot(a: Any, b: Any, dtype=jnp.float32) -> jax.Array:
     if not la:
         return jnp.zeros((), dtype)
     return sum(jnp.sum(x.astype(dtype) * y.astype(dtype)) for x, y in zip(la, lb, strict=True))
+
+
+def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a @ b`` in full precision. The solvers' own products (inverse-Hessian updates, the
+    L-BFGS recursion, least-squares normal equations) must not use the reduced-precision
+    passes XLA picks for float32 matrix products on GPUs and TPUs by default (TF32 keeps 10
+    mantissa bits); on the CPU this changes nothing."""
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
+def vdot(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``jnp.vdot(a, b)`` in full precision (see :func:`matmul`)."""
+    return jnp.vdot(a, b, precision=jax.lax.Precision.HIGHEST)
 
 
 def tree_scale(s: jax.Array, tree: Any) -> Any:

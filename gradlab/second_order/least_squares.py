@@ -141,7 +141,9 @@ def _linearize(owner, residual_fn, params, jacobian, budget, state_dtype) -> _Li
     jac_fn = jax.jacfwd if mode == "jacfwd" else jax.jacrev
     jac, r = jac_fn(lambda z: (residual_at(z), residual_at(z)), has_aux=True)(flat)
     jac = jac.astype(dtype).reshape(m, d)
-    return _Linearized(flat, r, jac, lambda v: jac @ v, lambda w: jac.T @ w, residual_at)
+    jvp = lambda v: common.matmul(jac, v)  # noqa: E731
+    vjp = lambda w: common.matmul(jac.T, w)  # noqa: E731
+    return _Linearized(flat, r, jac, jvp, vjp, residual_at)
 
 
 def _svd(jac: jax.Array):
@@ -240,7 +242,8 @@ def scale_by_gauss_newton(
             finite = jnp.all(jnp.isfinite(lin.jac)) & jnp.all(jnp.isfinite(r))
             jac = jnp.where(finite, lin.jac, 0.0)
             u, s, vt = _svd(jac)
-            step = -(vt.T @ (_pinv_values(s, jac.shape) * (u.T @ jnp.where(finite, r, 0.0))))
+            ur = common.matmul(u.T, jnp.where(finite, r, 0.0))
+            step = -common.matmul(vt.T, _pinv_values(s, jac.shape) * ur)
         else:
             g = lin.vjp(r)
             gnorm = common.safe_norm(g, g.dtype)
@@ -434,11 +437,11 @@ def levenberg_marquardt(
         # float32: every step would look like "no decrease possible").
         r_scale = common.safe_norm(r, dtype)
         r_scale = jnp.where(r_scale > 0, r_scale, 1.0)
-        cost = 0.5 * jnp.vdot(r / r_scale, r / r_scale)  # 0.5, or 0 at an exact fit
+        cost = 0.5 * common.vdot(r / r_scale, r / r_scale)  # 0.5, or 0 at an exact fit
         tau = base.resolve(damping_init, state.count, dtype)
         if lin.jac is not None:
             jac = jnp.where(finite, lin.jac, 0.0)
-            g = jac.T @ r
+            g = common.matmul(jac.T, r)
             colsq = jnp.sum(jac * jac, axis=0)
             if marquardt:
                 diag = jnp.maximum(state.diag.astype(dtype), colsq)
@@ -450,7 +453,7 @@ def levenberg_marquardt(
                 mu0 = tau * jnp.max(colsq) if relative_damping else tau
             u, s, vt = _svd(jac / sqrt_d)
             # J/|r| and r/|r|: the same step, and nothing under- or overflows.
-            s, ur = s / r_scale, (u.T @ r) / r_scale
+            s, ur = s / r_scale, common.matmul(u.T, r) / r_scale
 
             def solve(mu):
                 # Predicted decrease L(0) - L(h) in singular coordinates (units of |r|^2): a
@@ -458,12 +461,12 @@ def levenberg_marquardt(
                 mu = mu / r_scale / r_scale
                 den = s * s + mu
                 pred = jnp.sum((s * ur) ** 2 * (s * s + 2.0 * mu) / (2.0 * den * den))
-                return -(vt.T @ ((s / den) * ur)) / sqrt_d, pred, jnp.zeros((), jnp.int32)
+                return -common.matmul(vt.T, (s / den) * ur) / sqrt_d, pred, jnp.zeros((), jnp.int32)
 
         else:
             g = jnp.where(finite, lin.vjp(r / r_scale), 0.0) / r_scale  # J^T r / |r|^2
             diag = state.diag
-            ratio = jnp.vdot(g, g) * r_scale * r_scale  # |J^T r|^2 / |r|^2
+            ratio = common.vdot(g, g) * r_scale * r_scale  # |J^T r|^2 / |r|^2
             mu0 = tau * jnp.where(ratio > 0, ratio, 1.0) if relative_damping else tau
             # The forcing term from |J^T r| in the original units, the tolerance in these.
             g_norm = common.safe_norm(g, dtype)
@@ -480,7 +483,7 @@ def levenberg_marquardt(
                     max_steps=steps,
                 )
                 jh = lin.jvp(res.x) / r_scale  # CG is inexact: the general model decrease
-                pred = -jnp.vdot(g, res.x) - 0.5 * jnp.vdot(jh, jh)
+                pred = -common.vdot(g, res.x) - 0.5 * common.vdot(jh, jh)
                 return res.x, pred, res.num_matvecs
 
         first = state.damping < 0
@@ -504,7 +507,7 @@ def levenberg_marquardt(
             k, mu, nu, _, _, _, _, products, non_finite_trials = c
             h, pred, n_prod = solve(mu)
             r_new = lin.residual_at(lin.flat + h.astype(lin.flat.dtype)) / r_scale
-            cost_new = 0.5 * jnp.vdot(r_new, r_new)
+            cost_new = 0.5 * common.vdot(r_new, r_new)
             h_ok = jnp.all(jnp.isfinite(h)) & jnp.isfinite(pred)
             rho = (cost - cost_new) / jnp.where(pred > 0, pred, 1.0)
             accepted = h_ok & (pred > 0) & jnp.isfinite(cost_new) & (cost_new < cost)
@@ -594,7 +597,7 @@ class _HalfSquaredNorm:
 
     def __call__(self, params: Any, *args: Any) -> jax.Array:
         r = ravel_pytree(self.residual_fn(params, *args))[0]
-        return 0.5 * jnp.vdot(r, r)
+        return 0.5 * common.vdot(r, r)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _HalfSquaredNorm) and other.residual_fn == self.residual_fn

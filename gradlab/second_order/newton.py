@@ -156,7 +156,7 @@ def _eigen_direction(h, g, floor):
     # H = 0 (a linear objective): no curvature to scale by, the gradient step -g.
     cut = jnp.where(largest > 0, jnp.maximum(floor * largest, jnp.finfo(h.dtype).tiny), 1.0)
     lam_mod = jnp.maximum(lam_abs, cut)
-    return -(q @ ((q.T @ g) / lam_mod)), cut
+    return -common.matmul(q, common.matmul(q.T, g) / lam_mod), cut
 
 
 def scale_by_newton(

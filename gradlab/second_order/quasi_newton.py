@@ -83,7 +83,7 @@ def _pair(x, g, prev_x, prev_g, count):
     """
     s, y = x - prev_x, g - prev_g
     ns, ny, ng = (common.safe_norm(v, v.dtype) for v in (s, y, g))
-    sy = jnp.vdot(s, y)
+    sy = common.vdot(s, y)
     eps = jnp.finfo(s.dtype).eps
     accept = (count > 0) & jnp.isfinite(sy) & (sy > eps * ns * ny) & (ny > 0)
     safe_ny = jnp.where(ny > 0, ny, 1.0)
@@ -108,7 +108,7 @@ def _finish(g, ng, d, restart_length):
     steepest = -(factor * g)
     md = jnp.max(jnp.abs(d))
     ok_d = (md > 0) & jnp.isfinite(md)
-    slope = jnp.vdot(inv * g, d / jnp.where(ok_d, md, 1.0))
+    slope = common.vdot(inv * g, d / jnp.where(ok_d, md, 1.0))
     descent = ok_g & ok_d & (slope < 0)
     return jnp.where(descent, d, steepest), ~descent
 
@@ -232,9 +232,9 @@ def scale_by_bfgs(
         alpha = jnp.where(fresh, initial_scale(gamma), state.inv_hessian_scale)
         acc = accept.astype(dtype)
         rho = 1.0 / jnp.where(accept, sy, 1.0)
-        hy = alpha * y + jnp.where(fresh, 0.0, state.inv_hessian_rest @ y)
+        hy = alpha * y + jnp.where(fresh, 0.0, common.matmul(state.inv_hessian_rest, y))
         # rho * (rho * y'Hy): never form rho**2 (it under/overflows at 1e+-30 scales).
-        coef = rho * jax.lax.optimization_barrier(rho * jnp.vdot(y, hy)) + rho
+        coef = rho * jax.lax.optimization_barrier(rho * common.vdot(y, hy)) + rho
         # H+ = H - rho (Hy s' + s y'H) + coef s s': one fused pass over M (skipped pairs have
         # acc = 0); alpha I is untouched.
         rest = (
@@ -248,7 +248,8 @@ def scale_by_bfgs(
         first = num_updates == 0
         # On the first step (nothing learned yet) d = 0 is "not descent": the restart
         # direction -g (its length set by initial_inverse_hessian) is taken, not counted.
-        d, reset = _finish(g, ng, jnp.where(first, 0.0, -(alpha * g + rest @ g)), restart_length)
+        d = jnp.where(first, 0.0, -(alpha * g + common.matmul(rest, g)))
+        d, reset = _finish(g, ng, d, restart_length)
         reset = reset & ~first
         new_state = ScaleByBFGSState(
             count=base.safe_increment(state.count),
@@ -287,7 +288,7 @@ def _two_loop(g, mem_s, mem_y, mem_rho, num_pairs, gamma):
     newest_first = jnp.mod(num_pairs - 1 - jnp.arange(m), m)
 
     def first_loop(q, i):
-        alpha = mem_rho[i] * jnp.vdot(mem_s[i], q)
+        alpha = mem_rho[i] * common.vdot(mem_s[i], q)
         return q - alpha * mem_y[i], alpha
 
     q, alphas = jax.lax.scan(first_loop, g, newest_first)
@@ -295,7 +296,7 @@ def _two_loop(g, mem_s, mem_y, mem_rho, num_pairs, gamma):
 
     def second_loop(r, inputs):
         i, alpha = inputs
-        b = mem_rho[i] * jnp.vdot(mem_y[i], r)
+        b = mem_rho[i] * common.vdot(mem_y[i], r)
         return r + (alpha - b) * mem_s[i], None
 
     r, _ = jax.lax.scan(second_loop, r, (newest_first[::-1], alphas[::-1]))
