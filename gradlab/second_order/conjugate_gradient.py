@@ -143,8 +143,13 @@ def scale_by_nonlinear_cg(
 
         conj = jax.tree.map(lambda gi, di: -gi + b * di, g, state.prev_direction)
         # Tested as the search will see it, in the updates' dtype: a float16 direction that
-        # underflows to zero (or overflows) restarts instead of stopping the search.
-        conj = jax.tree.map(lambda c, u: c.astype(u.dtype).astype(dtype), conj, updates)
+        # underflows to zero (or overflows) restarts instead of stopping the search. The
+        # barrier keeps the rounding: XLA:GPU removes a cast down and back up (it allows
+        # excess precision), and the float32 direction passed the test there.
+        if any(u.dtype != dtype for u in jax.tree.leaves(updates)):
+            rounded = jax.tree.map(lambda c, u: c.astype(u.dtype), conj, updates)
+            rounded = jax.lax.optimization_barrier(rounded)
+            conj = jax.tree.map(lambda c: c.astype(dtype), rounded)
         slope = common.tree_vdot(gh, jax.tree.map(lambda x: x / sigma, conj), dtype)
         restart = (
             (state.count == 0)
