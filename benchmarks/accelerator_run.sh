@@ -5,7 +5,7 @@
 # build, optax, flax, chex, pytest and pytest-xdist; gradlab is taken from this checkout.
 # Writes one log per step (and the main job's plot) under $OUT (default ./accelerator_out)
 # and prints each log's end. Usage: bash benchmarks/accelerator_run.sh [steps...]
-# (steps: check main tests step_cost sweep; default all).
+# (steps: check main tests step_cost sweep kernels; default all but kernels).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-accelerator_out}
@@ -47,4 +47,9 @@ if [[ $STEPS == *" step_cost "* ]]; then
 fi
 if [[ $STEPS == *" sweep "* ]]; then
   TAIL=40 run_step sweep "${SWEEP_LIMIT:-150}" python3 benchmarks/sweep.py --reps 3
+fi
+if [[ $STEPS == *" kernels "* ]]; then
+  # The sweep's and the optax loop's compiled step loops, counted and written out.
+  run_step kernels 90 python3 benchmarks/sweep.py --quick --kernels --dump-hlo "$OUT" \
+    --no-strategy-table
 fi

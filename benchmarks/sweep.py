@@ -21,7 +21,8 @@ vs loop for several model sizes: the measurement behind ``strategy="auto"``.
 ``--kernels`` also counts the operations XLA compiled into the training-step loop body of the
 engine's single-run program and of the optax loop (fused kernels, library matmuls, copies).
 
-Usage: ``python benchmarks/sweep.py [--quick] [--ns 1,8,32,128] [--steps 100] [--kernels]``.
+Usage: ``python benchmarks/sweep.py [--quick] [--ns 1,8,32,128] [--steps 100] [--kernels
+[--dump-hlo DIR]]``.
 """
 
 from __future__ import annotations
@@ -151,9 +152,10 @@ def _loop_bodies(hlo: str) -> list[collections.Counter]:
     return out
 
 
-def step_kernels(task, steps: int) -> dict[str, collections.Counter]:
+def step_kernels(task, steps: int, dump: str | None = None) -> dict[str, collections.Counter]:
     """Operations in the step loop body (the innermost ``while`` with the most fusions) of the
-    engine's single-run program and of the optax loop's program, as XLA compiled them."""
+    engine's single-run program and of the optax loop's program, as XLA compiled them (their
+    whole compiled HLO written to ``dump/{gradlab,optax}.hlo.txt`` when ``dump`` is given)."""
     opt = lambda learning_rate: optax.sgd(learning_rate, momentum=0.9)  # noqa: E731
     inputs, _ = seed_inputs(task, [0], steps)
     data = {"task": task.data, **inputs}
@@ -176,6 +178,11 @@ def step_kernels(task, steps: int) -> dict[str, collections.Counter]:
         return jax.lax.scan(step, (params, tx.init(params)), plan)[0][0]
 
     texts["optax loop"] = jax.jit(train).lower(np.float32(0.01), params0).compile().as_text()
+    if dump:
+        os.makedirs(dump, exist_ok=True)
+        for name, text in texts.items():
+            with open(os.path.join(dump, name.split()[0] + ".hlo.txt"), "w") as f:
+                f.write(text)
     return {k: max(_loop_bodies(t), key=lambda c: c["fusion"]) for k, t in texts.items()}
 
 
@@ -257,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="N=1,8, 20 steps, 1 rep (a smoke run)")
     p.add_argument("--no-strategy-table", action="store_true")
     p.add_argument("--kernels", action="store_true", help="count the step loop's kernels")
+    p.add_argument("--dump-hlo", metavar="DIR", help="with --kernels: write both compiled HLOs")
     args = p.parse_args(argv)
     ns = [int(v) for v in args.ns.split(",")]
     steps, reps = args.steps, args.reps
@@ -267,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.kernels:
         print("operations in the compiled step loop body (one training step):")
-        for name, ops in step_kernels(task, steps).items():
+        for name, ops in step_kernels(task, steps, args.dump_hlo).items():
             kinds = ("fusion", "dot", "custom-call", "copy")
             print(f"  {name}: " + ", ".join(f"{ops[k]} {k}" for k in kinds))
         print()

@@ -60,7 +60,7 @@ class _FakeDevice:
 def test_default_budget_is_half_the_gpu_memory():
     gpu = _FakeDevice(0, {"bytes_limit": 16 << 30, "bytes_in_use": 1 << 20})
     assert engine._default_budget([gpu]) == 8 << 30
-    cpu = jax.devices()[0]  # memory_stats() is None on the CPU
+    cpu = jax.devices("cpu")[0]  # memory_stats() is None on the CPU
     assert engine._default_budget([cpu]) == 2 << 30
 
 
