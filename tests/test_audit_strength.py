@@ -3,7 +3,8 @@
 Every test below was checked to fail on a deliberately broken library (the switch made a no-op
 or the rule changed) and to pass on the real code: the PR+ clamp of nonlinear CG, CG's default
 restart period, the backtracking search's growth of the first trial, Marquardt's running
-maximum of diag(J^T J), and the directions of both Newton fallbacks on an indefinite Hessian.
+maximum of diag(J^T J), the directions of both Newton fallbacks on an indefinite Hessian, and
+a curv_rtol other than the default in the zoom search.
 """
 
 import jax
@@ -12,7 +13,11 @@ import numpy as np
 import pytest
 from jax import enable_x64
 
-from gradlab.linesearch import scale_by_backtracking_linesearch
+from gradlab.linesearch import (
+    scale_by_backtracking_linesearch,
+    scale_by_more_thuente_linesearch,
+    scale_by_zoom_linesearch,
+)
 from gradlab.second_order.conjugate_gradient import scale_by_nonlinear_cg
 from gradlab.second_order.least_squares import levenberg_marquardt
 from gradlab.second_order.newton import scale_by_newton
@@ -233,3 +238,48 @@ def test_newton_shift_fallback_follows_algorithm_3_3(beta0, increase, h):
     lam, q = np.linalg.eigh(h)
     eigen = -(q @ ((q.T @ g) / np.maximum(np.abs(lam), 1e-6 * np.abs(lam).max())))
     assert np.abs(d - eigen).max() > 1e-2
+
+
+# ---------------------------------------------------------------------------------------------
+# Wolfe searches: curv_rtol (c2) other than the default
+# ---------------------------------------------------------------------------------------------
+
+
+def _rosen(x):
+    return jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+
+@pytest.mark.parametrize("search", ["zoom", "more_thuente"])
+def test_wolfe_search_honours_a_tight_curv_rtol(search):
+    """c2 = 0.1 (nonlinear CG's setting): the accepted t satisfies Armijo with c1 = 1e-4 and
+    |phi'(t)| <= 0.1 |phi'(0)|, checked on f itself; with the default c2 = 0.9 the same searches
+    accept steps that violate the tight condition (so c2 must reach the acceptance test)."""
+    make = scale_by_zoom_linesearch if search == "zoom" else scale_by_more_thuente_linesearch
+
+    def search_fn(ls):
+        def go(x):
+            f0, g = jax.value_and_grad(_rosen)(x)
+            return ls.update(-g, ls.init(x), x, value=f0, grad=g, value_fn=_rosen)
+
+        return jax.jit(go)
+
+    runs = {"tight": search_fn(make(curv_rtol=0.1)), "loose": search_fn(make())}
+    loose_violates = 0
+    with enable_x64(True):
+        for start in [(-1.2, 1.0), (0.0, 0.0), (1.5, 2.5), (-0.5, 0.8), (2.0, 3.0)]:
+            x = jnp.asarray(start, jnp.float64)
+            f0, g = jax.value_and_grad(_rosen)(x)
+            d = -np.asarray(g)
+            phi0 = float(np.asarray(g) @ d)
+            ratios = {}
+            for name, go in runs.items():
+                u, st = go(x)
+                assert int(st.status) == Status.OK, (name, start)
+                t = float(st.step_size)
+                np.testing.assert_allclose(np.asarray(u), t * d, rtol=1e-12)
+                f1, g1 = jax.value_and_grad(_rosen)(x + t * jnp.asarray(d))
+                assert float(f1) <= float(f0) + 1e-4 * t * phi0, (name, start)
+                ratios[name] = abs(float(np.asarray(g1) @ d)) / abs(phi0)
+            assert ratios["tight"] <= 0.1, start
+            loose_violates += ratios["loose"] > 0.1
+    assert loose_violates >= 1
