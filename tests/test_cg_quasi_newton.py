@@ -1,5 +1,7 @@
 """Nonlinear CG, BFGS and L-BFGS: textbook properties, numpy formulas, and scipy."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -203,10 +205,15 @@ def test_lbfgs_arguments_validated_and_optax_compatible_signature():
         scale_by_lbfgs(scale_init_precond=1)
     with pytest.raises(ValueError, match="linesearch"):
         lbfgs(linesearch="wolfe")
-    # Same keyword names as optax.lbfgs.
-    gradlab_tx = lbfgs(learning_rate=None, memory_size=5, scale_init_precond=True, linesearch=None)
-    optax_tx = optax.lbfgs(learning_rate=None, memory_size=5, scale_init_precond=True)
-    assert callable(gradlab_tx.update) and callable(optax_tx.update)
+    # Same keyword names, in the same order, as optax.lbfgs (gradlab adds state_dtype last).
+    theirs = list(inspect.signature(optax.lbfgs).parameters)
+    ours = list(inspect.signature(lbfgs).parameters)
+    assert ours[: len(theirs)] == theirs, (ours, theirs)
+    # ...and a call spelled for optax builds an L-BFGS whose first direction is -g / |g|.
+    tx = lbfgs(learning_rate=None, memory_size=5, scale_init_precond=True, linesearch=None)
+    g = jnp.asarray([3.0, -4.0])
+    d, _ = tx.update(g, tx.init(g), jnp.zeros(2))
+    np.testing.assert_allclose(np.asarray(d), [-0.6, 0.8], rtol=1e-6)
 
 
 # --- Against scipy ---------------------------------------------------------------------------
