@@ -231,14 +231,20 @@ def check_minimize_batch(device) -> None:
         out[dev.platform] = res
     g, c = out[device.platform], out["cpu"]
     status_g, status_c = np.asarray(g.status), np.asarray(c.status)
-    conv = int(np.sum(status_g == int(gradlab.Status.CONVERGED)))
-    conv_cpu = int(np.sum(status_c == int(gradlab.Status.CONVERGED)))
-    both = (status_g == int(gradlab.Status.CONVERGED)) & (status_c == int(gradlab.Status.CONVERGED))
+    converged = int(gradlab.Status.CONVERGED)
+    both = (status_g == converged) & (status_c == converged)
     gap = float(np.max(np.abs(np.asarray(g.params) - np.asarray(c.params))[both], initial=0.0))
+    # float32 sums run in another order here: on this ill-conditioned problem the paths part
+    # and end anywhere inside the tolerance (|g| <= 1e-5 |g0| allows |x - x*| ~ 1e-2), and a
+    # start that ends at float32's noise floor may stop just short of it on one device.
+    counts = {
+        name: dict(zip(*map(list, np.unique(s, return_counts=True)), strict=True))
+        for name, s in (("here", status_g), ("cpu", status_c))
+    }
     report(
         "minimize batch",
-        conv == conv_cpu and conv >= 60 and gap < 1e-2,
-        f"64 Rosenbrock-10 starts, BFGS: {conv}/64 converged (CPU {conv_cpu}); largest "
+        both.sum() >= 60 and gap < 2e-2,
+        f"64 Rosenbrock-10 starts, float32 BFGS: status counts {counts}; largest "
         f"|x_device - x_cpu| where both converged {gap:.1e}; steps {int(np.max(g.num_steps))} "
         f"max (CPU {int(np.max(c.num_steps))})",
     )

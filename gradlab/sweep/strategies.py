@@ -27,7 +27,6 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -388,7 +387,7 @@ def per_run_bytes(prog: Program, hp: dict, runs: dict, data: Any) -> int:
     left out half of what a chunk was measured to use (a matrix product's output is also
     allocated twice while XLA autotunes it; ``benchmarks/accelerator_check.py``)."""
     lanes = 2
-    hp2, run2 = jax.tree.map(lambda v: jnp.asarray(np.asarray(v)[[0] * lanes]), (hp, runs))
+    hp2, run2 = jax.tree.map(lambda v: np.asarray(v)[[0] * lanes], (hp, runs))  # no transfer
     leaves, treedef = jax.tree.flatten((hp2, data))
     shapes = tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves)
     key = ("per_run_bytes", treedef, shapes)
