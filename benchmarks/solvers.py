@@ -306,7 +306,7 @@ def batch_benchmark(repeats: int, n: int = 64):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="two problems, one repeat")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=None, help="default 5 (--quick: 1)")
     parser.add_argument(
         "--same-xla-options",
         action="store_true",
@@ -325,7 +325,7 @@ def main(argv=None) -> int:
         os.environ["XLA_FLAGS"] = " ".join(flags).strip()
     global OTHERS_OPTIONS
     OTHERS_OPTIONS = compilation.compiler_options() if args.same_xla_options else None
-    repeats = 1 if args.quick else args.repeats
+    repeats = args.repeats or (1 if args.quick else 5)
     problems = dict(list(PROBLEMS.items())[:2]) if args.quick else PROBLEMS
     methods = ["bfgs", "lbfgs", "cg"]
     try:
