@@ -234,16 +234,8 @@ def test_chunk_size_needs_no_backend_analysis(monkeypatch):
 
 def _dot_precisions(jaxpr) -> list:
     """The ``precision`` of every matrix product in ``jaxpr``, nested jaxprs included."""
-    found = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
-            found.append(eqn.params["precision"])
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, (tuple, list)) else (param,):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    found += _dot_precisions(inner)
-    return found
+    eqns = strategies.iter_equations(jaxpr)
+    return [e.params["precision"] for e in eqns if e.primitive.name == "dot_general"]
 
 
 def _all_highest(precisions) -> bool:

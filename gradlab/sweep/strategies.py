@@ -22,7 +22,7 @@ import dataclasses
 import functools
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
@@ -362,19 +362,23 @@ def _aval_bytes(aval: Any) -> int:
     return 0 if shape is None or dtype is None else math.prod(shape) * dtype.itemsize
 
 
-def intermediate_bytes(jaxpr: Any) -> int:
-    """Bytes of every value ``jaxpr`` computes: its equations' outputs, those of nested jaxprs
-    (calls, loop bodies, branches) included. No buffer is reused, so this bounds the
-    temporaries of the compiled program from above on any backend, without compiling."""
-    total = 0
+def iter_equations(jaxpr: Any) -> Iterator[Any]:
+    """Every equation of ``jaxpr`` and of the jaxprs nested in it (calls, loop bodies,
+    branches), depth first."""
     for eqn in jaxpr.eqns:
-        total += sum(_aval_bytes(v.aval) for v in eqn.outvars)
+        yield eqn
         for param in eqn.params.values():
             for sub in param if isinstance(param, (tuple, list)) else (param,):
                 inner = getattr(sub, "jaxpr", sub)
                 if hasattr(inner, "eqns"):
-                    total += intermediate_bytes(inner)
-    return total
+                    yield from iter_equations(inner)
+
+
+def intermediate_bytes(jaxpr: Any) -> int:
+    """Bytes of every value ``jaxpr`` computes: its equations' outputs, those of nested jaxprs
+    included. No buffer is reused, so this bounds the temporaries of the compiled program
+    from above on any backend, without compiling."""
+    return sum(_aval_bytes(v.aval) for eqn in iter_equations(jaxpr) for v in eqn.outvars)
 
 
 def per_run_bytes(prog: Program, hp: dict, runs: dict, data: Any) -> int:
