@@ -7,6 +7,7 @@ subprocess (it must be set before JAX starts).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from gradlab.sweep import engine, strategies, sweep, tasks
 from gradlab.sweep.program import make_program
@@ -73,20 +75,13 @@ def test_default_budget_reads_a_device_of_this_process():
     assert engine._default_budget([remote, local]) == 8 << 30
 
 
-def _wide_task(n: int = 4000, d: int = 64, h: int = 256) -> tasks.Task:
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, d)).astype(np.float32)
-    y = rng.standard_normal(n).astype(np.float32)
-
-    def init(key):
-        k1, k2 = jax.random.split(key)
-        return {"w": jax.random.normal(k1, (d, h)) * 0.1, "v": jax.random.normal(k2, (h,)) * 0.1}
-
-    def loss(p, batch):
-        xb, yb = batch
-        return jnp.mean((jnp.tanh(xb @ p["w"]) @ p["v"] - yb) ** 2)
-
-    return tasks.custom(init, loss, (x, y), batch_size=16)
+def _wide_task() -> tasks.Task:
+    """benchmarks/accelerator_check.py's task, smaller: its full-data evaluation dominates."""
+    path = os.path.join(ROOT, "benchmarks", "accelerator_check.py")
+    spec = importlib.util.spec_from_file_location("accelerator_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.wide_task(4000, 64, 256)
 
 
 def _vmapped_bytes_per_run(task: tasks.Task, lanes: int = 4) -> float:
@@ -102,7 +97,8 @@ def _vmapped_bytes_per_run(task: tasks.Task, lanes: int = 4) -> float:
     return start.lower(hp, runs, data).compile().memory_analysis().temp_size_in_bytes / lanes
 
 
-def test_chunk_size_counts_the_full_data_evaluation():
+@pytest.mark.parametrize("analyses", ["available", "unavailable"])
+def test_chunk_size_counts_the_full_data_evaluation(analyses, monkeypatch):
     # Every interval ends with the task's metrics on its full data, vmapped over the chunk's
     # runs: (runs, examples, width) activations. The estimate looked at one mini-batch step
     # only, so a large data set got chunks far over the memory budget (a GPU out of memory).
@@ -110,6 +106,15 @@ def test_chunk_size_counts_the_full_data_evaluation():
     need = _vmapped_bytes_per_run(task)
     budget = 40 << 20
     assert 64 * need > 2 * budget  # one 64-run chunk would not fit
+    if analyses == "unavailable":
+        # On a GPU, XLA's cost analysis reports no "bytes accessed" and its memory analysis
+        # gave half a chunk's measured need: `auto` vmapped 64 runs of a 10^6-example task in
+        # one program needing 122 GiB. The estimate now counts the jaxprs' intermediates.
+        def unavailable(*args, **kwargs):
+            raise NotImplementedError("no analysis on this backend")
+
+        monkeypatch.setattr(jax.stages.Lowered, "cost_analysis", unavailable)
+        monkeypatch.setattr(jax.stages.Compiled, "memory_analysis", unavailable)
     for strategy in ("auto", "chunked"):
         res = sweep(
             lambda lr: optax.sgd(lr),
@@ -204,32 +209,6 @@ def test_intermediate_bytes_counts_nested_jaxprs():
     got = strategies.intermediate_bytes(closed.jaxpr)
     assert got >= 4 * 8 * 8 * 4 + 8 * 8 * 4  # products, tanh, body's sin and add, loop output
     assert got < 50 * 8 * 8 * 4
-
-
-def test_chunk_size_needs_no_backend_analysis(monkeypatch):
-    # On a GPU, XLA's memory/cost analyses gave half or none of a chunk's real need, and `auto`
-    # vmapped 64 runs of a 10^6-example task in one program that needed 122 GiB. The estimate
-    # now counts the jaxprs' intermediates: with both analyses unavailable it still holds.
-    def unavailable(*args, **kwargs):
-        raise NotImplementedError("no analysis on this backend")
-
-    task = _wide_task()
-    need = _vmapped_bytes_per_run(task)  # XLA's (CPU) analysis, before it goes away
-    monkeypatch.setattr(jax.stages.Lowered, "cost_analysis", unavailable)
-    monkeypatch.setattr(jax.stages.Compiled, "memory_analysis", unavailable)
-    budget = 40 << 20
-    res = sweep(
-        lambda lr: optax.sgd(lr),
-        {"lr": list(np.linspace(0.01, 0.1, 64))},
-        task=task,
-        steps=2,
-        eval_every=2,
-        strategy="chunked",
-        memory_budget=budget,
-        progress=False,
-    )
-    size = res.info["groups"][0]["chunk_size"]
-    assert 1 <= size and size * need <= budget, (size, need)
 
 
 def _dot_precisions(jaxpr) -> list:
