@@ -445,3 +445,31 @@ def test_cli_sweep_passes_every_option_to_the_engine(tmp_path, capsys):
     argv += ["--out", str(tmp_path / "off"), "--no-plot", "--no-progress"]
     assert main(argv) == 0
     assert SweepResult.load(tmp_path / "off" / "sweep.npz").info["divergence_threshold"] is None
+
+
+# ------------------------------------------------------------------ transforms: params_ema
+@pytest.mark.parametrize("debias", [True, False])
+def test_params_ema_decay_schedule_is_read_at_the_updates_taken(debias):
+    """A decay schedule is evaluated at the number of updates already taken (0 at the first),
+    like every other schedule argument. Catches it read one step late (only constant decays
+    were checked)."""
+    from gradlab.transforms.averaging import get_params_ema, params_ema
+
+    def decay(count):
+        return 0.5 + 0.04 * jnp.minimum(count, 10)  # 0.5, 0.54, ... 0.9
+
+    grads = np.asarray(jax.random.normal(jax.random.key(3), (12, 2)), np.float32) * 0.1
+    params = jnp.array([1.0, -2.0])
+    tx = optax.chain(optax.sgd(1.0), params_ema(decay, debias=debias))
+    state = tx.init(params)
+    theta = np.asarray(params, np.float64)
+    m, w = (np.zeros(2) if debias else theta.copy()), 0.0
+    for t, g in enumerate(grads):
+        updates, state = tx.update(jnp.asarray(g), state, params)
+        params = optax.apply_updates(params, updates)
+        theta = theta - g
+        beta = 0.5 + 0.04 * min(t, 10)  # schedule(t): t updates taken before this one
+        m = beta * m + (1 - beta) * theta
+        w = beta * w + (1 - beta)
+        want = m / w if debias else m
+        np.testing.assert_allclose(get_params_ema(state), want, rtol=1e-5, atol=1e-6)
