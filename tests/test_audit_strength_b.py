@@ -473,3 +473,21 @@ def test_params_ema_decay_schedule_is_read_at_the_updates_taken(debias):
         w = beta * w + (1 - beta)
         want = m / w if debias else m
         np.testing.assert_allclose(get_params_ema(state), want, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ transforms: AdaGrad's eps
+@pytest.mark.parametrize("eps_in_sqrt", [True, False])
+def test_scale_by_rss_eps_placement_is_the_formula_it_names(eps_in_sqrt):
+    """``eps_in_sqrt`` puts eps inside or outside the root: with eps comparable to G the two
+    differ by 40%. Catches the switch ignored (the defaults' eps = 1e-7 hid it)."""
+    from gradlab.transforms.adagrad import scale_by_rss
+
+    tx = scale_by_rss(0.5, 1.0, eps_in_sqrt=eps_in_sqrt)
+    g_seq = np.array([[1.0, -0.5], [0.25, 2.0], [-1.0, 0.0]], np.float32)
+    state = tx.init(jnp.zeros(2))
+    big_g = np.full(2, 0.5)
+    for g in g_seq:
+        u, state = tx.update(jnp.asarray(g), state)
+        big_g = big_g + g.astype(np.float64) ** 2
+        want = g / np.sqrt(big_g + 1.0) if eps_in_sqrt else g / (np.sqrt(big_g) + 1.0)
+        np.testing.assert_allclose(np.asarray(u), want, rtol=1e-6)
