@@ -49,7 +49,10 @@ def test_minimize_inside_a_user_jit_equals_the_direct_call():
     x0 = jnp.zeros(6)
     direct = minimize(rosen, x0, "bfgs")
     wrapped = jax.jit(lambda x: minimize(rosen, x, "bfgs"))(x0)
-    assert int(direct.num_fun_evals) == int(wrapped.num_fun_evals)
+    # Two compilations of the same float32 solve: equal up to the last bits, which on an
+    # ill-conditioned problem may move the stop by an evaluation (jax 0.8: 51 vs 52).
+    assert int(direct.status) == int(wrapped.status) == 0
+    assert abs(int(direct.num_fun_evals) - int(wrapped.num_fun_evals)) <= 2
     np.testing.assert_allclose(np.asarray(direct.params), np.asarray(wrapped.params), rtol=1e-5)
 
 
