@@ -376,8 +376,9 @@ def iter_equations(jaxpr: Any) -> Iterator[Any]:
 
 def intermediate_bytes(jaxpr: Any) -> int:
     """Bytes of every value ``jaxpr`` computes: its equations' outputs, those of nested jaxprs
-    included. No buffer is reused, so this bounds the temporaries of the compiled program
-    from above on any backend, without compiling."""
+    included, as if no buffer were reused. Backend-independent and computed without
+    compiling; it covers the compiled program's own temporaries, though not the scratch
+    space a backend adds while compiling or for its libraries."""
     return sum(_aval_bytes(v.aval) for eqn in iter_equations(jaxpr) for v in eqn.outvars)
 
 
@@ -387,9 +388,10 @@ def per_run_bytes(prog: Program, hp: dict, runs: dict, data: Any) -> int:
     evaluation that ends every interval (the task's metrics on its *full* data: with a large
     data set its activations dwarf a mini-batch step's), both vmapped over two runs and
     halved. The intermediates are counted in the jaxprs (:func:`intermediate_bytes`), not
-    taken from XLA's memory analysis: that analysis is backend-dependent and on a GPU it
-    left out half of what a chunk was measured to use (a matrix product's output is also
-    allocated twice while XLA autotunes it; ``benchmarks/accelerator_check.py``)."""
+    taken from XLA's analyses, which are backend-dependent: on an H200 the memory analysis
+    gave half of what a chunk was measured to use, and the cost analysis reports no bytes.
+    There the measured peak was 1.1x this estimate (``benchmarks/accelerator_check.py``),
+    inside the headroom of the default budget (half the device memory)."""
     lanes = 2
     hp2, run2 = jax.tree.map(lambda v: np.asarray(v)[[0] * lanes], (hp, runs))  # no transfer
     leaves, treedef = jax.tree.flatten((hp2, data))
