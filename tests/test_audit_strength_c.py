@@ -326,3 +326,164 @@ def test_adagrad_traced_initial_accumulator_under_jit_and_vmap():
             x = x - 0.5 * g / np.sqrt(G + 1e-7)
             want.append(x)
         np.testing.assert_allclose(out[lane], np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ sweep: chunks and rows
+_SW_STEPS, _SW_EVERY = 1500, 250  # 6 evaluations: chunks of 2..5 runs take 2-6 calls each
+_SW_SEEDS = [2, 0]
+# Shuffled: the static ``nesterov`` groups interleave (rows 1, 2, 4, 6 and 0, 3, 5).
+_SW_SETTINGS = [
+    {"lr": 0.3, "momentum": 0.5, "nesterov": True},
+    {"lr": 0.1, "momentum": 0.0, "nesterov": False},
+    {"lr": 0.5, "momentum": 0.9, "nesterov": False},
+    {"lr": 0.2, "momentum": 0.9, "nesterov": True},
+    {"lr": 0.02, "momentum": 0.5, "nesterov": False},
+    {"lr": 0.4, "momentum": 0.0, "nesterov": True},
+    {"lr": 0.15, "momentum": 0.7, "nesterov": False},
+]
+
+
+def _sw_data():
+    rng = np.random.default_rng(7)
+    x = (0.01 * rng.standard_normal((16, 3))).astype(np.float32)  # curvature ~2e-4: slow
+    y = (x @ np.asarray([1.0, -2.0, 0.5]) + 0.01 * rng.standard_normal(16)).astype(np.float32)
+    return x, y
+
+
+def _sw_init(key):
+    return {"w": jax.random.normal(key, (3,))}
+
+
+def _sw_loss(params, batch):
+    x, y = batch
+    return jnp.mean((x @ params["w"] - y) ** 2)
+
+
+def _sw_opt(lr, momentum, nesterov):
+    from gradlab.optimizers.sgd import sgd
+
+    return sgd(lr, momentum, nesterov)
+
+
+def _sw_reference(setting, seed):
+    """Full-batch SGD with optax's trace momentum, in float64, from the documented init key
+    (``split(PRNGKey(seed), 3)[0]``); the training loss at every evaluation."""
+    x, y = (a.astype(np.float64) for a in _sw_data())
+    key = jax.random.split(jax.random.PRNGKey(seed), 3)[0]
+    w = np.asarray(_sw_init(key)["w"], np.float64)
+    v = np.zeros(3)
+    lr, mu, nest = setting["lr"], setting["momentum"], setting["nesterov"]
+    losses = [np.mean((x @ w - y) ** 2)]
+    for t in range(1, _SW_STEPS + 1):
+        g = 2.0 * x.T @ (x @ w - y) / len(y)
+        v = g + mu * v
+        w = w - lr * (g + mu * v if nest else v)
+        if t % _SW_EVERY == 0:
+            losses.append(np.mean((x @ w - y) ** 2))
+    return np.asarray(losses)
+
+
+def _balanced(n_runs, chunk_size):
+    """The documented rule on one device, by search: the fewest chunks of at most
+    ``chunk_size`` runs, then the smallest size that still needs no more chunks (the least
+    padding)."""
+    chunks = -(-n_runs // chunk_size)
+    return next(s for s in range(1, chunk_size + 1) if -(-n_runs // s) <= chunks)
+
+
+@pytest.fixture(scope="module")
+def sw_vmap():
+    from gradlab.sweep import sweep, tasks
+
+    task = tasks.custom(_sw_init, _sw_loss, _sw_data())
+    kw = dict(seeds=_SW_SEEDS, task=task, steps=_SW_STEPS, eval_every=_SW_EVERY, progress=False)
+    return task, kw, sweep(_sw_opt, _SW_SETTINGS, strategy="vmap", **kw)
+
+
+def test_sweep_vmap_rows_are_the_written_out_runs(sw_vmap):
+    """Row ``setting * n_seeds + seed_index`` of a shuffled, two-group sweep is that setting's
+    run with that seed (numpy reference). The rows differ by far more than the tolerance."""
+    _, _, res = sw_vmap
+    assert res.info["static"] == ["nesterov"] and len(res.info["groups"]) == 2
+    assert res.curves["train_loss"].shape == (14, 7)
+    for r in range(14):
+        s, seed = _SW_SETTINGS[r // 2], _SW_SEEDS[r % 2]
+        assert res.settings[res.run_setting(r)] == s and res.run_seed(r) == seed
+        want = _sw_reference(s, seed)
+        np.testing.assert_allclose(res.curves["train_loss"][r], want, rtol=2e-4, err_msg=r)
+    # every two rows differ by far more than the tolerance (so a row written elsewhere shows)
+    c = res.curves["train_loss"][:, 1:]
+    gap = np.max(np.abs(c[:, None] - c[None]) / np.maximum(c[:, None], c[None]), axis=-1)
+    assert np.min(gap + np.eye(14)) > 1e-2
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 3, 5, 8])
+def test_sweep_chunked_equals_vmap_row_for_row(sw_vmap, chunk_size):
+    """Chunks of 1, 2, 3, 5 and 8 runs over groups of 8 and 6 runs (most do not divide them:
+    padded last chunks; several compiled calls per chunk) give the vmap result in every row,
+    and ``info`` reports the balanced chunk size. Catches a chunk's results written to another
+    group's rows, the padded lanes kept instead of the last runs, the calls of a chunk joined
+    out of order, a call count that is not a divisor of the evaluations, and an unbalanced
+    chunk size."""
+    from gradlab.sweep import sweep
+
+    _, kw, ref = sw_vmap
+    res = sweep(_sw_opt, _SW_SETTINGS, strategy="chunked", chunk_size=chunk_size, **kw)
+    for k in ref.curves:
+        np.testing.assert_allclose(res.curves[k], ref.curves[k], rtol=2e-5, atol=1e-7, err_msg=k)
+    np.testing.assert_array_equal(res.status, ref.status)
+    sizes = {g["static"]["nesterov"]: g["chunk_size"] for g in res.info["groups"]}
+    assert sizes == {"False": _balanced(8, chunk_size), "True": _balanced(6, chunk_size)}
+
+
+_SHARDED = """
+import json, sys
+import jax, numpy as np
+sys.path.insert(0, {tests!r})
+import test_audit_strength_c as t
+from gradlab.sweep import sweep, tasks
+
+task = tasks.custom(t._sw_init, t._sw_loss, t._sw_data())
+kw = dict(seeds=[1], task=task, steps=t._SW_STEPS, eval_every=t._SW_EVERY, progress=False)
+one = sweep(t._sw_opt, t._SW_SETTINGS, strategy="vmap", devices=jax.devices()[:1], **kw)
+out = {{"devices": len(jax.devices()), "one": one.curves["train_loss"].tolist()}}
+for c in (1, 2, 4, 7):
+    res = sweep(t._sw_opt, t._SW_SETTINGS, strategy="chunked", chunk_size=c, **kw)
+    sizes = {{g["static"]["nesterov"]: g["chunk_size"] for g in res.info["groups"]}}
+    out[str(c)] = [res.curves["train_loss"].tolist(), sizes, res.info["devices"]]
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_sweep_chunks_over_three_devices_equal_one_device():
+    """Three (forced host) devices, groups of 4 and 3 runs, chunk sizes 1, 2, 4 and 7: every
+    row equals the one-device vmap, and each chunk is a balanced multiple of the device count.
+    Catches a chunk not padded to the device count and the padded lanes written back."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=3"
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    script = _SHARDED.format(tests=os.path.join(root, "tests"))
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
+    out = json.loads(line[len("RESULT") :])
+    assert out["devices"] == 3
+    one = np.asarray(out["one"])
+    assert one.shape == (7, 7)
+    for c in (1, 2, 4, 7):
+        curves, sizes, devices = out[str(c)]
+        assert devices == 3
+        np.testing.assert_allclose(np.asarray(curves), one, rtol=2e-5, atol=1e-7, err_msg=c)
+        for group, runs in (("False", 4), ("True", 3)):
+            # a multiple of the device count, and balanced: one device-row less per chunk
+            # would need another chunk
+            size = sizes[group]
+            assert size % 3 == 0 and size - 3 < -(-runs // -(-runs // size)), (c, sizes)
