@@ -487,3 +487,93 @@ def test_sweep_chunks_over_three_devices_equal_one_device():
             # would need another chunk
             size = sizes[group]
             assert size % 3 == 0 and size - 3 < -(-runs // -(-runs // size)), (c, sizes)
+
+
+# ------------------------------------------------------------------ the race's paths
+def _np_racer(name, lr, x0, steps, grad):
+    """The race's optimizers written out (documented: momentum 0.9, Nesterov in optax's
+    form, the others with optax's default hyperparameters, Rprop's lr its first step size,
+    iRprop-), in float64. Returns the ``(steps + 1, dim)`` path."""
+    x = np.asarray(x0, np.float64)
+    z = np.zeros_like(x)
+    st = dict(v=z, G=z + 0.1, nu=z, ex=z, m=z, step=z + lr, prev=z)
+    path = [x.copy()]
+    for t in range(1, steps + 1):
+        g = grad(x)
+        if name == "sgd":
+            u = lr * g
+        elif name in ("momentum", "nesterov"):
+            st["v"] = g + 0.9 * st["v"]
+            u = lr * (g + 0.9 * st["v"] if name == "nesterov" else st["v"])
+        elif name == "adagrad":
+            st["G"] = st["G"] + g * g
+            u = lr * g / np.sqrt(st["G"] + 1e-7)
+        elif name == "rmsprop":
+            st["nu"] = 0.9 * st["nu"] + 0.1 * g * g
+            u = lr * g / np.sqrt(st["nu"] + 1e-8)
+        elif name == "adadelta":
+            st["nu"] = 0.9 * st["nu"] + 0.1 * g * g
+            d = np.sqrt(st["ex"] + 1e-6) / np.sqrt(st["nu"] + 1e-6) * g
+            st["ex"] = 0.9 * st["ex"] + 0.1 * d * d
+            u = lr * d
+        elif name == "adam":
+            st["m"] = 0.9 * st["m"] + 0.1 * g
+            st["nu"] = 0.999 * st["nu"] + 0.001 * g * g
+            mh, vh = st["m"] / (1 - 0.9**t), st["nu"] / (1 - 0.999**t)
+            u = lr * mh / (np.sqrt(vh) + 1e-8)
+        elif name == "rprop":
+            s = np.sign(g) * st["prev"]
+            step = st["step"]
+            step = np.where(s > 0, np.minimum(1.2 * step, 50.0), step)
+            step = np.where(s < 0, np.maximum(0.5 * step, 1e-6), step)
+            st["step"], st["prev"] = step, np.where(s < 0, 0.0, np.sign(g))
+            u = np.where(s < 0, 0.0, np.sign(g) * step)
+        else:  # pragma: no cover
+            raise AssertionError(name)
+        x = x - u
+        path.append(x.copy())
+    return np.asarray(path)
+
+
+def _quadratic_grad(x):  # f = (x^2 + 10 y^2) / 2, the registry's "quadratic"
+    return np.asarray([x[0], 10.0 * x[1]])
+
+
+def test_every_racer_follows_its_written_out_optimizer():
+    """Each name's recorded path is its optimizer's iterates from the problem's start, with
+    the problem's suggested learning rate (Nesterov uses momentum's, AdaDelta 1). Catches a
+    name mapped to another optimizer or hyperparameter (momentum 0.9, the Nesterov switch,
+    Rprop's first step), a suggested rate taken from another name, and the path shifted by
+    one step (row 0 is the start)."""
+    from gradlab import problems
+    from gradlab.lab import race as race_mod
+
+    p = problems.get("quadratic")
+    steps = 25
+    paths = race_mod.race("quadratic", race_mod.OPTIMIZERS, steps=steps)
+    assert list(paths) == list(race_mod.OPTIMIZERS)
+    rates = dict(p.learning_rates)
+    assert rates["nesterov"] == rates["momentum"] and rates["adadelta"] == 1.0
+    for name, path in paths.items():
+        assert path.shape == (steps + 1, 2) and path.dtype == np.float32, name
+        want = _np_racer(name, rates[name], p.start, steps, _quadratic_grad)
+        np.testing.assert_allclose(path, want, rtol=1e-4, atol=1e-5, err_msg=name)
+    # the runs differ from one another by far more than the tolerance
+    finals = np.asarray([paths[n][-1] for n in paths])
+    assert np.min(np.abs(finals[:, None] - finals[None]).sum(-1) + np.eye(len(finals))) > 1e-3
+
+
+def test_race_learning_rate_override_and_start_reach_only_their_racer():
+    """``learning_rates={"adam": 0.3}`` and ``start=`` change adam's run and the start; sgd
+    keeps the suggested rate. Catches an override ignored or applied to every racer."""
+    from gradlab import problems
+    from gradlab.lab import race as race_mod
+
+    p = problems.get("quadratic")
+    start = np.asarray([1.5, -0.7], np.float32)
+    paths = race_mod.race("quadratic", "sgd, adam", 12, start, learning_rates={"adam": 0.3})
+    np.testing.assert_allclose(
+        paths["adam"], _np_racer("adam", 0.3, start, 12, _quadratic_grad), rtol=1e-4, atol=1e-5
+    )
+    want = _np_racer("sgd", p.learning_rates["sgd"], start, 12, _quadratic_grad)
+    np.testing.assert_allclose(paths["sgd"], want, rtol=1e-4, atol=1e-5)
