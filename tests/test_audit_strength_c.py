@@ -577,3 +577,90 @@ def test_race_learning_rate_override_and_start_reach_only_their_racer():
     )
     want = _np_racer("sgd", p.learning_rates["sgd"], start, 12, _quadratic_grad)
     np.testing.assert_allclose(paths["sgd"], want, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------ lab.train: resume + patience
+_ES_OPT = optax.sgd(1.0)  # one object: every run below shares one compiled epoch
+
+
+def _es_train(epochs, ckdir=None, resume=False, every=1):
+    from flax import nnx
+
+    from gradlab.lab import data as lab_data
+    from gradlab.lab.models import MLP
+    from gradlab.lab.train import train
+
+    d = lab_data.make_blobs(120, seed=1, spread=3.0)
+    m = MLP(2, [8], 3, rngs=nnx.Rngs(0))
+    kw = dict(batch_size=8, patience=2, min_delta=1e-3, restore_best=True, progress=False)
+    kw.update(checkpoint_dir=ckdir, checkpoint_every=every, resume=resume)
+    return train(m, _ES_OPT, d, epochs=epochs, **kw)
+
+
+def _same_run(a, b):
+    for k in ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "batch_loss"):
+        np.testing.assert_array_equal(a.history[k], b.history[k], err_msg=k)
+    assert (a.status, a.stopped_early) == (b.status, b.stopped_early)
+    for name in ("epoch", "step", "best_epoch", "bad_epochs", "best_val", "last_val"):
+        assert np.asarray(getattr(a.state, name)) == np.asarray(getattr(b.state, name)), name
+    for x, y in zip(jax.tree.leaves(a.state.params), jax.tree.leaves(b.state.params), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def es_straight(tmp_path_factory):
+    ck = str(tmp_path_factory.mktemp("es") / "ck")
+    return ck, _es_train(20, ck, every=4)  # saves at epoch 4 and where it stops (7)
+
+
+def test_early_stopped_straight_run_is_the_rule_replayed(es_straight):
+    """The straight run stops ``patience`` epochs after its best (the rule of ``train``'s
+    docstring replayed on its own validation losses), before ``epochs``: the resumes below
+    then cross the best epoch, the bad epochs and the stop."""
+    _, r = es_straight
+    val = r.history.val_loss
+    best, bad, stop = 0, 0, None
+    best_val = np.inf
+    for e in range(1, len(val)):
+        if val[e] < best_val - 1e-3:
+            best, best_val, bad = e, val[e], 0
+        else:
+            bad += 1
+        if bad >= 2:
+            stop = e
+            break
+    assert stop == len(val) - 1 < 20 and r.status == "early_stopped" and r.stopped_early
+    assert int(r.state.best_epoch) == best and 1 < best < stop - 1
+
+
+@pytest.mark.parametrize("where", ["before_best", "after_a_bad_epoch"])
+def test_resume_with_patience_equals_the_straight_run(es_straight, tmp_path, where):
+    """Interrupted (``epochs=k``, checkpointed) before the best epoch, or after one epoch
+    without improvement, then resumed up to 20 epochs: the same history, best epoch, stopping
+    epoch, status and (best) parameters as the straight run. Catches the early-stopping
+    counter, the best validation loss or the best epoch not carried through the checkpoint."""
+    _, straight = es_straight
+    best = int(straight.state.best_epoch)
+    k = best - 2 if where == "before_best" else best + 1
+    ck = str(tmp_path / "ck")
+    first = _es_train(k, ck)
+    assert int(first.state.epoch) == k and first.status == "completed"
+    if where == "after_a_bad_epoch":
+        assert int(first.state.bad_epochs) == 1
+    _same_run(_es_train(20, ck, resume=True), straight)
+
+
+def test_resuming_an_early_stopped_run_trains_no_further(es_straight):
+    """The checkpoint of a run that stopped early holds the stopping epoch (though
+    ``checkpoint_every`` does not divide it), and resuming it (asking for the same 20 epochs)
+    returns that run as it was: stopped early, same epoch and history. Catches the stop
+    forgotten on resume (the run would go on training) and no save at the stop."""
+    from gradlab.lab import checkpoint as ckpt
+
+    ck, straight = es_straight
+    saved, meta = ckpt.restore_checkpoint(ck, straight.state)
+    stop = int(straight.state.epoch)
+    assert stop % 4 != 0 and int(saved.epoch) == stop and len(meta["history"]) == stop + 1
+    again = _es_train(20, ck, resume=True)
+    _same_run(again, straight)
+    assert len(again.history) == int(straight.state.epoch) + 1
