@@ -664,3 +664,25 @@ def test_resuming_an_early_stopped_run_trains_no_further(es_straight):
     again = _es_train(20, ck, resume=True)
     _same_run(again, straight)
     assert len(again.history) == int(straight.state.epoch) + 1
+
+
+def test_static_values_that_compare_equal_but_differ_in_type_are_separate_groups():
+    """``1 == True`` (and they hash alike), yet a factory may tell them apart: settings
+    ``k=1`` and ``k=True``, interleaved, run their own programs, each equal to its sweep
+    alone. Catches a group key made of the values without their types."""
+    from gradlab.sweep import sweep, tasks
+
+    def factory(lr, k):
+        return optax.sgd(lr * (3.0 if k is True else 1.0))
+
+    task = tasks.custom(_sw_init, _sw_loss, _sw_data())
+    kw = dict(task=task, steps=_SW_STEPS, eval_every=750, strategy="vmap", progress=False)
+    settings = [{"lr": 0.2, "k": 1}, {"lr": 0.2, "k": True}, {"lr": 0.3, "k": 1}]
+    both = sweep(factory, settings, **kw)
+    assert len(both.info["groups"]) == 2
+    for r, s in enumerate(settings):
+        alone = sweep(factory, [s], **kw)
+        want = alone.curves["train_loss"][0]
+        np.testing.assert_allclose(both.curves["train_loss"][r], want, rtol=2e-5)
+    final = both.final("train_loss")
+    assert abs(final[0] - final[1]) > 0.05 * final[0]  # x3 the learning rate shows
