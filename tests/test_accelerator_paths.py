@@ -258,3 +258,23 @@ def test_kmeans_products_run_in_full_precision():
     ):
         precisions = _dot_precisions(jax.make_jaxpr(fn)(x).jaxpr)
         assert precisions and _all_highest(precisions), precisions
+
+
+def test_chunk_size_stays_at_most_what_was_asked_on_several_devices():
+    # chunk_size 5 on 4 devices ran chunks of 8 (rounded up to the device count), over a
+    # size the user chose to bound memory; the docstrings promise at most chunk_size.
+    from types import SimpleNamespace
+
+    def size(n_runs, chunk, d=4):
+        job = SimpleNamespace(n_runs=n_runs, devices=[0] * d)
+        return strategies.balanced_chunk_size(chunk, job)
+
+    assert size(12, 5) == 4  # three chunks of 4 (was 8)
+    assert size(12, 8) == 8
+    assert size(10, 7) == 4  # three chunks of 4, balanced
+    assert size(6, 3) == 4  # at least one run per device
+    assert size(6, 20) == 8  # every run fits: one chunk, padded to the device count
+    for n_runs in range(1, 30):
+        for chunk in range(1, n_runs):
+            got = size(n_runs, chunk)
+            assert got % 4 == 0 and got <= max(chunk, 4), (n_runs, chunk, got)

@@ -203,9 +203,13 @@ class Output:
 
 def balanced_chunk_size(chunk_size: int, job: Job) -> int:
     """The chunk size :func:`run_batched` uses for at most ``chunk_size`` runs per chunk: a
-    multiple of the device count, balanced over the chunks (less padding)."""
+    multiple of the device count (rounded down, but at least one run per device; when every
+    run fits in one chunk, up), balanced over the chunks (less padding)."""
     n_runs, d = job.n_runs, len(job.devices)
-    chunk_size = max(d, int(math.ceil(chunk_size / d)) * d)
+    if chunk_size >= n_runs:
+        chunk_size = max(d, int(math.ceil(chunk_size / d)) * d)
+    else:
+        chunk_size = max(d, chunk_size // d * d)
     n_chunks = int(math.ceil(n_runs / chunk_size))
     return int(math.ceil(n_runs / n_chunks / d)) * d
 
