@@ -8,41 +8,17 @@ subprocess (it must be set before JAX starts).
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from host_devices import ROOT, run_with_host_devices
 
 from gradlab.sweep import engine, strategies, sweep, tasks
 from gradlab.sweep.program import make_program
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run_with_devices(script: str, n: int) -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
-    return json.loads(line[len("RESULT") :])
 
 
 class _FakeDevice:
@@ -165,7 +141,7 @@ def test_loop_runs_on_the_devices_asked_for():
     # On one device equal to jax.devices()[0] the loop passed uncommitted inputs, which run on
     # JAX's *default* device: under `with jax.default_device(...)` the first run went there
     # and the worker threads' runs (which do not see the context manager) to devices[0].
-    out = _run_with_devices(LOOP_PLACEMENT, 3)
+    out = run_with_host_devices(LOOP_PLACEMENT, 3)
     assert out["default_device_ctx"] == [[0]] * 4, out
     assert sorted(out["two_devices"]) == [[1], [1], [2], [2]], out
     assert out["same"]

@@ -8,11 +8,14 @@ that mistake made (and to pass on the library as it is).
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from host_devices import ROOT, run_with_host_devices
 
 from gradlab import schedules as S
 from gradlab.transforms.adagrad import scale_by_rss
@@ -459,22 +462,7 @@ def test_sweep_chunks_over_three_devices_equal_one_device():
     """Three (forced host) devices, groups of 4 and 3 runs, chunk sizes 1, 2, 4 and 7: every
     row equals the one-device vmap, and each chunk is a balanced multiple of the device count.
     Catches a chunk not padded to the device count and the padded lanes written back."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=3"
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    script = _SHARDED.format(tests=os.path.join(root, "tests"))
-    proc = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
-    out = json.loads(line[len("RESULT") :])
+    out = run_with_host_devices(_SHARDED.format(tests=os.path.join(ROOT, "tests")), 3)
     assert out["devices"] == 3
     one = np.asarray(out["one"])
     assert one.shape == (7, 7)

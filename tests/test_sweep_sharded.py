@@ -7,13 +7,10 @@ to 8 lanes for 4 devices, so the padded lanes are exercised too.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
+from host_devices import run_with_host_devices
 
 SCRIPT = textwrap.dedent(
     """
@@ -47,19 +44,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_sharded_over_four_devices_equals_one_device():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
-    out = json.loads(line[len("RESULT") :])
+    out = run_with_host_devices(SCRIPT, 4)
     assert out["n_devices"] == 4
     one = np.asarray(out["one"])
     assert one.shape == (6, 4) and np.isfinite(one).all()
