@@ -191,6 +191,44 @@ def test_lbfgs_with_enough_memory_equals_bfgs():
         assert int(sl.num_pairs) == 4
 
 
+@pytest.mark.parametrize("memory_size, num_pairs", [(6, 3), (6, 9), (20, 25)])
+def test_lbfgs_recursion_unrolled_on_accelerators_computes_the_same(memory_size, num_pairs):
+    """The accelerator branch (pairs unrolled, up to 16 per loop iteration) equals the CPU's
+    scans, for a partly filled and a wrapped circular memory; only that branch is lowered
+    for a GPU (no loop left for a memory of at most 16 pairs)."""
+    from gradlab.second_order import quasi_newton as qn
+
+    with enable_x64(True):
+        rng = np.random.default_rng(1)
+        n, m = 5, memory_size
+        mem_s, mem_y = (jnp.asarray(rng.normal(size=(m, n))) for _ in range(2))
+        filled = np.arange(m) < num_pairs
+        mem_rho = jnp.asarray(np.where(filled, 1.0 / rng.uniform(1.0, 2.0, m), 0.0))
+        g, gamma = jnp.asarray(rng.normal(size=n)), jnp.asarray(0.7)
+        newest_first = jnp.mod(num_pairs - 1 - jnp.arange(m), m)
+        args = (g, gamma, mem_s, mem_y, mem_rho, newest_first)
+        looped = qn._recursion(*args, unroll=1)
+        unrolled = qn._recursion(*args, unroll=min(m, qn._MAX_UNROLL))
+        np.testing.assert_allclose(np.asarray(unrolled), np.asarray(looped), rtol=1e-13)
+        # the textbook recursion, written out
+        q, alphas = np.asarray(g), {}
+        for i in np.asarray(newest_first):
+            alphas[i] = float(mem_rho[i]) * np.dot(mem_s[i], q)
+            q = q - alphas[i] * np.asarray(mem_y[i])
+        r = 0.7 * q
+        for i in np.asarray(newest_first)[::-1]:
+            r = r + (alphas[i] - float(mem_rho[i]) * np.dot(mem_y[i], r)) * np.asarray(mem_s[i])
+        np.testing.assert_allclose(np.asarray(looped), r, rtol=1e-12)
+
+        def direction(x):
+            return qn._two_loop(x, mem_s, mem_y, mem_rho, jnp.asarray(num_pairs), gamma)
+
+        unrolled_loops = 0 if m <= qn._MAX_UNROLL else 2  # larger: loops of 16 pairs
+        for platform, loops in (("cpu", 2), ("cuda", unrolled_loops)):
+            exported = jax.export.export(jax.jit(direction), platforms=[platform])(g)
+            assert exported.mlir_module().count("stablehlo.while") == loops, platform
+
+
 def convex_quadratic_grad(x):
     a = np.diag([1.0, 2.0, 5.0, 9.0]) + 0.1
     return jnp.asarray(a @ np.asarray(x) - 1.0)
