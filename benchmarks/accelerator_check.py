@@ -6,8 +6,10 @@ line per check (``ok`` or ``FAIL`` with the numbers), then exits 1 if any check 
 
 * ``memory_stats``: the keys the device reports and the sweep's default memory budget (half
   of ``bytes_limit``);
-* ``compiler_options``: gradlab's CPU-only compiler options are not passed to this backend,
-  and ``gradlab.compilation.jit`` compiles and runs;
+* ``compiler_options``: the backend gets its own options (on a GPU the command buffers that
+  record loops and conditionals; no CPU options), and a program with a ``while`` loop and a
+  ``lax.cond`` compiled with them by ``gradlab.compilation.jit`` returns exactly what the plain
+  ``jax.jit`` returns;
 * ``chunk estimate``: a chunked sweep of a task with a large data set (its full-data
   evaluation dominates memory) stays under an explicit memory budget: the device's peak
   memory against the budget and against the engine's per-run estimate;
@@ -107,11 +109,27 @@ def check_xla_analyses(device) -> None:
 
 def check_compiler_options(device) -> None:
     options = compilation.compiler_options(device.platform)
-    f = compilation.jit(lambda x: jnp.sin(x) @ x.T)
-    x = jnp.ones((64, 64))
-    y = f(x)
-    ok = options is None and bool(jnp.isfinite(y).all()) and y.devices() == {device}
-    report("compiler_options", ok, f"options for {device.platform!r}: {options}; jit ran")
+    own = {"gpu": compilation.GPU_COMPILER_OPTIONS, "cpu": compilation.CPU_COMPILER_OPTIONS}
+    expected = own.get(device.platform)
+
+    def program(x):
+        def body(c):
+            x, k = c
+            x = jax.lax.cond(k % 3 == 0, lambda v: jnp.sin(v) @ v.T, lambda v: v * 0.5, x)
+            return x / jnp.linalg.norm(x), k + 1
+
+        return jax.lax.while_loop(lambda c: c[1] < 20, body, (x, 0))[0]
+
+    x = jnp.arange(64.0 * 64.0).reshape(64, 64) / 4096.0
+    y, plain = compilation.jit(program)(x), jax.jit(program)(x)
+    same = bool(jnp.array_equal(y, plain))
+    ok = options == expected and same and y.devices() == {device}
+    report(
+        "compiler_options",
+        ok,
+        f"options for {device.platform!r}: {options}; while/cond program identical to the "
+        f"plain jit's: {same}",
+    )
 
 
 def check_chunk_estimate(device, n: int) -> None:

@@ -12,7 +12,7 @@ indicative; scipy is also counted to the 2-norm test, column ``@2-norm``). Ratio
 other: below 1 means gradlab needed fewer evaluations or less time. Every JAX solver is timed
 as one jitted function returning the same things: the solution, its counters and the final
 gradient norm (each returned array costs the caller ~2 us to receive, comparable against
-comparable). gradlab's function is compiled with gradlab's CPU compiler options
+comparable). gradlab's function is compiled with gradlab's compiler options for the backend
 (:mod:`gradlab.compilation`: what ``minimize`` uses when called directly, and what its docs tell
 you to pass to a ``jax.jit`` of your own around it); the other libraries with XLA's defaults,
 as their users get them, or with the same options under ``--same-xla-options``. It finishes
@@ -310,7 +310,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--same-xla-options",
         action="store_true",
-        help="compile the other libraries with gradlab's CPU compiler options too",
+        help="compile the other libraries with gradlab's compiler options too",
     )
     parser.add_argument(
         "--single-kernel-loops",

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from gradlab import compilation
@@ -12,12 +13,26 @@ from gradlab.status import Status
 
 def test_options_per_backend_and_valid_for_this_xla():
     assert compilation.compiler_options("cpu") == compilation.CPU_COMPILER_OPTIONS
-    assert compilation.compiler_options("gpu") is None
+    for gpu in ("gpu", "cuda", "rocm"):
+        assert compilation.compiler_options(gpu) == compilation.GPU_COMPILER_OPTIONS
+        assert compilation.compiler_options(gpu, device_loops=False) is None
+    assert compilation.compiler_options("cpu", device_loops=False) == (
+        compilation.CPU_COMPILER_OPTIONS
+    )
     assert compilation.compiler_options("tpu") is None
-    # XLA accepts them (a renamed or removed flag raises "No such compile option").
+    commands = compilation.GPU_COMPILER_OPTIONS["xla_gpu_enable_command_buffer"].split(",")
+    assert {"FUSION", "WHILE", "CONDITIONAL"} <= set(commands)
+    # This XLA accepts both sets: a renamed or removed flag raises "No such compile option", an
+    # unknown command-buffer kind "... is not a valid ... value" (the CPU backend parses the
+    # GPU fields too, and ignores them).
     f = jax.jit(lambda x: jnp.sin(x) * 2.0)
-    compiled = f.lower(jnp.ones(3)).compile(compiler_options=compilation.compiler_options("cpu"))
-    np.testing.assert_allclose(np.asarray(compiled(jnp.ones(3))), 2.0 * np.sin(np.ones(3)))
+    for backend in ("cpu", "gpu"):
+        options = compilation.compiler_options(backend)
+        compiled = f.lower(jnp.ones(3)).compile(compiler_options=options)
+        np.testing.assert_allclose(np.asarray(compiled(jnp.ones(3))), 2.0 * np.sin(np.ones(3)))
+    with pytest.raises(Exception, match="not a valid"):
+        bad = {"xla_gpu_enable_command_buffer": "FUSION,NOT_A_COMMAND"}
+        f.lower(jnp.ones(3)).compile(compiler_options=bad)
 
 
 def _loop(x, n):
@@ -112,3 +127,27 @@ def test_single_kernel_loops_flag_makes_the_solver_loop_one_kernel():
     # The same algorithm; the single kernel rounds differently (19 steps here against 20).
     assert status == default_status == int(Status.CONVERGED)
     assert abs(steps - default_steps) <= 2
+
+
+def test_sweeps_compile_without_device_loops(monkeypatch):
+    """Sweep programs ask for the options without GPU command-buffer loops (measured slower
+    for their step loops), on every strategy."""
+    from gradlab.sweep import sweep, tasks
+
+    calls = []
+    real = compilation.compiler_options
+
+    def spy(backend=None, **kw):
+        calls.append(kw)
+        return real(backend, **kw)
+
+    monkeypatch.setattr(compilation, "compiler_options", spy)
+    x = np.linspace(-1.0, 1.0, 16, dtype=np.float32)
+    task = tasks.custom(
+        lambda key: jnp.zeros(()), lambda w, batch: jnp.mean((w * batch - 2.0 * batch) ** 2), x
+    )
+    for strategy in ("vmap", "loop"):
+        calls.clear()
+        grid = {"learning_rate": [0.1, 0.2]}
+        sweep(optax.sgd, grid, task=task, steps=3, strategy=strategy, progress=False)
+        assert calls and all(kw == {"device_loops": False} for kw in calls), (strategy, calls)

@@ -229,7 +229,7 @@ def run_batched(job: Job, chunk_size: int) -> Output:
     run_sh = NamedSharding(mesh, PartitionSpec("runs"))
     rep = NamedSharding(mesh, PartitionSpec())
 
-    options = compilation.compiler_options(job.devices[0].platform)
+    options = compilation.compiler_options(job.devices[0].platform, device_loops=False)
 
     def build():
         def jit(fn, **kw):
@@ -293,7 +293,7 @@ def run_loop(job: Job, workers: int | None = None) -> Output:
     """
     n_runs, devices = job.n_runs, list(job.devices)
     prog = job.program(job.n_evals)
-    options = compilation.compiler_options(devices[0].platform)
+    options = compilation.compiler_options(devices[0].platform, device_loops=False)
 
     def build():
         return jax.jit(prog.finish, compiler_options=options)
