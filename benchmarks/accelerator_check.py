@@ -109,7 +109,8 @@ def check_xla_analyses(device) -> None:
 
 def check_compiler_options(device) -> None:
     options = compilation.compiler_options(device.platform)
-    own = {"gpu": compilation.GPU_COMPILER_OPTIONS, "cpu": compilation.CPU_COMPILER_OPTIONS}
+    gpu = {**compilation.GPU_COMPILER_OPTIONS, **compilation.GPU_DEVICE_LOOP_OPTIONS}
+    own = {"gpu": gpu, "cpu": compilation.CPU_COMPILER_OPTIONS}
     expected = own.get(device.platform)
 
     def program(x):

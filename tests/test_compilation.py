@@ -13,14 +13,16 @@ from gradlab.status import Status
 
 def test_options_per_backend_and_valid_for_this_xla():
     assert compilation.compiler_options("cpu") == compilation.CPU_COMPILER_OPTIONS
+    gpu_options = compilation.GPU_COMPILER_OPTIONS
     for gpu in ("gpu", "cuda", "rocm"):
-        assert compilation.compiler_options(gpu) == compilation.GPU_COMPILER_OPTIONS
-        assert compilation.compiler_options(gpu, device_loops=False) is None
+        loops = compilation.compiler_options(gpu)
+        assert loops == {**gpu_options, **compilation.GPU_DEVICE_LOOP_OPTIONS}
+        assert compilation.compiler_options(gpu, device_loops=False) == gpu_options
     assert compilation.compiler_options("cpu", device_loops=False) == (
         compilation.CPU_COMPILER_OPTIONS
     )
     assert compilation.compiler_options("tpu") is None
-    commands = compilation.GPU_COMPILER_OPTIONS["xla_gpu_enable_command_buffer"].split(",")
+    commands = compilation.GPU_DEVICE_LOOP_OPTIONS["xla_gpu_enable_command_buffer"].split(",")
     assert {"FUSION", "WHILE", "CONDITIONAL"} <= set(commands)
     # This XLA accepts both sets: a renamed or removed flag raises "No such compile option", an
     # unknown command-buffer kind "... is not a valid ... value" (the CPU backend parses the
