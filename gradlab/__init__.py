@@ -127,4 +127,4 @@ from gradlab.sweep import (
     uniform as uniform,
 )
 
-__version__ = "0.2.1"
+__version__ = "0.2.2"

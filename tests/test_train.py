@@ -131,6 +131,60 @@ def test_resume_refuses_a_different_model_or_batch_size(half_run):
         train(model(), OPT, DATA, epochs=3, batch_size=8, checkpoint_dir=ck, resume=True)
 
 
+def test_resume_refuses_other_optimizer_hyperparameters(half_run, tmp_path):
+    """The same optimizer structure with another learning rate or moment decay rates: the state
+    restores, but the run would silently differ, so the probe refuses it (and keeps the
+    checkpoint); the same optimizer rebuilt, or a checkpoint without a probe, resumes."""
+    src, _ = half_run
+    ck = str(tmp_path / "ck")
+    shutil.copytree(src, ck)
+    before = {f: open(os.path.join(ck, f), "rb").read() for f in os.listdir(ck)}
+    for other in (
+        optax.chain(optax.clip_by_global_norm(1.0), optax.adam(2e-2)),
+        optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2, b1=0.8)),
+        optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2, b2=0.99)),
+    ):
+        with pytest.raises(ValueError, match="other optimizer hyperparameters"):
+            train(model(), other, DATA, epochs=3, checkpoint_dir=ck, resume=True, **RUN)
+    assert {f: open(os.path.join(ck, f), "rb").read() for f in os.listdir(ck)} == before
+    rebuilt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2))  # equal, not OPT
+    r = train(model(), rebuilt, DATA, epochs=3, checkpoint_dir=ck, resume=True, **RUN)
+    assert int(r.state.epoch) == 3
+    # A checkpoint written before the probe existed (no "optimizer_probe" in its config).
+    old = str(tmp_path / "old")
+    shutil.copytree(src, old)
+    path = os.path.join(old, "manifest.json")
+    manifest = json.load(open(path))
+    assert len(manifest["metadata"]["config"].pop("optimizer_probe")) == 4
+    json.dump(manifest, open(path, "w"))
+    other = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(2e-2))
+    r = train(model(), other, DATA, epochs=3, checkpoint_dir=old, resume=True, **RUN)
+    assert int(r.state.epoch) == 3
+
+
+def test_optimizer_probe_tolerance_and_unavailable_probe():
+    """Round-off between platforms passes (1e-6 of each update's size; 8 eps for 16-bit
+    parameters), a 1e-4 difference does not; no probe on either side skips the check."""
+    from gradlab.lab.train import _check_optimizer_probe, _optimizer_probe
+
+    params = split_model(model())[1]
+    probe = _optimizer_probe(OPT, params)
+    assert probe is not None and len(probe) == 4 and probe == _optimizer_probe(OPT, params)
+    size = np.repeat(np.asarray(probe)[1::2], 2)
+    _check_optimizer_probe("ck", probe, list(np.asarray(probe) + 3e-7 * size), params)
+    with pytest.raises(ValueError, match="two probe updates differ"):
+        _check_optimizer_probe("ck", probe, list(np.asarray(probe) + 1e-4 * size), params)
+    half = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)  # 8 eps = 6e-2
+    _check_optimizer_probe("ck", probe, list(np.asarray(probe) + 1e-2 * size), half)
+    _check_optimizer_probe("ck", None, probe, params)
+    _check_optimizer_probe("ck", probe, None, params)
+
+    def refuses(updates, state, params=None):
+        raise RuntimeError("needs inputs train does not give")
+
+    assert _optimizer_probe(optax.GradientTransformation(lambda p: (), refuses), params) is None
+
+
 def test_checkpoint_dtype_shape_structure_and_corruption(tmp_path):
     tree = {"w": jnp.ones((3, 2)), "s": optax.adam(1e-3).init({"w": jnp.ones((3, 2))})}
     d = str(tmp_path / "c")

@@ -18,7 +18,9 @@ want it and plain transformations ignore it.
 Checkpoints (:mod:`gradlab.lab.checkpoint`, msgpack + JSON manifest, no pickle) hold the whole
 :class:`TrainState` -- parameters, BatchNorm statistics, optimizer state, RNG key, epoch and step
 counters, early-stopping state -- plus the history, so ``train(..., checkpoint_dir=d,
-resume=True)`` continues **bit-identically** to an uninterrupted run.
+resume=True)`` continues **bit-identically** to an uninterrupted run. A resume must repeat the
+run's arguments: the options, the data (its SHA-256) and the optimizer (the state's structure,
+and two probe updates for its hyperparameters) are checked against the checkpoint's record.
 """
 
 from __future__ import annotations
@@ -431,6 +433,80 @@ def _fingerprint(x: jax.Array, y: jax.Array) -> str:
     return h.hexdigest()
 
 
+#: Entries of each parameter leaf the optimizer probe's summaries read.
+_PROBE_ENTRIES = 4096
+
+
+def _optimizer_probe(optimizer: optax.GradientTransformation, params: Any) -> list[float] | None:
+    """Two updates of ``optimizer`` on a fixed quadratic over ``params``' structure (fixed start,
+    curvatures and gradients; ``value``, ``grad`` and ``value_fn`` passed, so line searches run
+    too), each summarised by a weighted sum and the absolute sum of its entries (the first
+    4096 of every leaf, summed on the host in float64).
+
+    A checkpoint stores these four numbers and a resume recomputes them: the state restore
+    catches another optimizer *structure*, this catches what the structure does not show (a
+    learning rate, a momentum, a weight decay changed between the runs). ``None`` when the
+    optimizer cannot take the probe (it raised); the resume then skips the comparison."""
+    leaves, treedef = jax.tree.flatten(params)
+
+    def pattern(fn):  # the same numbers for the same structure, in each leaf's dtype
+        out, offset = [], 0
+        for leaf in leaves:
+            i = offset + jnp.arange(leaf.size, dtype=jnp.float32).reshape(leaf.shape)
+            out.append(fn(i).astype(leaf.dtype))
+            offset += leaf.size
+        return treedef.unflatten(out)
+
+    @jax.jit
+    def probe():
+        curvature = pattern(lambda i: 1.0 + jnp.mod(i, 5.0))
+        objective = lambda p: 0.5 * optax.tree.vdot(curvature, optax.tree.mul(p, p))  # noqa: E731
+        opt = optax.with_extra_args_support(optimizer)
+        p = pattern(lambda i: 1.0 + 0.5 * jnp.cos(i))
+        state, updates = opt.init(p), []
+        for _ in range(2):
+            value, grad = jax.value_and_grad(objective)(p)
+            u, state = opt.update(grad, state, p, value=value, grad=grad, value_fn=objective)
+            p = optax.apply_updates(p, u)
+            updates.append([jnp.ravel(x)[:_PROBE_ENTRIES] for x in jax.tree.leaves(u)])
+        return updates
+
+    try:
+        updates = jax.device_get(probe())
+    except Exception:  # an optimizer that needs other inputs: no probe, no comparison
+        return None
+    summary = []
+    for u in updates:
+        u = np.concatenate([np.asarray(x, np.float64) for x in u])
+        weights = np.cos(0.37 * np.arange(u.size))
+        summary += [float(weights @ u), float(np.abs(u).sum())]
+    return summary
+
+
+def _check_optimizer_probe(directory: str, stored: Any, current: Any, params: Any) -> None:
+    """``ValueError`` unless the probe summaries agree to :math:`10^{-6}` (8 machine epsilons
+    for 16-bit parameters) relative to the size of each update: the same optimizer gives the
+    same numbers to the last bits on one platform, and to a few units in the last place of
+    the parameter dtype on another."""
+    if stored is None or current is None:
+        return
+    leaves = jax.tree.leaves(params)
+    floats = [leaf.dtype for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    rtol = max([1e-6] + [8.0 * float(jnp.finfo(dtype).eps) for dtype in floats])
+    a, b = np.asarray(stored, np.float64), np.asarray(current, np.float64)
+    if a.shape == b.shape == (4,):
+        size = np.repeat(np.maximum(np.abs(a[1::2]), np.abs(b[1::2])), 2)  # each update's size
+        agree = (a == b) | (np.abs(a - b) <= rtol * size) | (np.isnan(a) & np.isnan(b))
+        if agree.all():
+            return
+    raise ValueError(
+        f"cannot resume from {directory!r}: it was written with another optimizer or other "
+        f"optimizer hyperparameters (the same state structure, but two probe updates differ: "
+        f"{np.round(a, 6).tolist()} stored, {np.round(b, 6).tolist()} now); resuming "
+        "must repeat the run's arguments (start a new checkpoint_dir to change them)"
+    )
+
+
 #: Run options a checkpoint records and a resume must repeat (checked when the checkpoint has
 #: them: older checkpoints stored only the first three).
 _RESUME_KEYS = (
@@ -620,11 +696,15 @@ def train(
             restore_best=bool(restore_best),
             line_search=bool(line_search),
             data_sha256=_fingerprint(x, y),
+            optimizer_probe=_optimizer_probe(optimizer, params),
         )
     if resume and ckpt.checkpoint_exists(checkpoint_dir):
         # the run's configuration first (a clear message), then the state against the template
-        _check_resume_config(checkpoint_dir, ckpt.read_manifest(checkpoint_dir), config)
-        ts, meta = ckpt.restore_checkpoint(checkpoint_dir, ts)
+        manifest = ckpt.read_manifest(checkpoint_dir)
+        _check_resume_config(checkpoint_dir, manifest, config)
+        ts, meta = ckpt.restore_checkpoint(checkpoint_dir, ts)  # the state's structure
+        stored_probe = manifest["metadata"]["config"].get("optimizer_probe")
+        _check_optimizer_probe(checkpoint_dir, stored_probe, config["optimizer_probe"], params)
         rows = list(meta["history"])
         if int(ts.epoch) > epochs:
             raise ValueError(
