@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Everything gradlab checks and measures on an accelerator, in one run of bounded length:
 # accelerator_check.py, README's main job, the test suite on the accelerator, and the
-# step-cost and sweep benchmarks. Uses the python3 on PATH, which must have JAX's accelerator
+# step-cost, sweep and solver benchmarks. Uses the python3 on PATH, which must have JAX's accelerator
 # build, optax, flax, chex, pytest and pytest-xdist; gradlab is taken from this checkout.
 # Writes one log per step (and the main job's plot) under $OUT (default ./accelerator_out)
 # and prints each log's end. Usage: bash benchmarks/accelerator_run.sh [steps...]
-# (steps: check main tests step_cost sweep kernels; default all but kernels).
+# (steps: check main tests step_cost sweep solvers kernels; default all but kernels).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-accelerator_out}
@@ -24,7 +24,7 @@ run_step() {  # name, seconds, command...
 }
 
 STEPS=" $* "
-[ $# -eq 0 ] && STEPS=" check main tests step_cost sweep "
+[ $# -eq 0 ] && STEPS=" check main tests step_cost sweep solvers "
 
 if [[ $STEPS == *" check "* ]]; then
   python3 -c "import jax, optax, flax; print('jax', jax.__version__, 'optax', optax.__version__,
@@ -47,6 +47,14 @@ if [[ $STEPS == *" step_cost "* ]]; then
 fi
 if [[ $STEPS == *" sweep "* ]]; then
   TAIL=40 run_step sweep "${SWEEP_LIMIT:-150}" python3 benchmarks/sweep.py --reps 3
+fi
+if [[ $STEPS == *" solvers "* ]]; then
+  # Rosenbrock-2 and -10 beside the other libraries as their users get them, then with
+  # gradlab's compiler options given to every library, then gradlab without them.
+  for extra in "" --same-xla-options --no-gradlab-options; do
+    TAIL=40 run_step "solvers${extra}" "${SOLVERS_LIMIT:-120}" python3 benchmarks/solvers.py \
+      --quick --repeats 3 $extra
+  done
 fi
 if [[ $STEPS == *" kernels "* ]]; then
   # The sweep's and the optax loop's compiled step loops, counted and written out.

@@ -23,7 +23,7 @@ with a vmapped batch of 64 Rosenbrock starts beside a Python loop.
 task per operation.
 
 Run: ``python benchmarks/solvers.py [--quick] [--repeats N] [--same-xla-options]
-[--single-kernel-loops]``.
+[--no-gradlab-options] [--single-kernel-loops]``.
 """
 
 from __future__ import annotations
@@ -84,13 +84,21 @@ PROBLEMS = {
 
 #: Compiler options for the other libraries' functions (``--same-xla-options`` sets gradlab's).
 OTHERS_OPTIONS: dict | None = None
+#: Compile gradlab's functions with its compiler options (``--no-gradlab-options``: False).
+WITH_GRADLAB_OPTIONS = True
 
 
 def _jit(fn, ours: bool = False):
     """``fn`` jitted with gradlab's compiler options (``ours``: what the minimize page tells
     users who wrap :func:`gradlab.minimize` in their own ``jax.jit``) or
     :data:`OTHERS_OPTIONS`."""
-    return jax.jit(fn, compiler_options=compilation.compiler_options() if ours else OTHERS_OPTIONS)
+    if ours:
+        return jax.jit(fn, compiler_options=_gradlab_options())
+    return jax.jit(fn, compiler_options=OTHERS_OPTIONS)
+
+
+def _gradlab_options() -> dict | None:
+    return compilation.compiler_options() if WITH_GRADLAB_OPTIONS else None
 
 
 def _outputs(params, steps, nfev, ngev, gnorm):
@@ -313,6 +321,11 @@ def main(argv=None) -> int:
         help="compile the other libraries with gradlab's compiler options too",
     )
     parser.add_argument(
+        "--no-gradlab-options",
+        action="store_true",
+        help="compile gradlab's functions with XLA's defaults (the effect of its options)",
+    )
+    parser.add_argument(
         "--single-kernel-loops",
         action="store_true",
         help="raise XLA:CPU's small-while-loop threshold (process-wide, every library): each "
@@ -323,8 +336,9 @@ def main(argv=None) -> int:
         # Read when the CPU backend starts, so only effective before the first computation.
         flags = [os.environ.get("XLA_FLAGS", ""), compilation.SINGLE_KERNEL_LOOPS_XLA_FLAG]
         os.environ["XLA_FLAGS"] = " ".join(flags).strip()
-    global OTHERS_OPTIONS
+    global OTHERS_OPTIONS, WITH_GRADLAB_OPTIONS
     OTHERS_OPTIONS = compilation.compiler_options() if args.same_xla_options else None
+    WITH_GRADLAB_OPTIONS = not args.no_gradlab_options
     repeats = args.repeats or (1 if args.quick else 5)
     problems = dict(list(PROBLEMS.items())[:2]) if args.quick else PROBLEMS
     methods = ["bfgs", "lbfgs", "cg"]
@@ -339,7 +353,8 @@ def main(argv=None) -> int:
         f"jax {jax.__version__}, optax {optax.__version__}, {platform.machine()}, "
         f"{os.cpu_count()} CPU cores, float64, stop at |g| <= {GTOL}, "
         f"load average at start {os.getloadavg()[0]:.1f}, other libraries compiled with "
-        f"{OTHERS_OPTIONS or 'XLA defaults'}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+        f"{OTHERS_OPTIONS or 'XLA defaults'}, gradlab with {_gradlab_options() or 'XLA defaults'}, "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
     )
     header = (
         f"{'problem':<16} {'method':<9} {'library':<10} {'iters':>6} {'f-evals':>8} "
