@@ -35,6 +35,7 @@ gradlab's loops when they are called directly; when you wrap :func:`gradlab.mini
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -100,9 +101,10 @@ def jit(fun: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
     """``jax.jit(fun, **jit_kwargs)``, compiled with :func:`compiler_options` for the default
     backend when called at top level; inside another transformation's trace (your own
     ``jax.jit`` or ``jax.grad``, where JAX refuses options on a nested jit and says so when
-    the call is traced) it is the plain ``jax.jit``. One pair of ``jax.jit`` objects per
-    backend, each with its own cache; a top-level call costs one dictionary lookup more
-    than ``jax.jit``'s."""
+    the call is traced) it is the plain ``jax.jit``. If this XLA rejects an option (a newer
+    release renamed or dropped it), the function is compiled without them, with one
+    ``RuntimeWarning``. One pair of ``jax.jit`` objects per backend, each with its own cache;
+    a top-level call costs one dictionary lookup more than ``jax.jit``'s."""
     by_backend: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
 
     def pair_for(backend: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
@@ -121,5 +123,21 @@ def jit(fun: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
             if tuned is plain or "compiler_options" not in str(err):
                 raise
             return plain(*args, **kwargs)
+        except RuntimeError as err:  # this XLA does not know an option: compile without them
+            if tuned is plain or not any(m in str(err) for m in _REJECTED_OPTION):
+                raise
+            warnings.warn(
+                f"gradlab.compilation: this XLA rejects gradlab's compiler options for "
+                f"{backend!r} ({err}); compiling {getattr(fun, '__name__', 'the function')} "
+                "without them (same results, possibly slower loops)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            by_backend[backend] = (plain, plain)
+            return plain(*args, **kwargs)
 
     return call
+
+
+#: How XLA words the rejection of an unknown option or option value.
+_REJECTED_OPTION = ("No such compile option", "While setting option")

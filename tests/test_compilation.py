@@ -153,3 +153,32 @@ def test_sweeps_compile_without_device_loops(monkeypatch):
         grid = {"learning_rate": [0.1, 0.2]}
         sweep(optax.sgd, grid, task=task, steps=3, strategy=strategy, progress=False)
         assert calls and all(kw == {"device_loops": False} for kw in calls), (strategy, calls)
+
+
+def test_jit_falls_back_once_when_xla_rejects_an_option(monkeypatch):
+    """A newer XLA that renamed an option (or a command-buffer kind) must not break gradlab's
+    loops: the function compiles without the options, with one warning."""
+    backend = jax.default_backend()
+    bad = {"xla_no_such_option_in_any_xla": True}
+    real = compilation.compiler_options
+    monkeypatch.setattr(
+        compilation, "compiler_options", lambda b=None, **kw: bad if b == backend else real(b)
+    )
+    f = compilation.jit(lambda x: jnp.tanh(x) * 3.0)
+    with pytest.warns(RuntimeWarning, match="rejects gradlab's compiler options"):
+        y = f(jnp.ones(3))
+    np.testing.assert_allclose(np.asarray(y), 3.0 * np.tanh(np.ones(3)), rtol=1e-6)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(np.asarray(f(jnp.ones(3))), np.asarray(y))
+    # other runtime errors are not swallowed
+    g = compilation.jit(lambda x: jax.debug.callback(_raise, x))
+    monkeypatch.setattr(compilation, "compiler_options", real)
+    with pytest.raises(Exception, match="boom"):
+        jax.block_until_ready(g(jnp.ones(3)))
+
+
+def _raise(x):
+    raise RuntimeError("boom")
