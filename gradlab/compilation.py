@@ -97,9 +97,16 @@ def compiler_options(
     return None
 
 
-def jit(fun: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
-    """``jax.jit(fun, **jit_kwargs)``, compiled with :func:`compiler_options` for the default
-    backend when called at top level; inside another transformation's trace (your own
+def jit(
+    fun: Callable[..., Any],
+    *,
+    platform: str | None = None,
+    device_loops: bool = True,
+    **jit_kwargs: Any,
+) -> Callable[..., Any]:
+    """``jax.jit(fun, **jit_kwargs)``, compiled with :func:`compiler_options` for ``platform``
+    (default: JAX's default backend at each call; ``device_loops`` as there) when called at
+    top level; inside another transformation's trace (your own
     ``jax.jit`` or ``jax.grad``, where JAX refuses options on a nested jit and says so when
     the call is traced) it is the plain ``jax.jit``. If this XLA rejects an option (a newer
     release renamed or dropped it), the function is compiled without them, with one
@@ -108,14 +115,14 @@ def jit(fun: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
     by_backend: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
 
     def pair_for(backend: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
-        options = compiler_options(backend)
+        options = compiler_options(backend, device_loops=device_loops)
         plain = jax.jit(fun, **jit_kwargs)
         tuned = plain if options is None else jax.jit(fun, compiler_options=options, **jit_kwargs)
         return by_backend.setdefault(backend, (tuned, plain))
 
     @functools.wraps(fun)
     def call(*args: Any, **kwargs: Any) -> Any:
-        backend = jax.default_backend()
+        backend = platform or jax.default_backend()
         tuned, plain = by_backend.get(backend) or pair_for(backend)
         try:
             return tuned(*args, **kwargs)

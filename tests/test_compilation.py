@@ -182,3 +182,26 @@ def test_jit_falls_back_once_when_xla_rejects_an_option(monkeypatch):
 
 def _raise(x):
     raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "loop"])
+def test_sweeps_fall_back_too_when_xla_rejects_an_option(monkeypatch, strategy):
+    """Sweep programs compile through the same fallback: a rejected option warns, the sweep
+    completes with the same losses as with gradlab's options."""
+    from gradlab.sweep import sweep, tasks
+
+    x = np.linspace(-1.0, 1.0, 16, dtype=np.float32)
+
+    def run():
+        task = tasks.custom(  # a new task each time: a new program, compiled anew
+            lambda key: jnp.zeros(()), lambda w, b: jnp.mean((w * b - 2.0 * b) ** 2), x
+        )
+        grid = {"learning_rate": [0.1, 0.2]}
+        return sweep(optax.sgd, grid, task=task, steps=3, strategy=strategy, progress=False)
+
+    good = run()
+    bad = {"xla_no_such_option_in_any_xla": True}
+    monkeypatch.setattr(compilation, "compiler_options", lambda b=None, **kw: bad)
+    with pytest.warns(RuntimeWarning, match="rejects gradlab's compiler options"):
+        fallback = run()
+    np.testing.assert_array_equal(fallback.curves["train_loss"], good.curves["train_loss"])

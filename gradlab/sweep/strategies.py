@@ -214,6 +214,12 @@ def balanced_chunk_size(chunk_size: int, job: Job) -> int:
     return int(math.ceil(n_runs / n_chunks / d)) * d
 
 
+def _compiled_for(devices: Sequence[Any]) -> dict[str, Any]:
+    """:func:`gradlab.compilation.jit`'s arguments for a sweep program on ``devices``: their
+    platform's options, without the GPU's device loops (measured slower for step loops)."""
+    return {"platform": devices[0].platform, "device_loops": False}
+
+
 def run_batched(job: Job, chunk_size: int) -> Output:
     """Run the job in vmapped chunks of ``chunk_size`` runs (rounded to a multiple of the
     device count and balanced: :func:`balanced_chunk_size`; every chunk is padded to the same
@@ -229,14 +235,11 @@ def run_batched(job: Job, chunk_size: int) -> Output:
     run_sh = NamedSharding(mesh, PartitionSpec("runs"))
     rep = NamedSharding(mesh, PartitionSpec())
 
-    options = compilation.compiler_options(job.devices[0].platform, device_loops=False)
-
     def build():
         def jit(fn, **kw):
             vmapped = jax.vmap(fn, in_axes=(0, 0, None))
-            shardings = (run_sh, run_sh, rep)
-            kw.update(in_shardings=shardings, out_shardings=run_sh, compiler_options=options)
-            return jax.jit(vmapped, **kw)
+            kw.update(in_shardings=(run_sh, run_sh, rep), out_shardings=run_sh)
+            return compilation.jit(vmapped, **_compiled_for(job.devices), **kw)
 
         return jit(prog.start), jit(prog.advance, donate_argnums=0)
 
@@ -293,10 +296,9 @@ def run_loop(job: Job, workers: int | None = None) -> Output:
     """
     n_runs, devices = job.n_runs, list(job.devices)
     prog = job.program(job.n_evals)
-    options = compilation.compiler_options(devices[0].platform, device_loops=False)
 
     def build():
-        return jax.jit(prog.finish, compiler_options=options)
+        return compilation.jit(prog.finish, **_compiled_for(devices))
 
     finish = memoise(_JIT_CACHE, (prog,), ("loop", devices[0].platform), build, 32)
     names = job.metric_names or _metric_names(prog, job)
