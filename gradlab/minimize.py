@@ -84,7 +84,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradlab import base, compilation
+from gradlab import base, compilation, loops
 from gradlab.linesearch import common
 from gradlab.status import Status, describe
 
@@ -400,7 +400,7 @@ def _solve(
         # runs the body for every member and keeps ``jnp.where(running, new, old)``.
         return new
 
-    c = jax.lax.while_loop(cond, body, carry)
+    c = loops.packed_while_loop(cond, body, carry, dtype)
     status = c.status
     if diagnose:
         status = _diagnose_non_finite(solver, state0, x0, extra, dtype, status)

@@ -1,7 +1,6 @@
 """Line searches: Wolfe/Armijo conditions on accepted steps, scipy, and every failure mode."""
 
 import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +12,6 @@ from objectives import linear, nan_off_start, nan_region, square
 
 from gradlab import base
 from gradlab.linesearch import (
-    common,
     scale_by_backtracking_linesearch,
     scale_by_exact_linesearch,
     scale_by_more_thuente_linesearch,
@@ -215,45 +213,6 @@ def test_mismatched_trees_and_states_raise_by_type():
     assert err.value.path == "['a']"
     with pytest.raises(base.StateMismatchError):
         ZOOM.update(x, BACKTRACK.init(x), x, value=0.0, grad=x, value_fn=f)
-
-
-class _LoopCarry(NamedTuple):
-    i: jax.Array
-    flag: jax.Array
-    x: jax.Array
-    triple: jax.Array
-    tree: dict
-
-
-def test_packed_while_loop_equals_plain_loop():
-    """Scalars (int32, bool, float) and short vectors travel packed; trees as they are."""
-
-    def cond(c):
-        return c.i < 7
-
-    def body(c):
-        x = c.x * 1.5 - 0.25
-        return _LoopCarry(
-            i=c.i + 1,
-            flag=~c.flag,
-            x=x,
-            triple=jnp.where(c.flag, c.triple[::-1], c.triple + x),
-            tree={"w": c.tree["w"] * x, "n": c.tree["n"] + c.i},
-        )
-
-    init = _LoopCarry(
-        i=jnp.asarray(0, jnp.int32),
-        flag=jnp.asarray(True),
-        x=jnp.asarray(0.3, jnp.float32),
-        triple=jnp.asarray([1.0, 2.0, 3.0], jnp.float32),
-        tree={"w": jnp.ones((4, 3), jnp.float32), "n": jnp.asarray(5, jnp.int32)},
-    )
-    plain = jax.jit(lambda c: jax.lax.while_loop(cond, body, c))(init)
-    packed = jax.jit(lambda c: common.packed_while_loop(cond, body, c, jnp.float32))(init)
-    assert type(packed) is _LoopCarry
-    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(packed), strict=True):
-        assert a.dtype == b.dtype and a.shape == b.shape
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 _INVALID_TRACED = {

@@ -58,9 +58,18 @@ def test_vmapped_batch_one_nan_start_and_problem_parameters(method):
     # floor within ~0.1 of (2, 4).
     np.testing.assert_allclose(np.asarray(res.params[3]), [2.0, 4.0], atol=0.1)
     assert int(res.num_steps[2]) == 0
-    # Each lane equals the unbatched run (frozen lanes are not disturbed by the others).
+    # A lane is not disturbed by the others: with other companions (lanes that finish sooner,
+    # later, or at once) lane 0 is bit-identical.
+    others = jax.vmap(lambda x, p: solve(x, args=(p[0], p[1])))(
+        starts.at[1:].set(jnp.asarray([[jnp.inf, 0.0], [0.9, 0.8], [-2.0, 3.0]])), ab
+    )
+    for a, b in zip(jax.tree.leaves(res), jax.tree.leaves(others), strict=True):
+        np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
+    assert list(np.asarray(others.num_steps)[1:]) != list(np.asarray(res.num_steps)[1:])
+    # ...and it follows the unbatched run (XLA compiles the batched program differently, so
+    # float32 round-off may move it by a step).
     single = solve(starts[0], args=(1.0, 100.0))
-    assert int(single.num_steps) == int(res.num_steps[0])
+    assert abs(int(single.num_steps) - int(res.num_steps[0])) <= 1
     np.testing.assert_allclose(np.asarray(single.params), np.asarray(res.params[0]), atol=1e-3)
 
 
