@@ -92,6 +92,11 @@ __all__ = [
     "find_states",
     "global_norm",
     "tree_all_finite",
+    "small_sum",
+    "small_max",
+    "small_all",
+    "small_any",
+    "UNROLLED_REDUCTION_SIZE",
     "DEFAULT_STATE_DTYPE",
     "TINY",
 ]
@@ -630,12 +635,58 @@ def global_norm(tree: Any) -> jax.Array:
     return jnp.sqrt(sq)
 
 
+#: Reductions over at most this many elements are written out as elementwise operations.
+UNROLLED_REDUCTION_SIZE = 8
+
+
+def _reduce(x: Any, op: Callable, reduction: Callable, initial: Any) -> jax.Array:
+    x = jnp.ravel(jnp.asarray(x))
+    if x.shape[0] > UNROLLED_REDUCTION_SIZE:
+        return reduction(x) if initial is None else op(initial, reduction(x))
+    out = initial
+    for i in range(x.shape[0]):
+        out = x[i] if out is None else op(out, x[i])
+    return out
+
+
+def small_sum(x: Any) -> jax.Array:
+    """``jnp.sum(x)``, written out as ``x[0] + x[1] + ...`` for at most
+    :data:`UNROLLED_REDUCTION_SIZE` elements (the same order as XLA's sequential reduction).
+
+    Every ``reduce`` in a compiled program costs ~0.25 us of set-up per call on XLA:CPU, even
+    inside a loop that never runs; a solver's norms, dot products and status checks on a
+    2-parameter problem would otherwise spend 5-7 us per solve on it (``docs/benchmarks.md``).
+    """
+    x = jnp.asarray(x)
+    if x.size == 0:
+        return jnp.zeros((), x.dtype)
+    return _reduce(x, jnp.add, jnp.sum, None)
+
+
+def small_max(x: Any, initial: Any = None) -> jax.Array:
+    """``jnp.max(x, initial=initial)`` (NaN propagates), written out for small ``x`` like
+    :func:`small_sum`."""
+    return _reduce(x, jnp.maximum, jnp.max, initial)
+
+
+def small_all(x: Any) -> jax.Array:
+    """``jnp.all(x)``, written out for small ``x`` like :func:`small_sum`."""
+    x = jnp.asarray(x, bool)
+    return jnp.asarray(True) if x.size == 0 else _reduce(x, jnp.logical_and, jnp.all, None)
+
+
+def small_any(x: Any) -> jax.Array:
+    """``jnp.any(x)``, written out for small ``x`` like :func:`small_sum`."""
+    x = jnp.asarray(x, bool)
+    return jnp.asarray(False) if x.size == 0 else _reduce(x, jnp.logical_or, jnp.any, None)
+
+
 def tree_all_finite(tree: Any) -> jax.Array:
     """A scalar boolean: every element of every leaf is finite."""
     leaves = jax.tree.leaves(tree)
     if not leaves:
         return jnp.asarray(True)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    return small_all(jnp.stack([small_all(jnp.isfinite(x)) for x in leaves]))
 
 
 # --------------------------------------------------------------------------------------------

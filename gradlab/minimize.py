@@ -228,7 +228,8 @@ def _step_status(state):
         v = jnp.asarray(v, jnp.int32)
         if v.shape != ():
             continue
-        code = jnp.where(jnp.isin(v, jnp.asarray(FATAL_STATUSES, jnp.int32)), v, code)
+        fatal = functools.reduce(jnp.logical_or, [v == int(s) for s in FATAL_STATUSES])
+        code = jnp.where(fatal, v, code)
         converged = converged | (v == int(Status.CONVERGED))
     fallback = jnp.where(converged, int(Status.CONVERGED), int(Status.RUNNING))
     return jnp.where(code != int(Status.RUNNING), code, fallback).astype(jnp.int32)

@@ -87,9 +87,9 @@ def safe_norm(tree: Any, dtype=jnp.float32) -> jax.Array:
     leaves = [jnp.abs(jnp.asarray(x)).astype(dtype) for x in jax.tree.leaves(tree)]
     if not leaves:
         return jnp.zeros((), dtype)
-    m = jnp.max(jnp.stack([jnp.max(x, initial=0.0) for x in leaves]))
+    m = base.small_max(jnp.stack([base.small_max(x, initial=0.0) for x in leaves]))
     safe_m = jnp.where((m > 0) & jnp.isfinite(m), m, 1.0)
-    sq = sum(jnp.sum(jnp.square(x / safe_m)) for x in leaves)
+    sq = sum(base.small_sum(jnp.square(x / safe_m)) for x in leaves)
     return jnp.where(jnp.isfinite(m), safe_m * jnp.sqrt(sq), m)
 
 
@@ -131,14 +131,16 @@ def tree_select(pred: jax.Array, a: Any, b: Any) -> Any:
 
 def first_status(cases: list[tuple[Any, Status]], default: Status) -> jax.Array:
     """The int32 code of the first case whose predicate holds, else ``default``."""
-    preds = [jnp.asarray(p) for p, _ in cases]
-    return jnp.select(preds, [int(code) for _, code in cases], int(default)).astype(jnp.int32)
+    out = jnp.asarray(int(default), jnp.int32)
+    for pred, code in reversed(cases):  # nested selects: no reduction in the program
+        out = jnp.where(jnp.asarray(pred), jnp.int32(int(code)), out)
+    return out
 
 
 def poisoned(*settings: Any) -> jax.Array:
     """True when any resolved traced setting is NaN: out of its range, so ``hyperparameter``
     replaced it by NaN (the step then reports ``INVALID_HYPERPARAMETER`` and takes no trial)."""
-    return jnp.any(jnp.stack([jnp.isnan(jnp.asarray(v)) for v in settings]))
+    return base.small_any(jnp.stack([jnp.isnan(jnp.asarray(v)) for v in settings]))
 
 
 def packed_while_loop(

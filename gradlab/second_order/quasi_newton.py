@@ -107,7 +107,7 @@ def _finish(g, ng, d, restart_length):
     inv = 1.0 / jnp.where(ok_g, ng, 1.0)
     factor = {_UNIT: inv, _RAW: 1.0, _AT_LEAST_UNIT: jnp.maximum(inv, 1.0)}[restart_length]
     steepest = -(factor * g)
-    md = jnp.max(jnp.abs(d))
+    md = base.small_max(jnp.abs(d))
     ok_d = (md > 0) & jnp.isfinite(md)
     slope = common.vdot(inv * g, d / jnp.where(ok_d, md, 1.0))
     descent = ok_g & ok_d & (slope < 0)
