@@ -651,7 +651,9 @@ def _reduce(x: Any, op: Callable, reduction: Callable, initial: Any) -> jax.Arra
 
 def small_sum(x: Any) -> jax.Array:
     """``jnp.sum(x)``, written out as ``x[0] + x[1] + ...`` for at most
-    :data:`UNROLLED_REDUCTION_SIZE` elements (the same order as XLA's sequential reduction).
+    :data:`UNROLLED_REDUCTION_SIZE` elements (XLA's sequential order; XLA may contract a
+    product into the sum as one fused multiply-add, so keep jnp's reduction for dot products
+    whose terms can cancel exactly).
 
     Every ``reduce`` in a compiled program costs ~0.25 us of set-up per call on XLA:CPU, even
     inside a loop that never runs; a solver's norms, dot products and status checks on a

@@ -315,7 +315,7 @@ def _two_loop(g, mem_s, mem_y, mem_rho, num_pairs, gamma):
     Rosenbrock L-BFGS solves 2.6-3.8x faster on an H200 (``docs/benchmarks.md``).
     """
     m = mem_rho.shape[0]
-    newest_first = jnp.mod(num_pairs - 1 - jnp.arange(m), m)
+    newest_first = jnp.mod(num_pairs - 1 - jnp.arange(m, dtype=jnp.int32), m)
     loop = functools.partial(_recursion, newest_first=newest_first)
     pairs = (mem_s, mem_y, mem_rho)
     return jax.lax.platform_dependent(
@@ -370,10 +370,16 @@ def scale_by_lbfgs(
 
         slot = jnp.mod(state.num_pairs, m)
         # In-place slot writes (a skipped pair rewrites the slot with its old contents).
-        mem_s = state.memory_s.at[slot].set(jnp.where(accept, s, state.memory_s[slot]))
-        mem_y = state.memory_y.at[slot].set(jnp.where(accept, y, state.memory_y[slot]))
+        mem_s = jax.lax.dynamic_update_index_in_dim(
+            state.memory_s, jnp.where(accept, s, state.memory_s[slot]), slot, 0
+        )
+        mem_y = jax.lax.dynamic_update_index_in_dim(
+            state.memory_y, jnp.where(accept, y, state.memory_y[slot]), slot, 0
+        )
         rho = 1.0 / jnp.where(accept, sy, 1.0)
-        mem_rho = state.memory_rho.at[slot].set(jnp.where(accept, rho, state.memory_rho[slot]))
+        mem_rho = jax.lax.dynamic_update_index_in_dim(
+            state.memory_rho, jnp.where(accept, rho, state.memory_rho[slot]), slot, 0
+        )
         num_pairs = state.num_pairs + accept.astype(jnp.int32)
         gamma = jnp.where(accept, gamma, state.gamma) if scale_init_precond else state.gamma
 
