@@ -641,7 +641,7 @@ UNROLLED_REDUCTION_SIZE = 8
 
 def _reduce(x: Any, op: Callable, reduction: Callable, initial: Any) -> jax.Array:
     x = jnp.ravel(jnp.asarray(x))
-    if x.shape[0] > UNROLLED_REDUCTION_SIZE:
+    if x.shape[0] > UNROLLED_REDUCTION_SIZE or (x.shape[0] == 0 and initial is None):
         return reduction(x) if initial is None else op(initial, reduction(x))
     out = initial
     for i in range(x.shape[0]):

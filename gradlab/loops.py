@@ -9,9 +9,11 @@ into one vector with a flat ``concatenate`` does not help: each piece stays its 
 
 :func:`packed_while_loop` carries every small leaf packed into one vector per kind (floats of
 the loop's dtype, integers and booleans) and :func:`concatenate` builds the vector in groups of
-at most 8 pieces, each group one fused kernel. The results are bit-identical to the plain loop
-(packing is a lossless copy). Measured on a 2-core CPU (``docs/benchmarks.md``): a Moré–Thuente
-trial 43 → 20 kernels, Rosenbrock-2 BFGS 75 → 55 µs.
+at most 8 pieces, each group one fused kernel. Packing is a lossless copy, so the results are
+the plain loop's; XLA may fuse the arithmetic around it differently, which can move float32
+round-off (every float64 solve in the benchmarks took the same steps). Measured on a 2-core
+CPU (``docs/benchmarks.md``): a Moré–Thuente trial 43 → 20 kernels, Rosenbrock-2 BFGS
+75 → 55 µs.
 """
 
 from __future__ import annotations
@@ -90,13 +92,13 @@ class _Layout:
     """Where each leaf of a carry travels: in the float vector, the int32 vector, or as is."""
 
     def __init__(self, init: Any, dtype, small_ints: bool):
-        self.leaves, self.treedef = jax.tree.flatten(init)
+        leaves, self.treedef = jax.tree.flatten(init)
         self.dtype = jnp.dtype(dtype)
         # int32 values are exact in float64; below 2**24 also in float32.
         ints_as_floats = small_ints or self.dtype == jnp.float64
         self.slots = []  # per leaf: (vector index, offset, size, shape, kind) or None
         sizes = [0, 0]
-        for leaf in self.leaves:
+        for leaf in leaves:
             kind, shape = jnp.result_type(leaf), jnp.shape(leaf)
             size = int(jnp.size(leaf))
             slot = None
@@ -111,7 +113,6 @@ class _Layout:
                 self.slots.append((slot, sizes[slot], size, shape, kind))
                 sizes[slot] += size
         self.vector_dtypes = (self.dtype, jnp.dtype(jnp.int32))
-        self.sizes = sizes
 
     def pack(self, carry: Any) -> tuple:
         leaves = self.treedef.flatten_up_to(carry)
@@ -154,7 +155,8 @@ def packed_while_loop(
     vector when they have that dtype, and scalar integers (at most 32 bits, not ``uint32``) and
     booleans in one int32 vector, or in the ``dtype`` vector when that is exact (``float64``,
     or ``small_ints=True``: the caller guarantees magnitudes below :math:`2^{24}`). Other
-    leaves are carried as they are. Same results as the plain loop, bit for bit.
+    leaves are carried as they are. Same results as the plain loop up to XLA's fusion choices
+    (see the module docstring).
     """
     layout = _Layout(init, dtype, small_ints)
 

@@ -251,3 +251,11 @@ def test_solver_programs_have_few_reductions():
         .as_text()
     )
     assert text.count("stablehlo.reduce") <= 8, text.count("stablehlo.reduce")  # 34 before
+
+
+def test_small_max_of_nothing_raises_like_jnp():
+    from gradlab import base
+
+    with pytest.raises(ValueError):
+        base.small_max(jnp.zeros((0,)))
+    assert float(base.small_max(jnp.zeros((0,)), initial=2.0)) == 2.0
