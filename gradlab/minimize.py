@@ -228,7 +228,7 @@ def _step_status(state):
         v = jnp.asarray(v, jnp.int32)
         if v.shape != ():
             continue
-        fatal = functools.reduce(jnp.logical_or, [v == int(s) for s in FATAL_STATUSES])
+        fatal = base.small_any(jnp.stack([v == int(s) for s in FATAL_STATUSES]))
         code = jnp.where(fatal, v, code)
         converged = converged | (v == int(Status.CONVERGED))
     fallback = jnp.where(converged, int(Status.CONVERGED), int(Status.RUNNING))
