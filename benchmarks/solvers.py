@@ -22,8 +22,11 @@ with a vmapped batch of 64 Rosenbrock starts beside a Python loop.
 (every library alike), so each solver loop runs as one compiled kernel instead of one runtime
 task per operation.
 
+``--no-one-kernel`` runs gradlab's solves as XLA's ordinary program (one runtime task per fused
+operation) instead of one kernel (:mod:`gradlab.kernels`, ``minimize``'s default on the CPU).
+
 Run: ``python benchmarks/solvers.py [--quick] [--repeats N] [--same-xla-options]
-[--no-gradlab-options] [--single-kernel-loops]``.
+[--no-gradlab-options] [--no-one-kernel] [--single-kernel-loops]``.
 """
 
 from __future__ import annotations
@@ -86,6 +89,8 @@ PROBLEMS = {
 OTHERS_OPTIONS: dict | None = None
 #: Compile gradlab's functions with its compiler options (``--no-gradlab-options``: False).
 WITH_GRADLAB_OPTIONS = True
+#: gradlab's solves as one XLA:CPU kernel when small (``--no-one-kernel``: False).
+ONE_KERNEL = True
 
 
 def _jit(fn, ours: bool = False):
@@ -141,7 +146,16 @@ def _timed(fn, x0, repeats, min_seconds=0.25, max_calls=2000):
 
 def run_gradlab(fun, x0, method, repeats, options=None):
     def solve(x):
-        r = minimize(fun, x, method, tol=0.0, atol=GTOL, max_steps=MAXIT, options=options)
+        r = minimize(
+            fun,
+            x,
+            method,
+            tol=0.0,
+            atol=GTOL,
+            max_steps=MAXIT,
+            options=options,
+            one_kernel=ONE_KERNEL,
+        )
         return _outputs(r.params, r.num_steps, r.num_fun_evals, r.num_grad_evals, r.grad_norm)
 
     return _result(*_timed(_jit(solve, True), jnp.asarray(x0), repeats))
@@ -288,7 +302,9 @@ def batch_benchmark(repeats: int, n: int = 64):
     starts = jnp.asarray(rng.uniform(-2.0, 2.0, size=(n, 2)))
 
     def solve(x):
-        return minimize(rosenbrock, x, "bfgs", tol=0.0, atol=GTOL, max_steps=MAXIT)
+        return minimize(
+            rosenbrock, x, "bfgs", tol=0.0, atol=GTOL, max_steps=MAXIT, one_kernel=ONE_KERNEL
+        )
 
     one, batched = _jit(solve, True), _jit(jax.vmap(solve), True)
     res, comp_b, wall_b = _timed(batched, starts, repeats)
@@ -326,6 +342,11 @@ def main(argv=None) -> int:
         help="compile gradlab's functions with XLA's defaults (the effect of its options)",
     )
     parser.add_argument(
+        "--no-one-kernel",
+        action="store_true",
+        help="run gradlab's solves as XLA's ordinary program (minimize(one_kernel=False))",
+    )
+    parser.add_argument(
         "--single-kernel-loops",
         action="store_true",
         help="raise XLA:CPU's small-while-loop threshold (process-wide, every library): each "
@@ -336,9 +357,10 @@ def main(argv=None) -> int:
         # Read when the CPU backend starts, so only effective before the first computation.
         flags = [os.environ.get("XLA_FLAGS", ""), compilation.SINGLE_KERNEL_LOOPS_XLA_FLAG]
         os.environ["XLA_FLAGS"] = " ".join(flags).strip()
-    global OTHERS_OPTIONS, WITH_GRADLAB_OPTIONS
+    global OTHERS_OPTIONS, WITH_GRADLAB_OPTIONS, ONE_KERNEL
     OTHERS_OPTIONS = compilation.compiler_options() if args.same_xla_options else None
     WITH_GRADLAB_OPTIONS = not args.no_gradlab_options
+    ONE_KERNEL = not args.no_one_kernel
     repeats = args.repeats or (1 if args.quick else 5)
     problems = dict(list(PROBLEMS.items())[:2]) if args.quick else PROBLEMS
     methods = ["bfgs", "lbfgs", "cg"]
@@ -353,7 +375,8 @@ def main(argv=None) -> int:
         f"jax {jax.__version__}, optax {optax.__version__}, {platform.machine()}, "
         f"{os.cpu_count()} CPU cores, float64, stop at |g| <= {GTOL}, "
         f"load average at start {os.getloadavg()[0]:.1f}, other libraries compiled with "
-        f"{OTHERS_OPTIONS or 'XLA defaults'}, gradlab with {_gradlab_options() or 'XLA defaults'}, "
+        f"{OTHERS_OPTIONS or 'XLA defaults'}, gradlab with {_gradlab_options() or 'XLA defaults'}"
+        f"{'' if ONE_KERNEL else ' and one_kernel=False'}, "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
     )
     header = (

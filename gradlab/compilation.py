@@ -77,6 +77,8 @@ GPU_DEVICE_LOOP_OPTIONS: dict[str, Any] = {
 #: Measured in ``docs/benchmarks.md`` (2- to 100-dimensional problems): gradlab's solves
 #: 1.7-9x faster, optax's, optimistix's and jaxopt's 1.4-18x, the same evaluation counts up to
 #: round-off; but jaxopt's BFGS on Rosenbrock-100 10x slower. Measure your own programs.
+#: gradlab's own small solves no longer need it: :func:`gradlab.minimize` compiles each one
+#: into a single kernel per program (:mod:`gradlab.kernels`), leaving other programs alone.
 SINGLE_KERNEL_LOOPS_XLA_FLAG = (
     "--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=1000000000"
 )
