@@ -9,9 +9,9 @@ XLA:CPU also has a second code path: a ``call`` whose frontend attribute
 ``xla_cpu_small_call`` is ``"true"`` is compiled into a *single* kernel, loops and branches
 included (XLA's own ``SmallWhileLoopHoistingPass`` uses it for while loops that read under
 1 kB per iteration). :func:`call` puts a function in such a call, kept from being inlined
-by the attribute ``inlineable = "false"``. Measured in ``docs/benchmarks.md``: gradlab's
-BFGS, L-BFGS, CG and Newton-CG solves 1.1-5x faster on 2- to 100-dimensional problems, a
-vmapped batch of 64 Rosenbrock starts ~3x faster.
+by the attribute ``inlineable = "false"`` (set with ``jax.experimental.xla_metadata``).
+Measured in ``docs/benchmarks.md``: gradlab's BFGS, L-BFGS, CG and Newton-CG solves
+1.6-6x faster on 2- to 100-dimensional problems.
 
 That code path is narrower than XLA's thunks, so :func:`call` uses it only for a program
 that :func:`why_not_one_kernel` accepts:
@@ -21,20 +21,21 @@ that :func:`why_not_one_kernel` accepts:
   sorting, FFTs, scatters, LAPACK-backed linear algebra (Cholesky, ``solve``...), random
   numbers, and matrix-matrix products: the single kernel cannot express them (XLA refuses
   to compile it).
-* its estimated cost (:func:`program_cost`) is below :data:`COST_LIMIT`. XLA:CPU splits a
-  large enough operation into parallel tasks, which a single kernel cannot hold either; the
-  limit is half the smallest split point and also keeps the single-threaded kernel to
-  problems whose iterations cost microseconds, where launch overhead dominates.
+* no operation is costly enough for XLA:CPU to split it into parallel tasks, which a single
+  kernel cannot hold either: :func:`program_cost` bounds every operation's cost with XLA's
+  own cost model, and the program is one kernel below :data:`SPLIT_COST` and
+  :data:`SPLIT_BYTES` divided by :data:`SAFETY_FACTOR`. That also keeps the single-threaded
+  kernel to problems whose iterations take microseconds, where launch overhead dominates.
 
-Otherwise, and on every backend but the CPU (``lax.platform_dependent``), the function is an
-ordinary nested ``jax.jit``, which XLA inlines: the program XLA would have compiled anyway.
+Otherwise, and on every backend but the CPU (``lax.platform_dependent``), the function is
+ordinary code that XLA inlines: the program XLA would have compiled anyway. Under
+``jax.vmap`` the decision is taken again for the batched program (a ``custom_vmap`` rule),
+so a batch too large for one kernel gets the ordinary program.
 
 The single kernel changes no arithmetic rule: results agree to round-off. It vectorises
 some reductions (dot products) in a different order, so float64 results move in the last
 bits and an ill-conditioned solve can take a few steps more or fewer (measured in
-``docs/benchmarks.md``). Under ``jax.vmap`` the decision is taken again for the batched
-program (a ``custom_vmap`` rule), so a batch too large for one kernel gets the ordinary
-program.
+``docs/benchmarks.md``).
 """
 
 from __future__ import annotations

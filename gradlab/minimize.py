@@ -564,7 +564,7 @@ def minimize(
       has_aux: ``fun`` returns ``(value, aux)``; ``result.aux`` is ``aux`` at the final point
         (one extra evaluation, counted in ``num_fun_evals``).
       one_kernel: on the CPU, compile the solver loop into a single XLA kernel when it is small
-        enough (:mod:`gradlab.kernels`: 1.1-5x faster on small problems, results equal to
+        enough (:mod:`gradlab.kernels`: 1.6-6x faster on small problems, results equal to
         round-off). ``False``: XLA's ordinary program, one runtime task per fused operation.
 
     Returns:
