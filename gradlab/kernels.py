@@ -230,9 +230,8 @@ def call(fun: Callable[..., Any], *args: Any) -> Any:
     """``fun(*args)`` (pytrees of arrays in and out), compiled on the CPU as one kernel when
     :func:`why_not_one_kernel` accepts it, and as ordinary inlined code otherwise. Call it
     while tracing (inside ``jax.jit``): the decision is taken from the traced program, and
-    again under ``jax.vmap`` for the batched one. Forward-mode differentiation passes through
-    it; reverse mode only where the program is not one kernel (a ``custom_vmap`` has no
-    transpose)."""
+    again under ``jax.vmap`` for the batched one. Derivatives are the ordinary program's
+    (computed with it, outside the kernel)."""
     flat_args, in_tree = jax.tree.flatten(args)
     closed, out_shape = jax.make_jaxpr(
         lambda *flat: fun(*jax.tree.unflatten(in_tree, flat)), return_shape=True
@@ -248,8 +247,12 @@ def call(fun: Callable[..., Any], *args: Any) -> Any:
         with_consts = ClosedJaxpr(closed.jaxpr, list(operands[n_args:]))
         return jaxpr_as_fun(with_consts)(*operands[:n_args])
 
+    # Derivatives are those of the ordinary program (a custom_vmap has none of its own), so
+    # reverse mode through a while loop fails with JAX's usual message.
+    on_cpu = jax.custom_jvp(_on_cpu(explicit))
+    on_cpu.defjvp(lambda primals, tangents: jax.jvp(explicit, primals, tangents))
     operands = [*flat_args, *closed.consts]
-    outs = jax.lax.platform_dependent(*operands, cpu=_on_cpu(explicit), default=explicit)
+    outs = jax.lax.platform_dependent(*operands, cpu=on_cpu, default=explicit)
     return jax.tree.unflatten(out_tree, outs)
 
 

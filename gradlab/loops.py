@@ -72,6 +72,14 @@ def _packing_concatenate_batched(axis_size, in_batched, *parts):
     return jnp.concatenate(parts, axis=1), True
 
 
+# Its derivative is the plain concatenate's (a custom_vmap has no transpose of its own), so
+# reverse mode through a packed loop reaches the loop and fails with JAX's while-loop message.
+_differentiable_packing_concatenate = jax.custom_jvp(_packing_concatenate)
+_differentiable_packing_concatenate.defjvp(
+    lambda parts, tangents: (_packing_concatenate(*parts), jnp.concatenate(tangents))
+)
+
+
 def concatenate(parts: Sequence[jax.Array]) -> jax.Array:
     """``jnp.concatenate(parts)`` of 1-D arrays, built on the CPU in groups of at most 8 so that
     each group is one fused kernel. Other backends fuse a flat concatenate whole, and under
@@ -79,7 +87,7 @@ def concatenate(parts: Sequence[jax.Array]) -> jax.Array:
     parts = list(parts)
     if len(parts) <= _MAX_FUSED_CONCATENATE:
         return jnp.concatenate(parts)
-    return _packing_concatenate(*parts)
+    return _differentiable_packing_concatenate(*parts)
 
 
 def _is_integer_like(kind) -> bool:

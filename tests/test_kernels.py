@@ -230,3 +230,17 @@ def test_the_failure_test_recognises_xla_refusals_only():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         minimize(rosenbrock, jnp.zeros(2), "bfgs")  # no fallback warning on a normal solve
+
+
+def test_derivatives_are_the_ordinary_programs():
+    # Reverse mode through a fixed-length loop works (the ordinary program's derivative)...
+    x = jnp.linspace(0.0, 1.0, 3)
+    got = jax.grad(lambda x: kernels.call(_loop, x, 2.0).sum())(x)
+    np.testing.assert_allclose(got, jax.grad(lambda x: _loop(x, 2.0).sum())(x), rtol=1e-5)
+
+    # ... and through minimize's data-dependent loop it fails with JAX's own message.
+    def through_minimize(y):
+        return jnp.sum(minimize(lambda x: jnp.sum((x - y) ** 2), jnp.zeros(2), "bfgs").params)
+
+    with pytest.raises(ValueError, match="Reverse-mode differentiation does not work"):
+        jax.grad(through_minimize)(jnp.ones(2))
