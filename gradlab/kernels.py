@@ -45,7 +45,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.extend.core import ClosedJaxpr, jaxpr_as_fun, jaxprs_in_params
+from jax.extend.core import ClosedJaxpr, Jaxpr, jaxpr_as_fun
 
 __all__ = [
     "SAFETY_FACTOR",
@@ -127,6 +127,18 @@ class _Level:
         return self.flops + 10 * min(self.flops, self.nbytes)
 
 
+def _sub_jaxprs(params: dict[str, Any]) -> list[Jaxpr]:
+    """The jaxprs an equation calls (loop bodies, branches, nested calls)."""
+    found = []
+    for value in params.values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, ClosedJaxpr):
+                found.append(item.jaxpr)
+            elif isinstance(item, Jaxpr):
+                found.append(item)
+    return found
+
+
 def _size(aval: Any) -> int:
     return int(np.prod(getattr(aval, "shape", ()), dtype=np.int64))
 
@@ -173,7 +185,7 @@ def _unsupported(jaxpr: Any) -> str | None:
             return f"it uses {name!r}"
         if name == "dot_general" and _is_matrix_product(eqn):
             return "it multiplies two matrices"
-        for sub in jaxprs_in_params(eqn.params):
+        for sub in _sub_jaxprs(eqn.params):
             reason = _unsupported(sub)
             if reason is not None:
                 return reason
@@ -186,7 +198,7 @@ def _walk(jaxpr: Any, level: _Level, levels: list[_Level]) -> None:
     for eqn in jaxpr.eqns:
         level.flops += _eqn_flops(eqn)
         level.nbytes += sum(_nbytes(v.aval) for v in eqn.outvars)
-        for sub in jaxprs_in_params(eqn.params):
+        for sub in _sub_jaxprs(eqn.params):
             if eqn.primitive.name in _INLINED:
                 _walk(sub, level, levels)
             else:

@@ -278,19 +278,20 @@ def _solve(
     max_steps,
     dynamic_extra,
     *,
-    fun,
+    objective,
     solver,
     static_extra,
     has_aux,
     diagnose,
     one_kernel,
 ):
-    # Checked while tracing (once per compiled program, not per call).
+    # Checked while tracing (once per compiled program, not per call). (``objective``, not
+    # ``fun``: jax 0.8's jit takes a keyword argument ``fun`` as its own.)
     _check_traced_inputs(x0, tol, atol, max_steps)
 
     def loop(x0, args, tol, atol, max_steps, dynamic_extra):
         return _solve_loop(
-            fun, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_extra, has_aux
+            objective, solver, static_extra, x0, args, tol, atol, max_steps, dynamic_extra, has_aux
         )
 
     operands = (x0, args, tol, atol, max_steps, dynamic_extra)
@@ -303,7 +304,7 @@ def _solve(
         status = _diagnose_non_finite(solver, state0, x0, extra, dtype, result.status)
         result = result._replace(status=status)
     if has_aux:  # one more evaluation, at the final point (counted)
-        aux = fun(result.params, *args)[1]
+        aux = objective(result.params, *args)[1]
         result = result._replace(aux=aux, num_fun_evals=result.num_fun_evals + 1)
     return result
 
@@ -510,7 +511,7 @@ def _diagnose_non_finite(solver, state0, x0, extra, dtype, status):
 # One compiled loop per (fun, solver, static extras, has_aux), with gradlab's CPU options.
 _run = compilation.jit(
     _solve,
-    static_argnames=("fun", "solver", "static_extra", "has_aux", "diagnose", "one_kernel"),
+    static_argnames=("objective", "solver", "static_extra", "has_aux", "diagnose", "one_kernel"),
 )
 
 
@@ -598,7 +599,7 @@ def minimize(
         max_steps = min(int(max_steps), _MAX_INT32)
     tol, atol, max_steps = (_device_scalar(v) for v in (tol, atol, max_steps))
     operands = (x0, tuple(args), tol, atol, max_steps, dynamic_extra)
-    statics = dict(fun=fun, solver=solver, static_extra=static_extra, has_aux=has_aux)
+    statics = dict(objective=fun, solver=solver, static_extra=static_extra, has_aux=has_aux)
     diagnose = _inside_a_trace()
     try:
         return _run(*operands, **statics, diagnose=diagnose, one_kernel=one_kernel)
