@@ -110,6 +110,7 @@ from gradlab.second_order.least_squares import (
 )
 from gradlab.minimize import MinimizeResult as MinimizeResult, minimize as minimize
 from gradlab import compilation as compilation
+from gradlab import kernels as kernels
 
 # Test problems and the lab.
 from gradlab import problems as problems
@@ -127,4 +128,4 @@ from gradlab.sweep import (
     uniform as uniform,
 )
 
-__version__ = "0.2.2"
+__version__ = "0.3.0"
