@@ -271,15 +271,15 @@ def call(fun: Callable[..., Any], *args: Any) -> Any:
 def _on_cpu(flat_fun: Callable[..., Any]) -> Callable[..., Any]:
     """``flat_fun`` as one kernel if it fits; decided again for the batched function under
     ``vmap`` (a batch can outgrow one kernel)."""
-    jitted = jax.jit(flat_fun)
     # XLA aborts the process when one kernel has a parameter it does not use (a CHECK in its
     # IrEmitter); returning every input as well uses them all, whatever XLA simplifies away.
+    # (Elsewhere the extra outputs cost nothing: the call is inlined and they are dropped.)
     with_inputs = jax.jit(lambda *flat: (flat_fun(*flat), flat))
 
     @jax.custom_batching.custom_vmap
     def decided(*flat):
-        if why_not_one_kernel(jitted.trace(*flat).jaxpr) is not None:
-            return jitted(*flat)
+        if why_not_one_kernel(with_inputs.trace(*flat).jaxpr) is not None:
+            return with_inputs(*flat)[0]
         from jax.experimental.xla_metadata import set_xla_metadata
 
         with set_xla_metadata(**_ATTRIBUTES):
